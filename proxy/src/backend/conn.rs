@@ -1,0 +1,596 @@
+//! One connection to the backend server: how it is opened and logged in, the session-tracking
+//! setup Sluice depends on, and the few commands Sluice sends on its own account.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::HandshakePacket;
+use tokio::net::TcpStream;
+
+use super::pool::PoolKey;
+use crate::auth::{self, AuthError};
+use crate::config::Secret;
+use crate::protocol::codec::{PacketStream, ProtocolError};
+use crate::protocol::lenenc::Reader;
+use crate::protocol::packets::{self, HandshakeResponse};
+use crate::protocol::{CapabilityFlags, StatusFlags, command, ok};
+use crate::session::{TRACKED_VARS, VarValues};
+use crate::stats::Stats;
+
+/// Capabilities that change what the server does or sends, so a client may only use backend
+/// connections opened with the same ones. They are part of the pool key.
+pub const KEY_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
+    .union(CapabilityFlags::CLIENT_FOUND_ROWS)
+    .union(CapabilityFlags::CLIENT_LOCAL_FILES)
+    .union(CapabilityFlags::CLIENT_IGNORE_SPACE)
+    .union(CapabilityFlags::CLIENT_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PS_MULTI_RESULTS);
+
+/// What Sluice asks for on every backend connection, beyond the key's capabilities.
+const BASE_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
+    .union(CapabilityFlags::CLIENT_LONG_FLAG)
+    .union(CapabilityFlags::CLIENT_PROTOCOL_41)
+    .union(CapabilityFlags::CLIENT_TRANSACTIONS)
+    .union(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK);
+
+/// Largest packet Sluice reads whole on its own account (handshakes, its own small queries).
+const CONTROL_PACKET_MAX: usize = 1 << 20;
+
+/// A Sluice-internal serial number of a backend connection (not the server's thread id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendId(pub u64);
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a backend connection could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("timed out after {} connecting to {address}", humantime::format_duration(*.timeout))]
+    ConnectTimeout { address: String, timeout: Duration },
+    #[error("the server refused the connection: {message} (error {code})")]
+    Refused { code: u16, message: String },
+    #[error("{message} (error {code})")]
+    LoginRefused { code: u16, message: String },
+    #[error("the server lacks {0}, which Sluice needs")]
+    Unsupported(&'static str),
+    #[error("the server answered {what} with error {code}: {message}")]
+    Command {
+        what: &'static str,
+        code: u16,
+        message: String,
+    },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl BackendError {
+    /// True when the database rejected the credentials (as opposed to being unreachable).
+    pub fn is_login_refused(&self) -> bool {
+        matches!(self, BackendError::LoginRefused { .. })
+    }
+}
+
+/// Opens backend connections.
+#[derive(Debug)]
+pub struct Connector {
+    pub address: String,
+    pub connect_timeout: Duration,
+    pub max_packet: u32,
+    stats: Arc<Stats>,
+    next_id: AtomicU64,
+}
+
+impl Connector {
+    /// A connector for `address` (`host:port`, resolved at every connect).
+    pub fn new(
+        address: String,
+        connect_timeout: Duration,
+        max_packet: u32,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Connector {
+            address,
+            connect_timeout,
+            max_packet,
+            stats,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Opens, logs in and prepares a connection for `key`, starting in `schema`.
+    pub async fn open(
+        &self,
+        key: &PoolKey,
+        password: &Secret,
+        schema: Option<&str>,
+    ) -> Result<BackendConn, BackendError> {
+        let attempt = async {
+            let tcp = TcpStream::connect(self.address.as_str())
+                .await
+                .map_err(|source| BackendError::Connect {
+                    address: self.address.clone(),
+                    source,
+                })?;
+            let stream = PacketStream::new(tcp).map_err(ProtocolError::from)?;
+            let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
+            let mut conn =
+                BackendConn::login(stream, id, key, password, schema, self.max_packet).await?;
+            conn.prepare_session().await?;
+            Ok::<_, BackendError>(conn)
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::ConnectTimeout {
+                address: self.address.clone(),
+                timeout: self.connect_timeout,
+            }),
+        };
+        match &result {
+            Ok(_) => self.stats.backend_opened(),
+            Err(_) => {
+                self.stats
+                    .backend_connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Reads the server's greeting without logging in: its version and capabilities.
+    pub async fn probe(&self) -> Result<(String, CapabilityFlags), BackendError> {
+        let attempt = async {
+            let tcp = TcpStream::connect(self.address.as_str())
+                .await
+                .map_err(|source| BackendError::Connect {
+                    address: self.address.clone(),
+                    source,
+                })?;
+            let mut stream = PacketStream::new(tcp).map_err(ProtocolError::from)?;
+            let (_, payload) = stream.read_packet(CONTROL_PACKET_MAX).await?;
+            let hs = parse_greeting(&payload)?;
+            Ok((hs.server_version_str().into_owned(), hs.capabilities()))
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::ConnectTimeout {
+                    address: self.address.clone(),
+                    timeout: self.connect_timeout,
+                })
+            })
+    }
+}
+
+fn parse_greeting(payload: &[u8]) -> Result<HandshakePacket<'_>, BackendError> {
+    if payload.first() == Some(&0xFF) {
+        let e = packets::Err::parse(payload).ok_or(ProtocolError::Malformed("ERR packet"))?;
+        return Err(BackendError::Refused {
+            code: e.code,
+            message: e.message_lossy(),
+        });
+    }
+    ParseBuf(payload)
+        .parse::<HandshakePacket<'_>>(())
+        .map_err(|_| BackendError::Protocol(ProtocolError::Malformed("server greeting")))
+}
+
+/// An open, logged-in backend connection and what Sluice knows of its session state.
+#[derive(Debug)]
+pub struct BackendConn {
+    pub id: BackendId,
+    /// The server's id for this connection (what `KILL` takes).
+    pub thread_id: u32,
+    pub stream: PacketStream,
+    pub key: PoolKey,
+    /// Capabilities negotiated with the server.
+    pub caps: CapabilityFlags,
+    /// Current schema.
+    pub schema: Option<String>,
+    /// Tracked variables right after login or reset.
+    pub baseline: VarValues,
+    /// Tracked variables now.
+    pub vars: VarValues,
+    pub autocommit: bool,
+    /// Autocommit right after login or reset.
+    pub baseline_autocommit: bool,
+    pub multi_statements: bool,
+    /// Status flags of the last response.
+    pub status: StatusFlags,
+    /// The greeting's scramble, which COM_CHANGE_USER answers to.
+    nonce: Vec<u8>,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Served a pinned session or lost its client mid-transaction: reset before reuse.
+    pub needs_reset: bool,
+    /// Unusable (I/O error, protocol confusion): close instead of reuse.
+    pub broken: bool,
+}
+
+impl BackendConn {
+    async fn login(
+        mut stream: PacketStream,
+        id: BackendId,
+        key: &PoolKey,
+        password: &Secret,
+        schema: Option<&str>,
+        max_packet: u32,
+    ) -> Result<BackendConn, BackendError> {
+        let (seq, payload) = stream.read_packet(CONTROL_PACKET_MAX).await?;
+        let hs = parse_greeting(&payload)?;
+        let server_caps = hs.capabilities();
+        for (cap, name) in [
+            (CapabilityFlags::CLIENT_PROTOCOL_41, "protocol 4.1"),
+            (
+                CapabilityFlags::CLIENT_SECURE_CONNECTION,
+                "secure authentication",
+            ),
+            (
+                CapabilityFlags::CLIENT_PLUGIN_AUTH,
+                "pluggable authentication",
+            ),
+            (
+                CapabilityFlags::CLIENT_SESSION_TRACK,
+                "session tracking (MySQL 5.7+ or MariaDB 10.2+)",
+            ),
+        ] {
+            if !server_caps.contains(cap) {
+                return Err(BackendError::Unsupported(name));
+            }
+        }
+        let mut caps = BASE_CAPS | (key.caps & KEY_CAPS);
+        // Multi-statements imply multi-results on the server; only ask when the client copes.
+        if key.caps.contains(CapabilityFlags::CLIENT_MULTI_RESULTS) {
+            caps |= CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+        }
+        caps &= server_caps
+            | CapabilityFlags::CLIENT_CONNECT_WITH_DB
+            | CapabilityFlags::CLIENT_CONNECT_ATTRS;
+        let thread_id = hs.connection_id();
+        let nonce = hs.nonce();
+        let mut plugin: Vec<u8> = hs
+            .auth_plugin_name_ref()
+            .unwrap_or(b"mysql_native_password")
+            .to_vec();
+        if auth::client_response(&plugin, &nonce, "").is_err() {
+            // A plugin Sluice does not speak: answer for native and let the server switch.
+            plugin = auth::NATIVE.as_bytes().to_vec();
+        }
+        let response = auth::client_response(&plugin, &nonce, password.expose())?;
+        let version = env!("CARGO_PKG_VERSION");
+        let attrs = [
+            ("_client_name", "sluice"),
+            ("_client_version", version),
+            ("program_name", "sluice"),
+        ];
+        let hello = HandshakeResponse {
+            capabilities: caps,
+            max_packet_size: max_packet,
+            collation: key.collation,
+            user: key.user.as_bytes(),
+            auth_response: &response,
+            database: schema.map(str::as_bytes),
+            auth_plugin: &plugin,
+            connect_attributes: &attrs,
+        }
+        .encode();
+        stream
+            .write_packet(seq.wrapping_add(1), &hello)
+            .await
+            .map_err(ProtocolError::from)?;
+        let status = auth_exchange(&mut stream, plugin, nonce.clone(), password).await?;
+        let now = Instant::now();
+        Ok(BackendConn {
+            id,
+            thread_id,
+            stream,
+            key: key.clone(),
+            caps,
+            schema: schema.map(str::to_string),
+            baseline: VarValues::default(),
+            vars: VarValues::default(),
+            autocommit: status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT),
+            baseline_autocommit: status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT),
+            multi_statements: caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            status,
+            nonce,
+            created: now,
+            last_used: now,
+            needs_reset: false,
+            broken: false,
+        })
+    }
+
+    /// Turns on the session tracking Sluice relies on and reads the tracked state. Run after
+    /// login and after every reset (a reset turns tracking off again).
+    async fn prepare_session(&mut self) -> Result<(), BackendError> {
+        self.query_row(
+            "SET SESSION session_track_schema=1, session_track_state_change=1, \
+             session_track_system_variables='*'",
+            "session tracking setup",
+        )
+        .await?;
+        self.read_tracked_state().await?;
+        self.baseline = self.vars.clone();
+        self.baseline_autocommit = self.autocommit;
+        Ok(())
+    }
+
+    /// Reads the schema and tracked variables from the server. Needed where tracking is silent,
+    /// such as `collation_connection` after `SET NAMES ... COLLATE ...`.
+    pub async fn read_tracked_state(&mut self) -> Result<(), BackendError> {
+        let mut sql = String::from("SELECT DATABASE()");
+        for v in TRACKED_VARS {
+            sql.push_str(", @@session.");
+            sql.push_str(v.name);
+        }
+        let row = self
+            .query_row(&sql, "reading session state")
+            .await?
+            .ok_or(ProtocolError::Malformed("session state row"))?;
+        let mut values = row.into_iter();
+        self.schema = values.next().flatten();
+        // NULL (character_set_results) reads as empty, as session tracking reports it.
+        self.vars = VarValues(values.map(Option::unwrap_or_default).collect());
+        if self.vars.0.len() != TRACKED_VARS.len() {
+            return Err(ProtocolError::Malformed("session state row").into());
+        }
+        Ok(())
+    }
+
+    /// Runs a query for Sluice itself and returns the first row of its result, if any.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+    ) -> Result<Option<Vec<Option<String>>>, BackendError> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::COM_QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let (_, first) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        let columns = match first.first() {
+            Some(0x00) => {
+                self.note_status(&first, true)?;
+                return Ok(None);
+            }
+            Some(0xFF) => return Err(command_error(what, &first)),
+            _ => Reader::new(&first)
+                .lenenc_int()
+                .ok_or(ProtocolError::Malformed("column count"))?,
+        };
+        for _ in 0..columns {
+            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        }
+        if !deprecate_eof {
+            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        }
+        let mut row = None;
+        loop {
+            let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
+                self.note_status(&p, deprecate_eof)?;
+                return Ok(row);
+            }
+            if p.first() == Some(&0xFF) {
+                return Err(command_error(what, &p));
+            }
+            if row.is_none() {
+                let mut r = Reader::new(&p);
+                let mut values = Vec::new();
+                for _ in 0..columns {
+                    let v = r
+                        .lenenc_nullable()
+                        .ok_or(ProtocolError::Malformed("text row"))?;
+                    values.push(v.map(|b| String::from_utf8_lossy(b).into_owned()));
+                }
+                row = Some(values);
+            }
+        }
+    }
+
+    /// Sends a command answered by one OK, EOF or ERR and returns its status.
+    pub async fn simple_command(
+        &mut self,
+        payload: &[u8],
+        what: &'static str,
+    ) -> Result<StatusFlags, BackendError> {
+        self.stream
+            .write_packet(0, payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        match p.first() {
+            Some(0x00) => self.note_status(&p, true),
+            Some(0xFE) => self.note_status(
+                &p,
+                self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF),
+            ),
+            Some(0xFF) => Err(command_error(what, &p)),
+            _ => Err(ProtocolError::Malformed("reply to a simple command").into()),
+        }
+    }
+
+    fn note_status(&mut self, p: &[u8], is_ok: bool) -> Result<StatusFlags, BackendError> {
+        let status = if is_ok && p.len() > 5 {
+            ok::Ok::parse(p, true).map(|o| o.status)
+        } else {
+            ok::eof_status(p)
+        }
+        .ok_or(ProtocolError::Malformed("OK packet"))?;
+        self.status = status;
+        self.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        Ok(status)
+    }
+
+    /// Switches the current schema.
+    pub async fn init_db(&mut self, schema: &str) -> Result<(), BackendError> {
+        let mut payload = vec![command::COM_INIT_DB];
+        payload.extend_from_slice(schema.as_bytes());
+        self.simple_command(&payload, "COM_INIT_DB").await?;
+        self.schema = Some(schema.to_string());
+        Ok(())
+    }
+
+    /// Turns multi-statement queries on or off (COM_SET_OPTION).
+    pub async fn set_multi_statements(&mut self, on: bool) -> Result<(), BackendError> {
+        let option: u16 = if on { 0 } else { 1 };
+        let mut payload = vec![command::COM_SET_OPTION];
+        payload.extend_from_slice(&option.to_le_bytes());
+        self.simple_command(&payload, "COM_SET_OPTION").await?;
+        self.multi_statements = on;
+        Ok(())
+    }
+
+    /// Clears all session state (COM_RESET_CONNECTION, which also rolls back) and sets up
+    /// tracking again.
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        self.simple_command(&[command::COM_RESET_CONNECTION], "COM_RESET_CONNECTION")
+            .await?;
+        self.prepare_session().await?;
+        self.needs_reset = false;
+        Ok(())
+    }
+
+    /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
+    /// session state. The only way to leave every schema once one was chosen.
+    pub async fn change_user_no_schema(&mut self, password: &Secret) -> Result<(), BackendError> {
+        let plugin = auth::NATIVE.as_bytes();
+        let response = auth::client_response(plugin, &self.nonce, password.expose())?;
+        let mut payload = vec![command::COM_CHANGE_USER];
+        payload.extend_from_slice(self.key.user.as_bytes());
+        payload.push(0);
+        payload.push(response.len() as u8);
+        payload.extend_from_slice(&response);
+        payload.push(0); // no schema
+        payload.extend_from_slice(&u16::from(self.key.collation).to_le_bytes());
+        payload.extend_from_slice(plugin);
+        payload.push(0);
+        if self.caps.contains(CapabilityFlags::CLIENT_CONNECT_ATTRS) {
+            payload.push(0);
+        }
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let status = auth_exchange(
+            &mut self.stream,
+            plugin.to_vec(),
+            self.nonce.clone(),
+            password,
+        )
+        .await?;
+        self.status = status;
+        self.prepare_session().await?;
+        self.multi_statements = self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
+        self.needs_reset = false;
+        Ok(())
+    }
+
+    /// Checks that the server still answers.
+    pub async fn ping(&mut self) -> Result<(), BackendError> {
+        self.simple_command(&[command::COM_PING], "COM_PING")
+            .await
+            .map(|_| ())
+    }
+
+    /// True if a transaction is open, by the last status the server sent.
+    pub fn in_transaction(&self) -> bool {
+        self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    }
+}
+
+/// Answers the server's authentication requests until it says OK or ERR. `plugin` and `nonce`
+/// are what the last response was computed with; the server may switch to another plugin.
+async fn auth_exchange(
+    stream: &mut PacketStream,
+    mut plugin: Vec<u8>,
+    mut nonce: Vec<u8>,
+    password: &Secret,
+) -> Result<StatusFlags, BackendError> {
+    loop {
+        let (rseq, p) = stream.read_packet(CONTROL_PACKET_MAX).await?;
+        let seq = rseq.wrapping_add(1);
+        match p.first() {
+            Some(0x00) => {
+                let okp = ok::Ok::parse(&p, true).ok_or(ProtocolError::Malformed("OK packet"))?;
+                return Ok(okp.status);
+            }
+            Some(0xFF) => {
+                let e = packets::Err::parse(&p).ok_or(ProtocolError::Malformed("ERR packet"))?;
+                return Err(BackendError::LoginRefused {
+                    code: e.code,
+                    message: e.message_lossy(),
+                });
+            }
+            Some(0xFE) => {
+                // AuthSwitchRequest: plugin name, NUL, new nonce (often NUL-terminated).
+                let mut r = Reader::new(&p[1..]);
+                let name = r
+                    .null_terminated()
+                    .ok_or_else(|| AuthError::UnsupportedPlugin("mysql_old_password".into()))?;
+                plugin = name.to_vec();
+                let data = r.take_rest();
+                nonce = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                let response = auth::client_response(&plugin, &nonce, password.expose())?;
+                stream
+                    .write_packet(seq, &response)
+                    .await
+                    .map_err(ProtocolError::from)?;
+            }
+            Some(0x01) if plugin == auth::CACHING_SHA2.as_bytes() => match p.get(1) {
+                Some(&auth::FAST_AUTH_OK) => {}
+                Some(&auth::PERFORM_FULL_AUTH) => {
+                    // No TLS: ask for the server's RSA key and send the password encrypted.
+                    stream
+                        .write_packet(seq, &[auth::REQUEST_PUBLIC_KEY])
+                        .await
+                        .map_err(ProtocolError::from)?;
+                    let (kseq, key_packet) = stream.read_packet(CONTROL_PACKET_MAX).await?;
+                    let pem = match key_packet.split_first() {
+                        Some((0x01, pem)) => pem,
+                        _ => return Err(AuthError::BadPublicKey.into()),
+                    };
+                    let secret = auth::encrypt_password(password.expose(), &nonce, pem)?;
+                    stream
+                        .write_packet(kseq.wrapping_add(1), &secret)
+                        .await
+                        .map_err(ProtocolError::from)?;
+                }
+                _ => return Err(ProtocolError::Malformed("caching_sha2_password exchange").into()),
+            },
+            _ => return Err(ProtocolError::Malformed("authentication exchange").into()),
+        }
+    }
+}
+
+fn command_error(what: &'static str, p: &[u8]) -> BackendError {
+    match packets::Err::parse(p) {
+        Some(e) => BackendError::Command {
+            what,
+            code: e.code,
+            message: e.message_lossy(),
+        },
+        None => ProtocolError::Malformed("ERR packet").into(),
+    }
+}

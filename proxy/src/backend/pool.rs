@@ -1,0 +1,657 @@
+//! The bounded pool of backend connections.
+//!
+//! One cap (`backend.max_connections`) bounds every connection together: idle, lent, being
+//! opened or being reset. Connections are grouped by [`PoolKey`] (user and wire-relevant client
+//! capabilities). Borrowers wait in one FIFO queue; a connection coming back goes to the first
+//! waiter, and if that waiter needs another key, the connection is closed and its place handed
+//! over so the waiter can open its own. Grants travel as guards, so a borrower that times out
+//! or is cancelled can never leak a connection or a place under the cap.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::time::timeout_at;
+
+use super::conn::{BackendConn, BackendError, Connector};
+use crate::config::BackendConfig;
+use crate::credentials::Credentials;
+use crate::protocol::CapabilityFlags;
+use crate::stats::Stats;
+
+/// Connections in one key are interchangeable for a client of that kind: same user, same
+/// wire-relevant capabilities, same login collation (so the same starting character set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub user: Arc<str>,
+    pub caps: CapabilityFlags,
+    pub collation: u8,
+}
+
+/// Pool limits and timings (from `[backend]`).
+#[derive(Debug, Clone)]
+struct Settings {
+    max_connections: usize,
+    min_idle: usize,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+    liveness_check_after: Duration,
+}
+
+impl From<&BackendConfig> for Settings {
+    fn from(c: &BackendConfig) -> Self {
+        Settings {
+            max_connections: c.max_connections,
+            min_idle: c.min_idle,
+            idle_timeout: c.idle_timeout,
+            max_lifetime: c.max_lifetime,
+            liveness_check_after: c.liveness_check_after,
+        }
+    }
+}
+
+/// Keys remembered for `min_idle` upkeep; more would mean something odd is going on.
+const MAX_KEYS_KEPT_WARM: usize = 256;
+
+/// A connection idle this long is checked (without a round trip) before it is lent out.
+const STALE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct State {
+    settings: Settings,
+    /// Connections counted against the cap: idle, lent, opening, resetting.
+    open: usize,
+    idle: HashMap<PoolKey, Vec<BackendConn>>,
+    idle_count: usize,
+    waiters: VecDeque<Waiter>,
+    warm_keys: HashMap<PoolKey, ()>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    key: PoolKey,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// What a waiter receives: a connection of its key, or a place under the cap to open one.
+#[derive(Debug)]
+enum Grant {
+    Conn(Box<PooledConn>),
+    Slot(OpenSlot),
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    connector: Connector,
+    credentials: Arc<Credentials>,
+    stats: Arc<Stats>,
+}
+
+/// The pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Why no connection could be lent.
+#[derive(Debug, thiserror::Error)]
+pub enum BorrowError {
+    #[error("timed out after {waited:?} waiting for a backend connection")]
+    Timeout {
+        waited: Duration,
+        cap: usize,
+        waiting: usize,
+        last_error: Option<String>,
+    },
+    #[error("the database refused the login: {0}")]
+    Login(BackendError),
+    #[error("no credentials for user '{0}'")]
+    UnknownUser(Arc<str>),
+    #[error("the pool is shutting down")]
+    ShuttingDown,
+}
+
+impl Pool {
+    /// A pool opening connections with `connector`, passwords from `credentials`.
+    pub fn new(
+        config: &BackendConfig,
+        connector: Connector,
+        credentials: Arc<Credentials>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let state = State {
+            settings: Settings::from(config),
+            open: 0,
+            idle: HashMap::new(),
+            idle_count: 0,
+            waiters: VecDeque::new(),
+            warm_keys: HashMap::new(),
+            closed: false,
+        };
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                connector,
+                credentials,
+                stats,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connector (backend address and timeouts).
+    pub fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// Lends a connection of `key`, preferring one already in `schema`. Waits in FIFO order
+    /// until `deadline`.
+    pub async fn borrow(
+        &self,
+        key: &PoolKey,
+        schema: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<PooledConn, BorrowError> {
+        let started = Instant::now();
+        let result = self.borrow_inner(key, schema, deadline).await;
+        let stats = &self.inner.stats;
+        stats.borrows.fetch_add(1, Relaxed);
+        stats
+            .borrow_wait_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        if matches!(result, Err(BorrowError::Timeout { .. })) {
+            stats.borrow_timeouts.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    async fn borrow_inner(
+        &self,
+        key: &PoolKey,
+        schema: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<PooledConn, BorrowError> {
+        let started = Instant::now();
+        let mut grant = self.request(key, schema, deadline, started).await?;
+        let mut last_error: Option<String>;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let slot = match grant {
+                Grant::Conn(mut conn) => match self.check_idle(&mut conn).await {
+                    Ok(()) => return Ok(*conn),
+                    Err(()) => conn.discard_into_slot(),
+                },
+                Grant::Slot(slot) => slot,
+            };
+            let cred = self
+                .inner
+                .credentials
+                .get(&key.user)
+                .ok_or_else(|| BorrowError::UnknownUser(key.user.clone()))?;
+            match self.inner.connector.open(key, &cred.password, schema).await {
+                Ok(conn) => return Ok(slot.fill(conn)),
+                Err(e) if e.is_login_refused() => return Err(BorrowError::Login(e)),
+                Err(e) => {
+                    tracing::warn!(address = %self.inner.connector.address, error = %e, "backend connection failed");
+                    last_error = Some(e.to_string());
+                }
+            }
+            // Keep the place and retry until the borrower's deadline: a backend that is
+            // briefly down should cost waiting, not errors.
+            let now = tokio::time::Instant::now();
+            if now + backoff >= deadline {
+                let waiting = self.lock().waiters.len();
+                let cap = self.lock().settings.max_connections;
+                return Err(BorrowError::Timeout {
+                    waited: started.elapsed(),
+                    cap,
+                    waiting,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            grant = Grant::Slot(slot);
+        }
+    }
+
+    /// Takes an idle connection or a place under the cap, or queues and waits for one.
+    async fn request(
+        &self,
+        key: &PoolKey,
+        schema: Option<&str>,
+        deadline: tokio::time::Instant,
+        started: Instant,
+    ) -> Result<Grant, BorrowError> {
+        let (rx, victim) = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(BorrowError::ShuttingDown);
+            }
+            if st.warm_keys.len() < MAX_KEYS_KEPT_WARM || st.warm_keys.contains_key(key) {
+                st.warm_keys.insert(key.clone(), ());
+            }
+            let mut victim = None;
+            if st.waiters.is_empty() {
+                if let Some(conn) = st.take_idle(key, schema) {
+                    return Ok(Grant::Conn(Box::new(PooledConn::new(self.clone(), conn))));
+                }
+                if st.open < st.settings.max_connections {
+                    st.open += 1;
+                    return Ok(Grant::Slot(OpenSlot::new(self.clone())));
+                }
+                // At the cap with idle connections of other keys: close one and take its place.
+                if let Some(v) = st.take_any_idle() {
+                    victim = Some(v);
+                }
+            }
+            if victim.is_some() {
+                (None, victim)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                st.waiters.push_back(Waiter {
+                    key: key.clone(),
+                    tx,
+                });
+                (Some(rx), None)
+            }
+        };
+        if let Some(v) = victim {
+            self.close_conn(v);
+            return Ok(Grant::Slot(OpenSlot::new(self.clone())));
+        }
+        let Some(rx) = rx else {
+            return Err(BorrowError::ShuttingDown);
+        };
+        match timeout_at(deadline, rx).await {
+            Ok(Ok(grant)) => Ok(grant),
+            Ok(Err(_)) => Err(BorrowError::ShuttingDown),
+            Err(_) => {
+                let st = self.lock();
+                Err(BorrowError::Timeout {
+                    waited: started.elapsed(),
+                    cap: st.settings.max_connections,
+                    waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
+                    last_error: None,
+                })
+            }
+        }
+    }
+
+    /// Makes sure an idle connection is still usable before lending it.
+    async fn check_idle(&self, conn: &mut PooledConn) -> Result<(), ()> {
+        let (lifetime, liveness_after) = {
+            let st = self.lock();
+            (st.settings.max_lifetime, st.settings.liveness_check_after)
+        };
+        if conn.created.elapsed() > lifetime {
+            return Err(());
+        }
+        let idle = conn.last_used.elapsed();
+        if idle > STALE_CHECK_AFTER && conn.stream.is_stale() {
+            return Err(());
+        }
+        if idle > liveness_after && conn.ping().await.is_err() {
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// Takes back a connection from a session.
+    fn checkin(&self, mut conn: BackendConn) {
+        conn.last_used = Instant::now();
+        let (closed, lifetime) = {
+            let st = self.lock();
+            (st.closed, st.settings.max_lifetime)
+        };
+        if conn.broken || closed || conn.created.elapsed() > lifetime {
+            self.close_conn(conn);
+            self.slot_freed();
+            return;
+        }
+        if conn.needs_reset || conn.in_transaction() {
+            // Reset off the session's path; the connection keeps its place under the cap.
+            let pool = self.clone();
+            let stats = self.inner.stats.clone();
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                self.close_conn(conn);
+                self.slot_freed();
+                return;
+            };
+            rt.spawn(async move {
+                stats.backend_resets.fetch_add(1, Relaxed);
+                match conn.reset().await {
+                    Ok(()) => pool.give(conn),
+                    Err(e) => {
+                        tracing::warn!(backend = %conn.id, error = %e, "reset failed; closing the connection");
+                        pool.close_conn(conn);
+                        pool.slot_freed();
+                    }
+                }
+            });
+            return;
+        }
+        self.give(conn);
+    }
+
+    /// Hands a clean connection to the first waiter, or keeps it idle.
+    fn give(&self, mut conn: BackendConn) {
+        let to_close = {
+            let mut st = self.lock();
+            if st.closed {
+                drop(st);
+                self.close_conn(conn);
+                self.slot_freed();
+                return;
+            }
+            loop {
+                let Some(w) = st.waiters.pop_front() else {
+                    st.idle_count += 1;
+                    st.idle.entry(conn.key.clone()).or_default().push(conn);
+                    return;
+                };
+                if w.tx.is_closed() {
+                    continue;
+                }
+                if w.key == conn.key {
+                    match w
+                        .tx
+                        .send(Grant::Conn(Box::new(PooledConn::new(self.clone(), conn))))
+                    {
+                        Ok(()) => return,
+                        Err(Grant::Conn(back)) => conn = back.into_inner(),
+                        // A oneshot returns what was sent.
+                        Err(Grant::Slot(s)) => return s.disarm(),
+                    }
+                } else {
+                    // Strict FIFO: the first waiter needs another key, so this connection makes
+                    // way for one it can use.
+                    match w.tx.send(Grant::Slot(OpenSlot::new(self.clone()))) {
+                        Ok(()) => break conn,
+                        Err(back) => back.discard(),
+                    }
+                }
+            }
+        };
+        self.close_conn(to_close);
+    }
+
+    /// A place under the cap is free again: give it to the first waiter or release it.
+    fn slot_freed(&self) {
+        let mut st = self.lock();
+        while let Some(w) = st.waiters.pop_front() {
+            if w.tx.is_closed() {
+                continue;
+            }
+            match w.tx.send(Grant::Slot(OpenSlot::new(self.clone()))) {
+                Ok(()) => return,
+                Err(back) => back.discard(),
+            }
+        }
+        st.open = st.open.saturating_sub(1);
+    }
+
+    /// Closes a connection (politely: COM_QUIT if the socket takes it without waiting). The
+    /// caller decides what happens to its place under the cap.
+    fn close_conn(&self, conn: BackendConn) {
+        let _ = conn
+            .stream
+            .socket()
+            .try_write(&[1, 0, 0, 0, crate::protocol::command::COM_QUIT]);
+        self.inner.stats.backend_closed();
+        drop(conn);
+    }
+
+    /// Closes idle connections past `idle_timeout` (above `min_idle`) or `max_lifetime`, and
+    /// opens connections to bring used keys up to `min_idle`. Called periodically.
+    pub fn maintain(&self) {
+        let mut expired = Vec::new();
+        let mut refill = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return;
+            }
+            let s = st.settings.clone();
+            let mut removed = 0;
+            for conns in st.idle.values_mut() {
+                // Oldest first: the stacks are used from the end.
+                let mut keep = Vec::with_capacity(conns.len());
+                let total = conns.len();
+                for (i, c) in conns.drain(..).enumerate() {
+                    let surplus = total - i > s.min_idle;
+                    if c.created.elapsed() > s.max_lifetime
+                        || (surplus && c.last_used.elapsed() > s.idle_timeout)
+                    {
+                        expired.push(c);
+                        removed += 1;
+                    } else {
+                        keep.push(c);
+                    }
+                }
+                *conns = keep;
+            }
+            st.idle_count -= removed;
+            st.open -= removed;
+            if s.min_idle > 0 && st.waiters.is_empty() {
+                let keys: Vec<PoolKey> = st.warm_keys.keys().cloned().collect();
+                for key in keys {
+                    let have = st.idle.get(&key).map_or(0, Vec::len);
+                    for _ in have..s.min_idle {
+                        if st.open >= s.max_connections {
+                            break;
+                        }
+                        st.open += 1;
+                        refill.push(key.clone());
+                    }
+                }
+            }
+        }
+        for c in expired {
+            tracing::debug!(backend = %c.id, "closing idle backend connection");
+            self.close_conn(c);
+        }
+        for key in refill {
+            let pool = self.clone();
+            let slot = OpenSlot::new(self.clone());
+            tokio::spawn(async move {
+                let Some(cred) = pool.inner.credentials.get(&key.user) else {
+                    return;
+                };
+                match pool.inner.connector.open(&key, &cred.password, None).await {
+                    Ok(conn) => {
+                        slot.disarm();
+                        pool.give(conn);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "opening a min_idle connection failed"),
+                }
+            });
+        }
+        // Waiters whose borrow timed out leave closed senders behind; drop them.
+        self.lock().waiters.retain(|w| !w.tx.is_closed());
+    }
+
+    /// Runs [`Pool::maintain`] every second until the pool closes.
+    pub fn spawn_maintenance(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let pool = Pool { inner };
+                if pool.lock().closed {
+                    return;
+                }
+                pool.maintain();
+            }
+        });
+    }
+
+    /// Stops lending: closes idle connections, fails waiters; lent connections close on return.
+    pub fn close(&self) {
+        let idle: Vec<BackendConn> = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.waiters.clear();
+            st.idle_count = 0;
+            let idle: Vec<_> = st.idle.drain().flat_map(|(_, v)| v).collect();
+            st.open -= idle.len();
+            idle
+        };
+        for c in idle {
+            self.close_conn(c);
+        }
+    }
+
+    /// Connections counted against the cap, idle ones, and waiting borrowers.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.lock();
+        (st.open, st.idle_count, st.waiters.len())
+    }
+}
+
+impl Grant {
+    /// Drops an undelivered slot grant without running its guard: the caller holds the pool
+    /// lock and still owns the place it stood for.
+    fn discard(self) {
+        match self {
+            Grant::Slot(s) => s.disarm(),
+            // Only slots are discarded; a connection would be closed, never leaked.
+            Grant::Conn(c) => drop(c.into_inner()),
+        }
+    }
+}
+
+impl State {
+    fn take_idle(&mut self, key: &PoolKey, schema: Option<&str>) -> Option<BackendConn> {
+        let conns = self.idle.get_mut(key)?;
+        // Most recently used first (keeps the working set warm and lets the rest time out),
+        // preferring one already in the wanted schema.
+        let pos = conns
+            .iter()
+            .rposition(|c| c.schema.as_deref() == schema)
+            .or_else(|| conns.len().checked_sub(1))?;
+        let conn = conns.remove(pos);
+        self.idle_count -= 1;
+        Some(conn)
+    }
+
+    fn take_any_idle(&mut self) -> Option<BackendConn> {
+        let conns = self.idle.values_mut().find(|v| !v.is_empty())?;
+        let conn = conns.remove(0);
+        self.idle_count -= 1;
+        Some(conn)
+    }
+}
+
+/// A place under the cap, to be filled with a new connection. Dropped unfilled, it passes to
+/// the next waiter or is released.
+#[derive(Debug)]
+pub struct OpenSlot {
+    pool: Option<Pool>,
+}
+
+impl OpenSlot {
+    fn new(pool: Pool) -> Self {
+        OpenSlot { pool: Some(pool) }
+    }
+
+    /// Gives up the guard without releasing the place (the caller accounts for it).
+    fn disarm(mut self) {
+        self.pool = None;
+    }
+
+    fn fill(mut self, conn: BackendConn) -> PooledConn {
+        let pool = self.pool.take();
+        match pool {
+            Some(pool) => PooledConn::new(pool, conn),
+            None => PooledConn {
+                pool: None,
+                conn: Some(conn),
+            },
+        }
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.slot_freed();
+        }
+    }
+}
+
+/// A lent connection; goes back to the pool (reset first if needed) when dropped.
+#[derive(Debug)]
+pub struct PooledConn {
+    pool: Option<Pool>,
+    conn: Option<BackendConn>,
+}
+
+impl PooledConn {
+    fn new(pool: Pool, conn: BackendConn) -> Self {
+        PooledConn {
+            pool: Some(pool),
+            conn: Some(conn),
+        }
+    }
+
+    fn into_inner(mut self) -> BackendConn {
+        self.pool = None;
+        match self.conn.take() {
+            Some(c) => c,
+            None => unreachable_conn(),
+        }
+    }
+
+    /// Closes the connection but keeps its place under the cap for a new one.
+    fn discard_into_slot(mut self) -> OpenSlot {
+        let pool = self.pool.take();
+        if let (Some(pool), Some(conn)) = (&pool, self.conn.take()) {
+            pool.close_conn(conn);
+        }
+        OpenSlot { pool }
+    }
+}
+
+fn unreachable_conn() -> ! {
+    // `conn` is only ever None after into_inner or drop, which consume the guard.
+    panic!("PooledConn used after its connection was taken")
+}
+
+impl Deref for PooledConn {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable_conn(),
+        }
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        match &mut self.conn {
+            Some(c) => c,
+            None => unreachable_conn(),
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(conn)) = (self.pool.take(), self.conn.take()) {
+            pool.checkin(conn);
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Configuration: a TOML file, environment overrides for container use, defaults that match
+//! RDS Proxy's, and validation that names the bad key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything Sluice reads at start. Every key is documented in `proxy/sluice.example.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Version string announced to clients; empty means "the backend's, plus -sluice".
+    pub server_version: String,
+    /// How long a client may take to complete its login.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// The largest packet Sluice accepts from a client, in bytes.
+    pub max_allowed_packet: usize,
+    /// On SIGTERM, how long open transactions may take to finish before sessions are closed.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub worker_threads: usize,
+    /// `pretty` for terminals, `json` for containers.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `sluice=debug`.
+    pub log_level: String,
+    /// The database Sluice fronts and its connection pool.
+    pub backend: BackendConfig,
+    /// Database users clients may log in as.
+    pub users: Vec<UserConfig>,
+}
+
+/// The backend server and the bounded pool of connections to it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// `host:port` of the database; the host is resolved again for every new connection.
+    pub address: String,
+    /// Hard cap on backend connections, all users together.
+    pub max_connections: usize,
+    /// Idle connections kept open per pool once it has been used.
+    pub min_idle: usize,
+    /// How long a command may wait for a backend connection before it fails with ERR 9501.
+    #[serde(with = "duration")]
+    pub borrow_timeout: Duration,
+    /// Idle connections beyond `min_idle` are closed after this long.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections are closed (when idle) after this age.
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
+    /// Deadline for opening one backend connection, login included.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// A connection idle for longer than this is pinged before it is handed out.
+    #[serde(with = "duration")]
+    pub liveness_check_after: Duration,
+}
+
+/// A database user: the name and password clients log in with, which Sluice also uses to log
+/// in to the backend.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: Secret,
+    /// The plugin Sluice asks this user's clients to authenticate with.
+    #[serde(default)]
+    pub auth_plugin: AuthPluginName,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("auth_plugin", &self.auth_plugin)
+            .finish()
+    }
+}
+
+/// Client-side authentication plugins Sluice speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthPluginName {
+    #[default]
+    #[serde(rename = "mysql_native_password")]
+    MysqlNativePassword,
+    #[serde(rename = "caching_sha2_password")]
+    CachingSha2Password,
+}
+
+impl AuthPluginName {
+    /// The plugin's protocol name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthPluginName::MysqlNativePassword => "mysql_native_password",
+            AuthPluginName::CachingSha2Password => "caching_sha2_password",
+        }
+    }
+}
+
+/// Log output style.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// A password: never printed, logged or serialized in clear.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The password itself, for computing scrambles.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6033".into(),
+            server_version: String::new(),
+            handshake_timeout: Duration::from_secs(10),
+            max_allowed_packet: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            worker_threads: 0,
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            backend: BackendConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            address: "127.0.0.1:3306".into(),
+            max_connections: 20,
+            min_idle: 0,
+            borrow_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+            liveness_check_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    #[error("`{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// How an environment variable's text becomes a TOML value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+}
+
+/// Environment variables that override file values, for containers.
+const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
+    ("SLUICE_LISTEN", &["listen"], Kind::Text),
+    ("SLUICE_SERVER_VERSION", &["server_version"], Kind::Text),
+    (
+        "SLUICE_HANDSHAKE_TIMEOUT",
+        &["handshake_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_MAX_ALLOWED_PACKET",
+        &["max_allowed_packet"],
+        Kind::Integer,
+    ),
+    ("SLUICE_SHUTDOWN_TIMEOUT", &["shutdown_timeout"], Kind::Text),
+    ("SLUICE_WORKER_THREADS", &["worker_threads"], Kind::Integer),
+    ("SLUICE_LOG_FORMAT", &["log_format"], Kind::Text),
+    ("SLUICE_LOG_LEVEL", &["log_level"], Kind::Text),
+    (
+        "SLUICE_BACKEND_ADDRESS",
+        &["backend", "address"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MAX_CONNECTIONS",
+        &["backend", "max_connections"],
+        Kind::Integer,
+    ),
+    (
+        "SLUICE_BACKEND_MIN_IDLE",
+        &["backend", "min_idle"],
+        Kind::Integer,
+    ),
+    (
+        "SLUICE_BACKEND_BORROW_TIMEOUT",
+        &["backend", "borrow_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_IDLE_TIMEOUT",
+        &["backend", "idle_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MAX_LIFETIME",
+        &["backend", "max_lifetime"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_CONNECT_TIMEOUT",
+        &["backend", "connect_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_LIVENESS_CHECK_AFTER",
+        &["backend", "liveness_check_after"],
+        Kind::Text,
+    ),
+];
+
+/// The environment variables [`Config::load`] reads, for documentation and `--help`.
+pub fn env_override_names() -> impl Iterator<Item = &'static str> {
+    ENV_OVERRIDES.iter().map(|(var, _, _)| *var)
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides from `env`, and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses TOML text, applies environment overrides from `env`, and validates.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |e: &dyn fmt::Display| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| parse_err(&e))?;
+        for &(var, path, kind) in ENV_OVERRIDES {
+            let Some(raw) = env(var) else { continue };
+            let value = match kind {
+                Kind::Text => toml::Value::String(raw),
+                Kind::Integer => {
+                    toml::Value::Integer(raw.trim().parse().map_err(|_| ConfigError::Env {
+                        var,
+                        reason: format!("expected an integer, got {raw:?}"),
+                    })?)
+                }
+            };
+            set_path(&mut table, path, value);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(&e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "listen",
+                "must be an IP address and port, such as 127.0.0.1:6033",
+            );
+        }
+        match self.backend.address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => {
+                return invalid(
+                    "backend.address",
+                    "must be host:port, such as db.internal:3306",
+                );
+            }
+        }
+        if self.backend.max_connections == 0 {
+            return invalid("backend.max_connections", "must be at least 1");
+        }
+        if self.backend.min_idle > self.backend.max_connections {
+            return invalid("backend.min_idle", "cannot exceed backend.max_connections");
+        }
+        for (key, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("backend.borrow_timeout", self.backend.borrow_timeout),
+            ("backend.idle_timeout", self.backend.idle_timeout),
+            ("backend.max_lifetime", self.backend.max_lifetime),
+            ("backend.connect_timeout", self.backend.connect_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(key, "must be longer than zero");
+            }
+        }
+        if !(1024..=1 << 30).contains(&self.max_allowed_packet) {
+            return invalid(
+                "max_allowed_packet",
+                "must be between 1024 and 1073741824 bytes",
+            );
+        }
+        if self.users.is_empty() {
+            return invalid("users", "no users configured: add a [[users]] table");
+        }
+        let mut seen = HashSet::new();
+        for u in &self.users {
+            if u.username.is_empty() || u.username.contains('\0') || u.username.len() > 80 {
+                return invalid("users.username", "must be 1 to 80 characters without NUL");
+            }
+            if !seen.insert(u.username.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "users.username".into(),
+                    reason: format!("user {:?} is listed twice", u.username),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured user called `name`.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.username == name)
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry((*p).to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let Some(next) = entry.as_table_mut() else {
+            return;
+        };
+        t = next;
+    }
+    t.insert((*last).to_string(), value);
+}
+
+/// Durations written as "5s", "2m", "1h", "250ms".
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like \"5s\", \"2m\" or \"1h\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        listen = "127.0.0.1:6033"
+        [backend]
+        address = "127.0.0.1:3306"
+        max_connections = 20
+        min_idle = 0
+        borrow_timeout = "120s"
+        idle_timeout = "5m"
+        max_lifetime = "1h"
+        [[users]]
+        username = "app"
+        password = "secret"
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn parses_the_documented_keys() {
+        let c = Config::from_toml(MINIMAL, "test", no_env).unwrap();
+        assert_eq!(c.backend.borrow_timeout, Duration::from_secs(120));
+        assert_eq!(c.backend.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.users[0].password.expose(), "secret");
+        assert_eq!(c.users[0].auth_plugin, AuthPluginName::MysqlNativePassword);
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../sluice.example.toml");
+        Config::from_toml(text, "sluice.example.toml", no_env).unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let env = |k: &str| match k {
+            "SLUICE_BACKEND_MAX_CONNECTIONS" => Some("7".to_string()),
+            "SLUICE_BACKEND_BORROW_TIMEOUT" => Some("3s".to_string()),
+            "SLUICE_LISTEN" => Some("0.0.0.0:3306".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(MINIMAL, "test", env).unwrap();
+        assert_eq!(c.backend.max_connections, 7);
+        assert_eq!(c.backend.borrow_timeout, Duration::from_secs(3));
+        assert_eq!(c.listen, "0.0.0.0:3306");
+
+        let bad = |k: &str| (k == "SLUICE_BACKEND_MAX_CONNECTIONS").then(|| "many".to_string());
+        let err = Config::from_toml(MINIMAL, "test", bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SLUICE_BACKEND_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "max_connections = 20",
+                "max_connections = 0",
+                "backend.max_connections",
+            ),
+            ("min_idle = 0", "min_idle = 50", "backend.min_idle"),
+            (
+                "borrow_timeout = \"120s\"",
+                "borrow_timeout = \"soon\"",
+                "invalid duration",
+            ),
+            (
+                "listen = \"127.0.0.1:6033\"",
+                "listen = \"nowhere\"",
+                "listen",
+            ),
+            (
+                "username = \"app\"",
+                "username = \"app\"\nfoo = 1",
+                "unknown field",
+            ),
+        ];
+        for (from, to, expect) in cases {
+            let text = MINIMAL.replace(from, to);
+            let err = Config::from_toml(&text, "test", no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_toml(MINIMAL, "test", no_env).unwrap();
+        let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Every error Sluice itself sends to a client, with its MySQL code and SQLSTATE, in one place.
+//!
+//! Codes below 2000 are the server's own, used with the meaning MySQL gives them. Codes 95xx are
+//! Sluice's, where no server code fits; 9501 matches RDS Proxy's code for the same condition.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::protocol::packets;
+
+/// An error as the client sees it: code, SQLSTATE and a message a person understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub code: u16,
+    pub sql_state: [u8; 5],
+    pub message: String,
+}
+
+/// `Access denied for user` (1045, 28000).
+pub const ER_ACCESS_DENIED: u16 = 1045;
+/// `Bad handshake` (1043, 08S01).
+pub const ER_HANDSHAKE: u16 = 1043;
+/// `Unknown command` (1047, 08S01).
+pub const ER_UNKNOWN_COM: u16 = 1047;
+/// `Unknown thread id` (1094).
+pub const ER_NO_SUCH_THREAD: u16 = 1094;
+/// `You are not owner of thread` (1095).
+pub const ER_KILL_DENIED: u16 = 1095;
+/// `Got a packet bigger than 'max_allowed_packet' bytes` (1153, 08S01).
+pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
+/// `Got packets out of order` (1156, 08S01).
+pub const ER_NET_PACKETS_OUT_OF_ORDER: u16 = 1156;
+/// `Got timeout reading communication packets` (1159, 08S01).
+pub const ER_NET_READ_INTERRUPTED: u16 = 1159;
+/// `Unknown prepared statement handler` (1243).
+pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
+/// `Client does not support authentication protocol requested by server` (1251, 08004).
+pub const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
+/// `Server shutdown in progress` (1053, 08S01).
+pub const ER_SERVER_SHUTDOWN: u16 = 1053;
+/// `Malformed communication packet` (1835).
+pub const ER_MALFORMED_PACKET: u16 = 1835;
+/// Timed out waiting for a backend connection (Sluice; same code as RDS Proxy).
+pub const ER_BORROW_TIMEOUT: u16 = 9501;
+/// The database refused Sluice's login as the client's user (Sluice).
+pub const ER_BACKEND_LOGIN: u16 = 9502;
+/// The backend connection broke during a command (Sluice).
+pub const ER_BACKEND_LOST: u16 = 9503;
+/// A statement form Sluice cannot relay safely (Sluice).
+pub const ER_UNSUPPORTED: u16 = 9504;
+
+impl ClientError {
+    fn new(code: u16, sql_state: &[u8; 5], message: impl Into<String>) -> Self {
+        ClientError {
+            code,
+            sql_state: *sql_state,
+            message: message.into(),
+        }
+    }
+
+    /// The ERR packet payload.
+    pub fn to_packet(&self) -> Vec<u8> {
+        packets::err(self.code, &self.sql_state, &self.message)
+    }
+
+    /// Wrong password or unknown user, worded exactly as MySQL words it.
+    pub fn access_denied(user: &str, host: &str, using_password: bool) -> Self {
+        let using = if using_password { "YES" } else { "NO" };
+        Self::new(
+            ER_ACCESS_DENIED,
+            b"28000",
+            format!("Access denied for user '{user}'@'{host}' (using password: {using})"),
+        )
+    }
+
+    /// A login packet that cannot be parsed.
+    pub fn bad_handshake(why: &str) -> Self {
+        Self::new(ER_HANDSHAKE, b"08S01", format!("Bad handshake: {why}"))
+    }
+
+    /// A client too old to speak protocol 4.1 with plugin authentication.
+    pub fn unsupported_client() -> Self {
+        Self::new(
+            ER_NOT_SUPPORTED_AUTH_MODE,
+            b"08004",
+            "Client does not support authentication protocol requested by server; \
+             Sluice needs CLIENT_PROTOCOL_41 and CLIENT_SECURE_CONNECTION",
+        )
+    }
+
+    /// A command byte Sluice does not relay.
+    pub fn unknown_command(byte: u8) -> Self {
+        Self::new(
+            ER_UNKNOWN_COM,
+            b"08S01",
+            format!("Unknown command 0x{byte:02x}"),
+        )
+    }
+
+    /// A command Sluice understands but deliberately does not relay.
+    pub fn command_not_relayed(name: &str) -> Self {
+        Self::new(
+            ER_UNKNOWN_COM,
+            b"08S01",
+            format!("Sluice does not relay {name}"),
+        )
+    }
+
+    /// A client packet over the limit.
+    pub fn packet_too_large(max: usize) -> Self {
+        Self::new(
+            ER_NET_PACKET_TOO_LARGE,
+            b"08S01",
+            format!("Got a packet bigger than 'max_allowed_packet' bytes ({max})"),
+        )
+    }
+
+    /// A packet whose sequence id is wrong.
+    pub fn out_of_order() -> Self {
+        Self::new(
+            ER_NET_PACKETS_OUT_OF_ORDER,
+            b"08S01",
+            "Got packets out of order",
+        )
+    }
+
+    /// A client that did not finish logging in in time.
+    pub fn handshake_timeout(limit: Duration) -> Self {
+        Self::new(
+            ER_NET_READ_INTERRUPTED,
+            b"08S01",
+            format!(
+                "Got timeout reading communication packets: login not completed within {}",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// A packet that is empty or cut short.
+    pub fn malformed_packet(what: &str) -> Self {
+        Self::new(
+            ER_MALFORMED_PACKET,
+            b"HY000",
+            format!("Malformed communication packet ({what})"),
+        )
+    }
+
+    /// The pool had no connection for the whole borrow timeout.
+    pub fn borrow_timeout(
+        waited: Duration,
+        user: &str,
+        cap: usize,
+        waiting: usize,
+        last: Option<&str>,
+    ) -> Self {
+        let mut msg = format!(
+            "Timed out waiting to acquire database connection: waited {} for user '{user}'; \
+             backend.max_connections is {cap}",
+            humantime::format_duration(round_ms(waited)),
+        );
+        if waiting > 0 {
+            msg.push_str(&format!(" and {waiting} more sessions are waiting"));
+        }
+        if let Some(last) = last {
+            msg.push_str(&format!("; last connection attempt failed: {last}"));
+        }
+        Self::new(ER_BORROW_TIMEOUT, b"HY000", msg)
+    }
+
+    /// The database refused the login Sluice made for the client's user.
+    pub fn backend_login(user: &str, detail: &str) -> Self {
+        Self::new(
+            ER_BACKEND_LOGIN,
+            b"HY000",
+            format!("The database refused Sluice's login as '{user}': {detail}"),
+        )
+    }
+
+    /// The backend connection broke while a command was running.
+    pub fn backend_lost(detail: &str) -> Self {
+        Self::new(
+            ER_BACKEND_LOST,
+            b"08S01",
+            format!("Lost connection to the database during the command: {detail}"),
+        )
+    }
+
+    /// A KILL whose target does not exist.
+    pub fn unknown_thread(id: u64) -> Self {
+        Self::new(
+            ER_NO_SUCH_THREAD,
+            b"HY000",
+            format!("Unknown thread id: {id}"),
+        )
+    }
+
+    /// A KILL aimed at another user's session.
+    pub fn not_owner(id: u64) -> Self {
+        Self::new(
+            ER_KILL_DENIED,
+            b"HY000",
+            format!("You are not owner of thread {id}"),
+        )
+    }
+
+    /// A statement form Sluice cannot relay safely.
+    pub fn unsupported(what: &str) -> Self {
+        Self::new(
+            ER_UNSUPPORTED,
+            b"HY000",
+            format!("Sluice does not support {what}"),
+        )
+    }
+
+    /// A prepared-statement command naming a statement this session does not have.
+    pub fn unknown_statement(id: u32, command: &str) -> Self {
+        Self::new(
+            ER_UNKNOWN_STMT_HANDLER,
+            b"HY000",
+            format!("Unknown prepared statement handler ({id}) given to {command}"),
+        )
+    }
+
+    /// Sluice is shutting down.
+    pub fn shutting_down() -> Self {
+        Self::new(ER_SERVER_SHUTDOWN, b"08S01", "Server shutdown in progress")
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ERROR {} ({}): {}",
+            self.code,
+            String::from_utf8_lossy(&self.sql_state),
+            self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_matches_mysql_wording() {
+        let e = ClientError::access_denied("app", "127.0.0.1", true);
+        assert_eq!(
+            e.to_string(),
+            "ERROR 1045 (28000): Access denied for user 'app'@'127.0.0.1' (using password: YES)"
+        );
+        let p = e.to_packet();
+        assert_eq!(&p[..4], &[0xFF, 0x15, 0x04, b'#']);
+    }
+
+    #[test]
+    fn borrow_timeout_names_the_wait_and_the_cap() {
+        let e = ClientError::borrow_timeout(Duration::from_millis(1500), "app", 10, 3, None);
+        assert_eq!(e.code, 9501);
+        assert!(
+            e.message.contains("waited 1s 500ms") && e.message.contains("max_connections is 10")
+        );
+    }
+}

@@ -1,0 +1,872 @@
+//! One task per client: login, then the command loop. A session borrows a backend connection
+//! for each command, brings it into the session's state, relays the command and the response,
+//! and gives the connection back as soon as no transaction is open and nothing pins it.
+
+mod handshake;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+pub use handshake::{LoggedIn, pool_key};
+
+use crate::auth;
+use crate::backend::{BackendError, PoolKey, PooledConn};
+use crate::config::AuthPluginName;
+use crate::credentials::Credential;
+use crate::errors::ClientError;
+use crate::protocol::codec::{PacketStream, ProtocolError};
+use crate::protocol::command::{self, *};
+use crate::protocol::packets::{self, ChangeUser};
+use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
+use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary, TrackedChange};
+use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
+use crate::registry::{ClientId, SessionHandle};
+use crate::server::Shared;
+use crate::session::{PinReason, SessionState, VarValues, tracked_index};
+use crate::sql::{self, Kill};
+
+/// How long Sluice tries to deliver a final error to a client it is about to close.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one client connection from its first byte to its close.
+pub async fn run(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+) {
+    let Ok(mut client) = PacketStream::new(socket) else {
+        return;
+    };
+    let mut seq = 0u8;
+    let limit = shared.config.handshake_timeout;
+    let outcome = tokio::time::timeout(
+        limit,
+        handshake::login(&mut client, &shared, &handle, peer, &mut seq),
+    )
+    .await;
+    let logged_in = match outcome {
+        Ok(Ok(l)) => l,
+        Ok(Err(failure)) => {
+            shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
+            tracing::debug!(client = %handle.id, %peer, reason = failure.reason, "login failed");
+            if let Some((seq, err)) = failure.reply {
+                farewell(&mut client, seq, &err).await;
+            }
+            return;
+        }
+        Err(_) => {
+            shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
+            tracing::info!(client = %handle.id, %peer, "login timed out; closing");
+            farewell(&mut client, seq, &ClientError::handshake_timeout(limit)).await;
+            return;
+        }
+    };
+    handle.set_user(logged_in.user.username.clone());
+    tracing::debug!(client = %handle.id, user = %logged_in.user.username, %peer, "client logged in");
+    let mut session = ClientSession::new(client, peer, shared, handle, logged_in);
+    session.serve().await;
+    session.finish().await;
+}
+
+/// Sends a last error before closing, without waiting long for a client that does not read.
+async fn farewell(client: &mut PacketStream, seq: u8, err: &ClientError) {
+    let _ =
+        tokio::time::timeout(FAREWELL_TIMEOUT, client.write_packet(seq, &err.to_packet())).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, client.shutdown()).await;
+}
+
+/// Whether the session goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Which parts of the session state a command needs on its backend connection first.
+#[derive(Debug, Clone, Copy)]
+struct Sync {
+    schema: bool,
+    multi_statements: bool,
+}
+
+const SYNC_ALL: Sync = Sync {
+    schema: true,
+    multi_statements: true,
+};
+
+struct ClientSession {
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    client: PacketStream,
+    peer: SocketAddr,
+    user: Credential,
+    caps: CapabilityFlags,
+    key: PoolKey,
+    scramble: [u8; 20],
+    state: SessionState,
+    backend: Option<PooledConn>,
+}
+
+impl ClientSession {
+    fn new(
+        client: PacketStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        handle: Arc<SessionHandle>,
+        l: LoggedIn,
+    ) -> Self {
+        let key = l.pool_key();
+        let state = SessionState {
+            schema: l.schema,
+            multi_statements: l.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            ..SessionState::default()
+        };
+        ClientSession {
+            shared,
+            handle,
+            client,
+            peer,
+            user: l.user,
+            caps: l.caps,
+            key,
+            scramble: l.scramble,
+            state,
+            backend: None,
+        }
+    }
+
+    fn id(&self) -> ClientId {
+        self.handle.id
+    }
+
+    async fn serve(&mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            if self.backend.is_none() {
+                self.client.release_idle_memory();
+            } else {
+                self.client.trim_memory();
+            }
+            let stopping = *shutdown.borrow();
+            if stopping && self.backend.is_none() {
+                return;
+            }
+            let header = tokio::select! {
+                biased;
+                _ = self.handle.killed() => return,
+                _ = shutdown.wait_for(|s| *s), if !stopping && self.backend.is_none() => return,
+                h = self.client.frame_header() => h,
+            };
+            let Ok((len, seq)) = header else { return };
+            if seq != 0 {
+                farewell(
+                    &mut self.client,
+                    seq.wrapping_add(1),
+                    &ClientError::out_of_order(),
+                )
+                .await;
+                return;
+            }
+            if len == 0 {
+                farewell(
+                    &mut self.client,
+                    1,
+                    &ClientError::malformed_packet("empty command packet"),
+                )
+                .await;
+                return;
+            }
+            if self
+                .client
+                .fill(HEADER_LEN + len.min(INSPECT_WHOLE))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let cmd = self.client.buffered()[HEADER_LEN];
+            self.shared.stats.commands.fetch_add(1, Relaxed);
+            if self.dispatch(cmd, len).await == Flow::Close || self.handle.is_killed() {
+                return;
+            }
+        }
+    }
+
+    /// The command's bytes available in the buffer (all of it unless it is very large).
+    fn payload(&self, len: usize) -> &[u8] {
+        let buf = self.client.buffered();
+        &buf[HEADER_LEN..buf.len().min(HEADER_LEN + len)]
+    }
+
+    async fn dispatch(&mut self, cmd: u8, len: usize) -> Flow {
+        match cmd {
+            COM_QUIT => Flow::Close,
+            COM_PING if self.backend.is_none() => self.answer_locally(None).await,
+            COM_PING => self.relay_command(Some(Expect::Single), SYNC_ALL).await.0,
+            COM_QUERY => self.query(len).await,
+            COM_INIT_DB => {
+                let schema = String::from_utf8_lossy(&self.payload(len)[1..]).into_owned();
+                let sync = Sync {
+                    schema: false,
+                    ..SYNC_ALL
+                };
+                let (flow, summary) = self.relay_command(Some(Expect::Single), sync).await;
+                if let Some(s) = summary.filter(|s| s.error.is_none()) {
+                    // Session tracking reports it too; this covers servers that do not.
+                    self.set_schema(Some(schema.clone()));
+                    self.after_command(&s, &Default::default()).await;
+                }
+                flow
+            }
+            COM_FIELD_LIST => self.relay_and_track(Expect::FieldList).await,
+            COM_STATISTICS => self.relay_and_track(Expect::SingleRaw).await,
+            COM_SET_OPTION => {
+                let option = self
+                    .payload(len)
+                    .get(1..3)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]));
+                let sync = Sync {
+                    multi_statements: false,
+                    ..SYNC_ALL
+                };
+                let (flow, summary) = self.relay_command(Some(Expect::Single), sync).await;
+                if let (Some(s), Some(option @ (0 | 1))) = (summary, option) {
+                    if s.error.is_none() {
+                        self.state.multi_statements = option == 0;
+                        if let Some(b) = self.backend.as_mut() {
+                            b.multi_statements = option == 0;
+                        }
+                    }
+                    self.after_command(&s, &Default::default()).await;
+                }
+                flow
+            }
+            COM_STMT_PREPARE => self.relay_and_track(Expect::Prepare).await,
+            COM_STMT_EXECUTE
+            | COM_STMT_FETCH
+            | COM_STMT_RESET
+            | COM_STMT_SEND_LONG_DATA
+            | COM_STMT_CLOSE => self.statement_command(cmd, len).await,
+            COM_RESET_CONNECTION => self.reset_connection().await,
+            COM_CHANGE_USER => self.change_user().await,
+            COM_PROCESS_KILL => {
+                let id = self
+                    .payload(len)
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                if self.skip_command().await == Flow::Close {
+                    return Flow::Close;
+                }
+                match id {
+                    Some(id) => {
+                        self.kill(
+                            Kill::Connection {
+                                id: u64::from(id),
+                                modifier: None,
+                            },
+                            true,
+                        )
+                        .await
+                    }
+                    None => {
+                        self.reply_error(&ClientError::malformed_packet("COM_PROCESS_KILL"))
+                            .await
+                    }
+                }
+            }
+            // Replication, server administration and long-obsolete commands.
+            0x05..=0x08 | 0x0a | 0x0b | 0x0d | 0x0f..=0x10 | 0x12..=0x15 | 0x1d | 0x1e => {
+                if self.skip_command().await == Flow::Close {
+                    return Flow::Close;
+                }
+                self.reply_error(&ClientError::command_not_relayed(
+                    command::name(cmd)
+                        .replace("unknown command", "this command")
+                        .as_str(),
+                ))
+                .await
+            }
+            _ => {
+                if self.skip_command().await == Flow::Close {
+                    return Flow::Close;
+                }
+                self.reply_error(&ClientError::unknown_command(cmd)).await
+            }
+        }
+    }
+
+    /// COM_QUERY: classify, handle KILL, relay, track.
+    async fn query(&mut self, len: usize) -> Flow {
+        let class = sql::classify(&self.payload(len)[1..]);
+        if let Some(kill) = class.kill.clone() {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.kill(kill, false).await;
+        }
+        let (flow, summary) = self.relay_command(Some(Expect::ResultSets), SYNC_ALL).await;
+        if let Some(s) = summary {
+            self.after_command(&s, &class.pins).await;
+        }
+        flow
+    }
+
+    async fn relay_and_track(&mut self, expect: Expect) -> Flow {
+        let (flow, summary) = self.relay_command(Some(expect), SYNC_ALL).await;
+        if let Some(s) = summary {
+            self.after_command(&s, &Default::default()).await;
+        }
+        flow
+    }
+
+    /// Prepared-statement commands. Statements live on the backend connection the session is
+    /// pinned to; without one, the session has no statements and Sluice answers itself.
+    async fn statement_command(&mut self, cmd: u8, len: usize) -> Flow {
+        if self.state.pins.contains(PinReason::PreparedStatement) {
+            let expect = match cmd {
+                COM_STMT_EXECUTE => Some(Expect::ResultSets),
+                COM_STMT_FETCH => Some(Expect::Fetch),
+                COM_STMT_RESET => Some(Expect::Single),
+                _ => None,
+            };
+            let (flow, summary) = self.relay_command(expect, SYNC_ALL).await;
+            if let Some(s) = summary {
+                self.after_command(&s, &Default::default()).await;
+            }
+            return flow;
+        }
+        let id = self
+            .payload(len)
+            .get(1..5)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        match cmd {
+            // No response is defined for these.
+            COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => Flow::Continue,
+            _ => {
+                self.reply_error(&ClientError::unknown_statement(id, command::name(cmd)))
+                    .await
+            }
+        }
+    }
+
+    /// Makes sure the session holds a backend connection in the session's state.
+    async fn acquire(&mut self, sync: Sync) -> Result<(), ClientError> {
+        if self.backend.is_none() {
+            let deadline = tokio::time::Instant::now() + self.shared.config.backend.borrow_timeout;
+            let conn = self
+                .shared
+                .pool
+                .borrow(&self.key, self.state.schema.as_deref(), deadline)
+                .await
+                .map_err(|e| self.shared.borrow_error(&self.key, e))?;
+            *self.handle.backend_thread.lock().await = Some(conn.thread_id);
+            self.backend = Some(conn);
+        }
+        if let Err(e) = self.sync_state(sync).await {
+            if let Some(b) = self.backend.as_mut() {
+                b.broken |= !matches!(e, BackendError::Command { .. });
+            }
+            self.release_if_free().await;
+            return Err(match e {
+                BackendError::Command { code, message, .. } => ClientError {
+                    code,
+                    sql_state: *b"HY000",
+                    message,
+                },
+                other => ClientError::backend_lost(&other.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies the session's schema, variables and options to its backend connection.
+    async fn sync_state(&mut self, sync: Sync) -> Result<(), BackendError> {
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        if sync.schema && b.schema != self.state.schema {
+            match &self.state.schema {
+                Some(s) => b.init_db(s).await?,
+                None => b.change_user_no_schema(&self.user.password).await?,
+            }
+        }
+        let want_autocommit = self.state.autocommit.unwrap_or(b.baseline_autocommit);
+        let want_vars: VarValues = self
+            .state
+            .vars
+            .clone()
+            .unwrap_or_else(|| b.baseline.clone());
+        let autocommit = (b.autocommit != want_autocommit).then_some(want_autocommit);
+        if let Some(sql) = want_vars.replay_statement(&b.vars, autocommit) {
+            b.query_row(&sql, "replaying session variables").await?;
+            b.vars = want_vars;
+            b.autocommit = want_autocommit;
+        }
+        if sync.multi_statements && b.multi_statements != self.state.multi_statements {
+            b.set_multi_statements(self.state.multi_statements).await?;
+        }
+        Ok(())
+    }
+
+    /// Borrows (if needed), forwards the client's command and relays the response. Returns the
+    /// response summary when the command went through, whatever its result.
+    async fn relay_command(
+        &mut self,
+        expect: Option<Expect>,
+        sync: Sync,
+    ) -> (Flow, Option<Summary>) {
+        if let Err(err) = self.acquire(sync).await {
+            if self.skip_command().await == Flow::Close {
+                return (Flow::Close, None);
+            }
+            return (self.reply_error(&err).await, None);
+        }
+        let max = self.shared.config.max_allowed_packet;
+        let Some(backend) = self.backend.as_mut() else {
+            return (Flow::Close, None);
+        };
+        match forward_packet(
+            &mut self.client,
+            &mut backend.stream,
+            max,
+            Direction::ToBackend,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(RelayError::TooLarge { .. }) => {
+                backend.broken = true;
+                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                return (Flow::Close, None);
+            }
+            Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
+                return (self.backend_lost(e, false).await, None);
+            }
+            Err(RelayError::Client(_)) => {
+                backend.broken = true;
+                return (Flow::Close, None);
+            }
+        }
+        backend.last_used = std::time::Instant::now();
+        let Some(expect) = expect else {
+            return (Flow::Continue, Some(Summary::default()));
+        };
+        let deprecate_eof = backend.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let untrack = !self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        let mut tracker = ResponseTracker::new(expect, deprecate_eof, true, untrack);
+        let mut summary = Summary::default();
+        match relay_response(
+            &mut backend.stream,
+            &mut self.client,
+            &mut tracker,
+            &mut summary,
+            max,
+        )
+        .await
+        {
+            Ok(()) => (Flow::Continue, Some(summary)),
+            Err(RelayError::Client(_)) | Err(RelayError::TooLarge { .. }) => {
+                // The backend is mid-response or mid-file: nobody can use it any more.
+                backend.broken = true;
+                (Flow::Close, None)
+            }
+            Err(RelayError::Backend(e)) => (self.backend_lost(e, false).await, None),
+            Err(RelayError::BackendMidResponse(e)) => (self.backend_lost(e, true).await, None),
+        }
+    }
+
+    /// The backend connection broke during a command. The client gets an error; the session
+    /// survives if nothing it depends on lived only on that connection.
+    async fn backend_lost(&mut self, e: ProtocolError, response_started: bool) -> Flow {
+        let state_lost = !self.state.pins.is_empty()
+            || self.backend.as_ref().is_some_and(|b| b.in_transaction());
+        tracing::warn!(client = %self.id(), error = %e, state_lost, "backend connection lost during a command");
+        if let Some(b) = self.backend.as_mut() {
+            b.broken = true;
+        }
+        self.unpin_all();
+        self.release().await;
+        let err = ClientError::backend_lost(&e.to_string());
+        if response_started || state_lost {
+            if !response_started {
+                farewell(&mut self.client, 1, &err).await;
+            }
+            return Flow::Close;
+        }
+        self.reply_error(&err).await
+    }
+
+    /// Brings the session up to date with what a response reported, then gives the backend
+    /// back if nothing holds it.
+    async fn after_command(&mut self, summary: &Summary, statement_pins: &crate::session::PinSet) {
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        if let Some(status) = summary.status {
+            b.status = status;
+            b.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        }
+        let autocommit = b.autocommit;
+        let mut pins = *statement_pins;
+        let mut explained = false;
+        let mut charset_changed = false;
+        let mut schema_change = None;
+        let mut state_changed = summary.untold_state_change;
+        for change in &summary.changes {
+            match change {
+                TrackedChange::Schema(s) => {
+                    explained = true;
+                    schema_change = Some((!s.is_empty()).then(|| s.clone()));
+                }
+                TrackedChange::SystemVariable { name, value } => {
+                    if name.eq_ignore_ascii_case("autocommit") {
+                        explained = true;
+                    } else if let Some(i) = tracked_index(name) {
+                        explained = true;
+                        charset_changed = true;
+                        if let Some(v) = b.vars.0.get_mut(i) {
+                            v.clone_from(value);
+                        }
+                    } else {
+                        pins.insert(PinReason::SessionVariable);
+                    }
+                }
+                TrackedChange::StateChanged => state_changed = true,
+            }
+        }
+        if summary.prepared.is_some() {
+            pins.insert(PinReason::PreparedStatement);
+        }
+        if state_changed && !explained && pins.is_empty() {
+            pins.insert(PinReason::UnknownStateChange);
+        }
+        if charset_changed {
+            // Tracking does not report collation_connection after SET NAMES ... COLLATE.
+            if let Err(e) = b.read_tracked_state().await {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot read session state");
+                b.broken = true;
+                pins.insert(PinReason::UnknownStateChange);
+            }
+            self.state.vars = Some(b.vars.clone());
+        }
+        self.state.autocommit = Some(autocommit);
+        if let Some(schema) = schema_change {
+            self.set_schema(schema);
+        }
+        for reason in pins.iter() {
+            self.pin(reason);
+        }
+        self.release_if_free().await;
+    }
+
+    fn set_schema(&mut self, schema: Option<String>) {
+        if let Some(s) = &schema {
+            self.shared.remember_schema(&self.key.user, s);
+        }
+        if let Some(b) = self.backend.as_mut() {
+            b.schema = schema.clone();
+        }
+        self.state.schema = schema;
+    }
+
+    fn pin(&mut self, reason: PinReason) {
+        if self.state.pins.insert(reason) {
+            self.shared.stats.pinned(reason);
+            tracing::info!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session pinned to its backend connection");
+        }
+    }
+
+    fn unpin_all(&mut self) {
+        for r in self.state.pins.iter() {
+            self.shared.stats.unpinned(r);
+        }
+        self.state.pins = Default::default();
+    }
+
+    async fn release_if_free(&mut self) {
+        let busy = self
+            .backend
+            .as_ref()
+            .is_some_and(|b| b.in_transaction() && !b.broken);
+        if self.state.pins.is_empty() && !busy {
+            self.release().await;
+        }
+    }
+
+    /// Gives the backend connection back. Takes the session's kill lock first, so a
+    /// concurrent KILL QUERY finishes before the connection can pass to someone else.
+    async fn release(&mut self) {
+        if let Some(conn) = self.backend.take() {
+            let mut slot = self.handle.backend_thread.lock().await;
+            *slot = None;
+            drop(conn);
+        }
+    }
+
+    /// Reads and drops the current client command.
+    async fn skip_command(&mut self) -> Flow {
+        match self
+            .client
+            .skip_packet(self.shared.config.max_allowed_packet)
+            .await
+        {
+            Ok(_) => Flow::Continue,
+            Err(ProtocolError::TooLarge { max, .. }) => {
+                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                Flow::Close
+            }
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn reply_error(&mut self, err: &ClientError) -> Flow {
+        match self.client.write_packet(1, &err.to_packet()).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// The status flags a locally generated OK carries.
+    fn local_status(&self) -> StatusFlags {
+        let mut s = StatusFlags::empty();
+        if self.state.autocommit.unwrap_or(true) {
+            s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        }
+        if self.backend.as_ref().is_some_and(|b| b.in_transaction()) {
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    /// Answers the current command with OK, after reading it (unless `read` says it was).
+    async fn answer_locally(&mut self, seq: Option<u8>) -> Flow {
+        if seq.is_none() && self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        let ok = packets::ok(0, 0, self.local_status(), 0);
+        match self.client.write_packet(seq.unwrap_or(1), &ok).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// COM_RESET_CONNECTION: the session starts over (keeping its schema, as the server does).
+    async fn reset_connection(&mut self) -> Flow {
+        if self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        if let Some(b) = self.backend.as_mut()
+            && let Err(e) = b.reset().await
+        {
+            tracing::warn!(client = %self.handle.id, error = %e, "backend reset failed");
+            b.broken = true;
+        }
+        self.unpin_all();
+        self.state.vars = None;
+        self.state.autocommit = None;
+        self.release().await;
+        self.answer_locally(Some(1)).await
+    }
+
+    /// COM_CHANGE_USER: Sluice authenticates the new user itself; the session starts over.
+    async fn change_user(&mut self) -> Flow {
+        let max = self.shared.config.max_allowed_packet.min(64 * 1024);
+        let payload = match self.client.read_packet(max).await {
+            Ok((_, p)) => p,
+            Err(_) => return Flow::Close,
+        };
+        let Some(cu) = ChangeUser::parse(&payload, self.caps) else {
+            farewell(
+                &mut self.client,
+                1,
+                &ClientError::malformed_packet("COM_CHANGE_USER"),
+            )
+            .await;
+            return Flow::Close;
+        };
+        let user_name = String::from_utf8_lossy(cu.user).into_owned();
+        let known = self.shared.credentials.get(&user_name);
+        let plugin = known
+            .as_ref()
+            .map_or(AuthPluginName::MysqlNativePassword, |u| u.auth_plugin);
+        let mut seq = 1u8;
+        let mut scramble = self.scramble;
+        let mut response = cu.auth_response.to_vec();
+        let collation = cu.collation.map_or(self.key.collation, |c| c as u8);
+        let database =
+            (!cu.database.is_empty()).then(|| String::from_utf8_lossy(cu.database).into_owned());
+        if cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
+            // Ask for an answer to a fresh scramble with the user's plugin.
+            scramble = match auth::new_scramble() {
+                Ok(s) => s,
+                Err(_) => return Flow::Close,
+            };
+            if self
+                .client
+                .write_packet(
+                    seq,
+                    &packets::auth_switch_request(plugin.as_str(), &scramble),
+                )
+                .await
+                .is_err()
+            {
+                return Flow::Close;
+            }
+            response = match self.client.read_packet(max).await {
+                Ok((s, p)) => {
+                    seq = s.wrapping_add(1);
+                    p
+                }
+                Err(_) => return Flow::Close,
+            };
+        }
+        let host = self.peer.ip().to_string();
+        let user = match known {
+            Some(u) if auth::verify(plugin, &scramble, u.password.expose(), &response) => u,
+            _ => {
+                self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
+                tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
+                farewell(
+                    &mut self.client,
+                    seq,
+                    &ClientError::access_denied(&user_name, &host, !response.is_empty()),
+                )
+                .await;
+                return Flow::Close;
+            }
+        };
+        if plugin == AuthPluginName::CachingSha2Password && !response.is_empty() {
+            if self
+                .client
+                .write_packet(seq, &packets::auth_more_data(&[auth::FAST_AUTH_OK]))
+                .await
+                .is_err()
+            {
+                return Flow::Close;
+            }
+            seq = seq.wrapping_add(1);
+        }
+        // The old user's connection goes back (reset first if the session left state on it).
+        if let Some(b) = self.backend.as_mut() {
+            b.needs_reset = true;
+        }
+        self.release().await;
+        self.unpin_all();
+        self.user = user;
+        self.key = pool_key(&self.user.username, self.caps, collation);
+        self.handle.set_user(self.user.username.clone());
+        self.state = SessionState {
+            schema: None,
+            multi_statements: self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            ..SessionState::default()
+        };
+        if let Some(db) = database {
+            if let Err(e) = self.shared.check_schema(&self.key, &db).await {
+                farewell(&mut self.client, seq, &e).await;
+                return Flow::Close;
+            }
+            self.state.schema = Some(db);
+        }
+        let ok = packets::ok(0, 0, self.local_status(), 0);
+        match self.client.write_packet(seq, &ok).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// `KILL [QUERY] <id>` and COM_PROCESS_KILL, with ids as Sluice hands them out. The command
+    /// itself was already read.
+    async fn kill(&mut self, kill: Kill, from_command: bool) -> Flow {
+        let (id, modifier, connection) = match kill {
+            Kill::Query { id, modifier } => (id, modifier, false),
+            Kill::Connection { id, modifier } => (id, modifier, true),
+            Kill::Unsupported(what) => {
+                return self.reply_error(&ClientError::unsupported(what)).await;
+            }
+        };
+        let target = u32::try_from(id)
+            .ok()
+            .and_then(|i| self.shared.registry.get(ClientId(i)));
+        let Some(target) = target else {
+            return self.reply_error(&ClientError::unknown_thread(id)).await;
+        };
+        if target.user() != self.key.user {
+            return self.reply_error(&ClientError::not_owner(id)).await;
+        }
+        if target.id == self.id() {
+            // Killing oneself: nothing else runs on this session; end it for KILL CONNECTION.
+            if connection {
+                self.handle.kill();
+            }
+            return self.answer_locally(Some(1)).await;
+        }
+        if connection {
+            target.kill();
+        }
+        // Stop the target's running statement, if it holds a backend connection. Our own
+        // connection is taken first, then the target's lock, so two KILLs cannot deadlock.
+        if let Err(err) = self.acquire(SYNC_ALL).await {
+            return self.reply_error(&err).await;
+        }
+        let slot = target.backend_thread.lock().await;
+        let Some(thread) = *slot else {
+            drop(slot);
+            self.release_if_free().await;
+            return self.answer_locally(Some(1)).await;
+        };
+        let statement = match modifier {
+            Some(m) => format!("KILL {m} QUERY {thread}"),
+            None => format!("KILL QUERY {thread}"),
+        };
+        let result = match self.backend.as_mut() {
+            Some(b) => b.query_row(&statement, "KILL QUERY").await,
+            None => Ok(None),
+        };
+        drop(slot);
+        tracing::info!(client = %self.id(), target = id, backend_thread = thread, connection, from_command, "KILL relayed");
+        match result {
+            Ok(_) => {
+                self.release_if_free().await;
+                self.answer_locally(Some(1)).await
+            }
+            Err(BackendError::Command { code, message, .. }) => {
+                self.release_if_free().await;
+                self.reply_error(&ClientError {
+                    code,
+                    sql_state: *b"HY000",
+                    message,
+                })
+                .await
+            }
+            Err(e) => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.broken = true;
+                }
+                self.release().await;
+                self.reply_error(&ClientError::backend_lost(&e.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Ends the session: a connection the session left state on is reset before reuse.
+    async fn finish(&mut self) {
+        let dirty = !self.state.pins.is_empty();
+        self.unpin_all();
+        if let Some(b) = self.backend.as_mut()
+            && (dirty || b.in_transaction())
+        {
+            b.needs_reset = true;
+        }
+        self.release().await;
+        tracing::debug!(client = %self.id(), "client session ended");
+    }
+}

@@ -1,0 +1,32 @@
+//! Sluice: a MySQL/MariaDB proxy that authenticates clients itself and multiplexes their
+//! transactions onto a small, bounded pool of backend connections.
+//!
+//! The pieces, by module:
+//! - [`config`]: the TOML file, environment overrides, validation;
+//! - [`protocol`]: MySQL framing, the packets Sluice writes, response tracking and relay;
+//! - [`frontend`]: one task per client, from login through the command loop;
+//! - [`backend`]: backend connections and the bounded pool;
+//! - [`session`]: per-session state that follows a client across backend connections;
+//! - [`sql`]: the light statement classifier (pins, KILL);
+//! - [`auth`], [`credentials`]: passwords and scrambles;
+//! - [`errors`]: every error Sluice sends, with its code;
+//! - [`server`]: the listener and graceful shutdown;
+//! - [`stats`], [`registry`]: counters and live sessions.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod credentials;
+pub mod errors;
+pub mod frontend;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod sql;
+pub mod stats;
+
+pub use config::Config;
+pub use server::{Proxy, ShutdownHandle, StartError};
+pub use session::PinReason;
+pub use stats::{Snapshot, Stats};

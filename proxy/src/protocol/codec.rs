@@ -1,0 +1,202 @@
+//! A socket with its read buffer, yielding MySQL frames and packets.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{HEADER_LEN, MAX_FRAME, frame_len, put_packet};
+
+/// How much spare room a read asks for; large results are relayed in chunks of about this size.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers above this size are given back once they are empty, so an idle connection holds none.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// What can go wrong reading or writing MySQL packets.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("packet of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("packet out of order: expected sequence id {expected}, got {got}")]
+    OutOfOrder { expected: u8, got: u8 },
+}
+
+/// A TCP connection speaking the MySQL protocol, with its read buffer.
+#[derive(Debug)]
+pub struct PacketStream {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl PacketStream {
+    /// Wraps a connected socket; disables Nagle, since every packet is latency-bound.
+    pub fn new(stream: TcpStream) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        Ok(PacketStream {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// The socket, for addresses and readiness checks.
+    pub fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops `n` consumed bytes from the front of the buffer.
+    pub fn consume(&mut self, n: usize) {
+        self.buf.advance(n);
+    }
+
+    /// Reads at least one more byte into the buffer. A peer that closed is an error here,
+    /// because every caller is waiting for the rest of something.
+    pub async fn read_more(&mut self) -> Result<(), ProtocolError> {
+        if self.buf.capacity() == 0 {
+            // An idle connection holds no buffer; allocate only once there is data.
+            self.stream.readable().await?;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.buf).await? {
+            0 => Err(ProtocolError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads until at least `n` bytes are buffered.
+    pub async fn fill(&mut self, n: usize) -> Result<(), ProtocolError> {
+        if n > self.buf.capacity() {
+            self.buf.reserve(n - self.buf.len());
+        }
+        while self.buf.len() < n {
+            self.read_more().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the next frame header: payload length and sequence id.
+    pub async fn frame_header(&mut self) -> Result<(usize, u8), ProtocolError> {
+        self.fill(HEADER_LEN).await?;
+        Ok(self.peek_header().unwrap_or((0, 0)))
+    }
+
+    /// The header of the frame at the front of the buffer, if it is there.
+    pub fn peek_header(&self) -> Option<(usize, u8)> {
+        let h: &[u8; 4] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        Some((frame_len(h), h[3]))
+    }
+
+    /// Reads one whole logical packet of at most `max` bytes, joining frames. Used where packets
+    /// are small and Sluice itself is the peer (handshakes, its own queries); relayed traffic
+    /// is streamed frame by frame instead (see `relay`).
+    pub async fn read_packet(&mut self, max: usize) -> Result<(u8, Vec<u8>), ProtocolError> {
+        let mut payload = Vec::new();
+        let mut first_seq = None;
+        loop {
+            let (len, seq) = self.frame_header().await?;
+            if let Some(first) = first_seq {
+                let expected = (first as usize + payload.len() / MAX_FRAME) as u8;
+                if seq != expected {
+                    return Err(ProtocolError::OutOfOrder { expected, got: seq });
+                }
+            }
+            first_seq.get_or_insert(seq);
+            if payload.len() + len > max {
+                return Err(ProtocolError::TooLarge {
+                    size: payload.len() + len,
+                    max,
+                });
+            }
+            self.fill(HEADER_LEN + len).await?;
+            payload.extend_from_slice(&self.buf[HEADER_LEN..HEADER_LEN + len]);
+            self.buf.advance(HEADER_LEN + len);
+            if len < MAX_FRAME {
+                return Ok((first_seq.unwrap_or(0), payload));
+            }
+        }
+    }
+
+    /// Reads and drops one logical packet (a command Sluice answers itself), frame by frame,
+    /// without holding more than a chunk of it. Returns its payload length.
+    pub async fn skip_packet(&mut self, max: usize) -> Result<usize, ProtocolError> {
+        let mut total = 0usize;
+        loop {
+            let (len, _) = self.frame_header().await?;
+            total += len;
+            if total > max {
+                return Err(ProtocolError::TooLarge { size: total, max });
+            }
+            let mut left = HEADER_LEN + len;
+            loop {
+                let n = left.min(self.buf.len());
+                self.buf.advance(n);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+                self.read_more().await?;
+            }
+            if len < MAX_FRAME {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Writes bytes that are already framed.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Frames and writes one packet.
+    pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
+        put_packet(&mut out, seq, payload);
+        self.stream.write_all(&out).await
+    }
+
+    /// True if the peer has closed the connection or sent something unasked; checked without
+    /// waiting, before an idle backend connection is handed out.
+    pub fn is_stale(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Gives back read-buffer memory once nothing is buffered: idle connections keep none.
+    pub fn release_idle_memory(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Shrinks a buffer that grew for a large packet, keeping small ones for reuse.
+    pub fn trim_memory(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Shuts down the write side, flushing what was written.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}

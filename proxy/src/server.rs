@@ -286,7 +286,7 @@ impl Proxy {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = stop_requested(&mut shutdown) => break,
             }
         }
         drop(listener);
@@ -309,6 +309,11 @@ impl Proxy {
         shared.pool.close();
         tracing::info!("sluice stopped");
     }
+}
+
+/// Completes once shutdown was requested (the watch's read guard is not kept).
+pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

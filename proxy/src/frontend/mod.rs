@@ -110,6 +110,9 @@ struct ClientSession {
     scramble: [u8; 20],
     state: SessionState,
     backend: Option<PooledConn>,
+    /// The last statement left warnings: keep the connection for the next command, so
+    /// `SHOW WARNINGS` sees them.
+    hold_for_warnings: bool,
 }
 
 impl ClientSession {
@@ -137,6 +140,7 @@ impl ClientSession {
             scramble: l.scramble,
             state,
             backend: None,
+            hold_for_warnings: false,
         }
     }
 
@@ -159,7 +163,7 @@ impl ClientSession {
             let header = tokio::select! {
                 biased;
                 _ = self.handle.killed() => return,
-                _ = shutdown.wait_for(|s| *s), if !stopping && self.backend.is_none() => return,
+                _ = crate::server::stop_requested(&mut shutdown), if !stopping && self.backend.is_none() => return,
                 h = self.client.frame_header() => h,
             };
             let Ok((len, seq)) = header else { return };
@@ -558,6 +562,7 @@ impl ClientSession {
             self.state.vars = Some(b.vars.clone());
         }
         self.state.autocommit = Some(autocommit);
+        self.hold_for_warnings = summary.warnings > 0;
         if let Some(schema) = schema_change {
             self.set_schema(schema);
         }

@@ -44,7 +44,15 @@ impl<'a> Ok<'a> {
                 };
             (info, state)
         } else {
-            (r.take_rest(), &[][..])
+            // Documented as string<EOF>, but servers write it length-encoded (MySQL's
+            // net_send_ok, MariaDB alike), and clients such as mysql_common read it so.
+            let rest = r.rest();
+            let info = if rest.first().is_some_and(|&b| b > 0) {
+                r.lenenc_bytes().unwrap_or(rest)
+            } else {
+                &[][..]
+            };
+            (info, &[][..])
         };
         Some(Ok {
             header,
@@ -57,8 +65,9 @@ impl<'a> Ok<'a> {
         })
     }
 
-    /// Encodes the packet for a client without `CLIENT_SESSION_TRACK`: info as the rest of the
-    /// packet, no session-state data, and no `SERVER_SESSION_STATE_CHANGED` flag.
+    /// Encodes the packet as a server does for a client without `CLIENT_SESSION_TRACK`: no
+    /// session-state data, no `SERVER_SESSION_STATE_CHANGED` flag, and the info string
+    /// (length-encoded) only when there is one.
     pub fn encode_untracked(&self, out: &mut Vec<u8>) {
         out.push(self.header);
         lenenc::put_int(out, self.affected_rows);
@@ -66,13 +75,20 @@ impl<'a> Ok<'a> {
         let status = self.status - StatusFlags::SERVER_SESSION_STATE_CHANGED;
         out.extend_from_slice(&status.bits().to_le_bytes());
         out.extend_from_slice(&self.warnings.to_le_bytes());
-        out.extend_from_slice(self.info);
+        if !self.info.is_empty() {
+            lenenc::put_bytes(out, self.info);
+        }
     }
 
-    /// True when [`Ok::encode_untracked`] would produce different bytes than the original.
+    /// True when [`Ok::encode_untracked`] would produce other bytes than the original.
     pub fn needs_untracking(&self, payload_len: usize) -> bool {
-        let fixed = 1 + lenenc_len(self.affected_rows) + lenenc_len(self.last_insert_id) + 4;
-        payload_len != fixed + self.info.len()
+        let info = match self.info.len() {
+            0 => 0,
+            n => lenenc_len(n as u64) + n,
+        };
+        let untracked =
+            1 + lenenc_len(self.affected_rows) + lenenc_len(self.last_insert_id) + 4 + info;
+        payload_len != untracked
             || self
                 .status
                 .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
@@ -88,12 +104,17 @@ fn lenenc_len(v: u64) -> usize {
     }
 }
 
-/// Reads the status flags of a classic 5-byte EOF packet (0xFE, warnings, status).
-pub fn eof_status(payload: &[u8]) -> Option<StatusFlags> {
+/// Reads the warning count and status flags of a classic 5-byte EOF packet.
+pub fn eof_fields(payload: &[u8]) -> Option<(u16, StatusFlags)> {
     let mut r = Reader::new(payload);
     r.u8()?;
-    r.u16()?;
-    Some(StatusFlags::from_bits_retain(r.u16()?))
+    let warnings = r.u16()?;
+    Some((warnings, StatusFlags::from_bits_retain(r.u16()?)))
+}
+
+/// Reads the status flags of a classic 5-byte EOF packet.
+pub fn eof_status(payload: &[u8]) -> Option<StatusFlags> {
+    eof_fields(payload).map(|(_, s)| s)
 }
 
 /// True for a packet that ends a result set or a column list: 0xFE and shorter than a full frame.
@@ -184,16 +205,23 @@ mod tests {
     }
 
     #[test]
-    fn untracking_rewrites_info_and_flags() {
+    fn untracking_strips_state_and_keeps_info() {
+        // Info is length-encoded with or without session tracking: nothing to rewrite.
         let ok = Ok::parse(INSERT, true).unwrap();
         assert_eq!(ok.affected_rows, 2);
         assert_eq!(ok.info, b"Records: 2  Duplicates: 0  Warnings: 0");
-        assert!(ok.needs_untracking(INSERT.len()));
+        assert!(!ok.needs_untracking(INSERT.len()));
+        let plain = Ok::parse(INSERT, false).unwrap();
+        assert_eq!(plain.info, ok.info);
+
+        // Info together with session state: the state goes, the info stays as the server
+        // would have sent it.
+        let both = b"\x00\x01\x00\x02\x40\x00\x00\x02hi\x03\x02\x011";
+        let ok = Ok::parse(both, true).unwrap();
+        assert!(ok.needs_untracking(both.len()));
         let mut out = Vec::new();
         ok.encode_untracked(&mut out);
-        let plain = Ok::parse(&out, false).unwrap();
-        assert_eq!(plain.info, ok.info);
-        assert_eq!(plain.affected_rows, 2);
+        assert_eq!(out, b"\x00\x01\x00\x02\x00\x00\x00\x02hi");
 
         let ok = Ok::parse(USE_MYSQL, true).unwrap();
         let mut out = Vec::new();

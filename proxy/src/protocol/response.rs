@@ -66,6 +66,8 @@ pub struct Summary {
     pub error: Option<u16>,
     /// Affected rows and last insert id of the last OK packet.
     pub last_ok: Option<(u64, u64)>,
+    /// Warning count of the last OK or EOF packet.
+    pub warnings: u16,
     /// Changes reported in session-state data, in order.
     pub changes: Vec<TrackedChange>,
     /// Set by a prepare-OK.
@@ -315,7 +317,9 @@ impl ResponseTracker {
             self.on_ok(payload, summary, verdict)?;
             return Ok(summary.status.unwrap_or_default());
         }
-        let status = ok::eof_status(payload).ok_or(ProtocolError::Malformed("EOF packet"))?;
+        let (warnings, status) =
+            ok::eof_fields(payload).ok_or(ProtocolError::Malformed("EOF packet"))?;
+        summary.warnings = warnings;
         if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED) {
             summary.untold_state_change = true;
         }
@@ -333,6 +337,7 @@ impl ResponseTracker {
         let okp = ok::Ok::parse(payload, self.session_track)
             .ok_or(ProtocolError::Malformed("OK packet"))?;
         summary.status = Some(okp.status);
+        summary.warnings = okp.warnings;
         summary.last_ok = Some((okp.affected_rows, okp.last_insert_id));
         if !okp.session_state.is_empty() {
             let changes = ok::state_changes(okp.session_state)

@@ -1,0 +1,153 @@
+//! Shared by the end-to-end tests: Sluice running in-process in front of a sandbox MariaDB.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts, OptsBuilder};
+use sluice::backend::Pool;
+use sluice::{Config, ShutdownHandle, Snapshot, Stats};
+use sluice_testkit::MariaDb;
+
+/// A running in-process Sluice.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    pub pool: Pool,
+    pub app_password: String,
+    pub other_password: String,
+    stop: ShutdownHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Configuration text for Sluice in front of `db`, with both sandbox users.
+pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
+    let text = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        log_level = "warn"
+        [backend]
+        address = "{addr}"
+        max_connections = {max_connections}
+        borrow_timeout = "20s"
+        [[users]]
+        username = "app"
+        password = "{app}"
+        [[users]]
+        username = "other"
+        password = "{other}"
+        "#,
+        addr = db.addr(),
+        app = db.app_password(),
+        other = db.other_password(),
+    );
+    Config::from_toml(&text, "test", |_| None).expect("test configuration")
+}
+
+impl TestProxy {
+    /// Starts Sluice in front of `db` with a pool of `max_connections`.
+    pub async fn start(db: &MariaDb, max_connections: usize) -> TestProxy {
+        Self::start_with(db, config_for(db, max_connections)).await
+    }
+
+    /// Starts Sluice with a prepared configuration.
+    pub async fn start_with(db: &MariaDb, config: Config) -> TestProxy {
+        init_logging();
+        let proxy = sluice::Proxy::bind(config).await.expect("bind");
+        let t = TestProxy {
+            addr: proxy.local_addr(),
+            stats: proxy.stats(),
+            pool: proxy.pool(),
+            app_password: db.app_password().to_string(),
+            other_password: db.other_password().to_string(),
+            stop: proxy.shutdown_handle(),
+            task: tokio::spawn(proxy.run()),
+        };
+        t
+    }
+
+    /// Client options for logging in to Sluice.
+    pub fn opts(&self, user: &str, password: &str, db: Option<&str>) -> OptsBuilder {
+        OptsBuilder::default()
+            .ip_or_hostname(self.addr.ip().to_string())
+            .tcp_port(self.addr.port())
+            .user(Some(user))
+            .pass(Some(password))
+            .db_name(db)
+            .prefer_socket(false)
+    }
+
+    /// A connection as `app` through Sluice.
+    pub async fn app(&self, db: Option<&str>) -> Conn {
+        Conn::new(Opts::from(self.opts("app", &self.app_password, db)))
+            .await
+            .expect("login through Sluice")
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.stats.snapshot()
+    }
+
+    /// Waits until the pool's connection count (open, idle) satisfies `pred`, up to `limit`.
+    pub async fn wait_pool(
+        &self,
+        limit: Duration,
+        pred: impl Fn(usize, usize) -> bool,
+    ) -> (usize, usize) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (open, idle, _) = self.pool.counts();
+            if pred(open, idle) || tokio::time::Instant::now() > deadline {
+                return (open, idle);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops Sluice and waits for it.
+    pub async fn stop(self) {
+        self.stop.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+/// A fresh schema on `db` for one test, so tests sharing a server do not collide.
+pub fn schema(db: &MariaDb, prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    db.sql(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        .expect("create schema");
+    name
+}
+
+/// Connections the server sees from `user`, counted from the server's side.
+pub async fn server_connections(db: &MariaDb, user: &str) -> usize {
+    let mut root = db.root_conn().await.expect("root connection");
+    let n: Option<usize> = root
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+            (user,),
+        )
+        .await
+        .expect("processlist");
+    n.unwrap_or(0)
+}
+
+/// Logs for tests, when SLUICE_TEST_LOG names a filter (for example `debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("SLUICE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}

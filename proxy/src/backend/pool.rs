@@ -196,7 +196,9 @@ impl Pool {
                 .credentials
                 .get(&key.user)
                 .ok_or_else(|| BorrowError::UnknownUser(key.user.clone()))?;
-            match self.inner.connector.open(key, &cred.password, schema).await {
+            // No schema at login: a schema the server refuses must come back as its own error
+            // (from COM_INIT_DB when the session syncs), not as a failed login.
+            match self.inner.connector.open(key, &cred.password, None).await {
                 Ok(conn) => return Ok(slot.fill(conn)),
                 Err(e) if e.is_login_refused() => return Err(BorrowError::Login(e)),
                 Err(e) => {

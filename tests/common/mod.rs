@@ -151,3 +151,4 @@ pub fn init_logging() {
             .try_init();
     }
 }
+pub mod raw;

@@ -156,14 +156,17 @@ impl ClientSession {
             } else {
                 self.client.trim_memory();
             }
+            // On shutdown, sessions end between commands unless a transaction is open; a
+            // pinned but idle session ends too (its connection is reset, not reused).
+            let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
             let stopping = *shutdown.borrow();
-            if stopping && self.backend.is_none() {
+            if stopping && !in_transaction {
                 return;
             }
             let header = tokio::select! {
                 biased;
                 _ = self.handle.killed() => return,
-                _ = crate::server::stop_requested(&mut shutdown), if !stopping && self.backend.is_none() => return,
+                _ = crate::server::stop_requested(&mut shutdown), if !stopping && !in_transaction => return,
                 h = self.client.frame_header() => h,
             };
             let Ok((len, seq)) = header else { return };

@@ -181,7 +181,7 @@ impl Pool {
     ) -> Result<PooledConn, BorrowError> {
         let started = Instant::now();
         let mut grant = self.request(key, schema, deadline, started).await?;
-        let mut last_error: Option<String>;
+        let mut last_error: Option<String> = None;
         let mut backoff = Duration::from_millis(20);
         loop {
             let slot = match grant {
@@ -198,28 +198,29 @@ impl Pool {
                 .ok_or_else(|| BorrowError::UnknownUser(key.user.clone()))?;
             // No schema at login: a schema the server refuses must come back as its own error
             // (from COM_INIT_DB when the session syncs), not as a failed login.
-            match self.inner.connector.open(key, &cred.password, None).await {
-                Ok(conn) => return Ok(slot.fill(conn)),
-                Err(e) if e.is_login_refused() => return Err(BorrowError::Login(e)),
-                Err(e) => {
+            let attempt = self.inner.connector.open(key, &cred.password, None);
+            match timeout_at(deadline, attempt).await {
+                Ok(Ok(conn)) => return Ok(slot.fill(conn)),
+                Ok(Err(e)) if e.is_login_refused() => return Err(BorrowError::Login(e)),
+                Ok(Err(e)) => {
                     tracing::warn!(address = %self.inner.connector.address, error = %e, "backend connection failed");
                     last_error = Some(e.to_string());
                 }
+                Err(_) => {}
             }
             // Keep the place and retry until the borrower's deadline: a backend that is
             // briefly down should cost waiting, not errors.
             let now = tokio::time::Instant::now();
-            if now + backoff >= deadline {
-                let waiting = self.lock().waiters.len();
-                let cap = self.lock().settings.max_connections;
+            if now >= deadline {
+                let st = self.lock();
                 return Err(BorrowError::Timeout {
                     waited: started.elapsed(),
-                    cap,
-                    waiting,
+                    cap: st.settings.max_connections,
+                    waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
                     last_error,
                 });
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             grant = Grant::Slot(slot);
         }

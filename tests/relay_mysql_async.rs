@@ -79,7 +79,8 @@ async fn results_match_the_server_in_both_protocols() {
         assert_eq!(shape(&a), shape(&b), "binary protocol: {q}");
     }
     // Typed reads: NULLs, BLOBs as bytes, DECIMAL exactly.
-    let rows: Vec<(String, Option<String>, Option<Vec<u8>>, Option<String>)> = via
+    type Typed = (String, Option<String>, Option<Vec<u8>>, Option<String>);
+    let rows: Vec<Typed> = via
         .exec(
             "SELECT name, CAST(price AS CHAR), data, note FROM t WHERE id IN (?, ?, ?) ORDER BY id",
             (1, 2, 3),

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address clients connect to.
     pub listen: String,
+    /// Length of the queue of connections not yet accepted (capped by the kernel's somaxconn).
+    pub listen_backlog: u32,
     /// Version string announced to clients; empty means "the backend's, plus -sluice".
     pub server_version: String,
     /// How long a client may take to complete its login.
@@ -148,6 +150,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:6033".into(),
+            listen_backlog: 4096,
             server_version: String::new(),
             handshake_timeout: Duration::from_secs(10),
             max_allowed_packet: 64 * 1024 * 1024,
@@ -202,6 +205,7 @@ enum Kind {
 /// Environment variables that override file values, for containers.
 const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     ("SLUICE_LISTEN", &["listen"], Kind::Text),
+    ("SLUICE_LISTEN_BACKLOG", &["listen_backlog"], Kind::Integer),
     ("SLUICE_SERVER_VERSION", &["server_version"], Kind::Text),
     (
         "SLUICE_HANDSHAKE_TIMEOUT",

@@ -182,12 +182,10 @@ impl Proxy {
     /// Binds the listener and learns the backend's version (without logging in).
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
         let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    address: config.listen.clone(),
-                    source,
-                })?;
+            listen(&config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
+                address: config.listen.clone(),
+                source,
+            })?;
         let stats = Arc::new(Stats::default());
         let credentials = Arc::new(Credentials::from_config(&config.users));
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
@@ -309,6 +307,24 @@ impl Proxy {
         shared.pool.close();
         tracing::info!("sluice stopped");
     }
+}
+
+/// Binds the client listener with a deep accept queue (the standard library's is 128).
+fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = address.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an IP address and port",
+        )
+    })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Completes once shutdown was requested (the watch's read guard is not kept).

@@ -138,6 +138,15 @@ pub const TRACKED_VARS: &[TrackedVar] = &[
     },
 ];
 
+/// Variables servers report through session tracking that are not session state a client set:
+/// MySQL 8 and later report `statement_id`, which changes with every statement.
+pub const IGNORED_VARS: &[&str] = &["statement_id"];
+
+/// True for a reported variable that is no session state (see [`IGNORED_VARS`]).
+pub fn is_ignored(name: &str) -> bool {
+    IGNORED_VARS.iter().any(|v| v.eq_ignore_ascii_case(name))
+}
+
 /// Position of a variable in [`TRACKED_VARS`].
 pub fn tracked_index(name: &str) -> Option<usize> {
     TRACKED_VARS

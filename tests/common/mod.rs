@@ -58,7 +58,7 @@ impl TestProxy {
     pub async fn start_with(db: &MariaDb, config: Config) -> TestProxy {
         init_logging();
         let proxy = sluice::Proxy::bind(config).await.expect("bind");
-        let t = TestProxy {
+        TestProxy {
             addr: proxy.local_addr(),
             stats: proxy.stats(),
             pool: proxy.pool(),
@@ -66,8 +66,7 @@ impl TestProxy {
             other_password: db.other_password().to_string(),
             stop: proxy.shutdown_handle(),
             task: tokio::spawn(proxy.run()),
-        };
-        t
+        }
     }
 
     /// Client options for logging in to Sluice.

@@ -216,6 +216,8 @@ pub struct BackendConn {
     pub status: StatusFlags,
     /// The greeting's scramble, which COM_CHANGE_USER answers to.
     nonce: Vec<u8>,
+    /// The authentication plugin the login ended with (COM_CHANGE_USER uses it again).
+    plugin: Vec<u8>,
     pub created: Instant,
     pub last_used: Instant,
     /// Served a pinned session or lost its client mid-transaction: reset before reuse.
@@ -295,7 +297,7 @@ impl BackendConn {
             .write_packet(seq.wrapping_add(1), &hello)
             .await
             .map_err(ProtocolError::from)?;
-        let status = auth_exchange(&mut stream, plugin, nonce.clone(), password).await?;
+        let (status, plugin) = auth_exchange(&mut stream, plugin, nonce.clone(), password).await?;
         let now = Instant::now();
         Ok(BackendConn {
             id,
@@ -311,6 +313,7 @@ impl BackendConn {
             multi_statements: caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
             status,
             nonce,
+            plugin,
             created: now,
             last_used: now,
             needs_reset: false,
@@ -476,8 +479,8 @@ impl BackendConn {
     /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
     /// session state. The only way to leave every schema once one was chosen.
     pub async fn change_user_no_schema(&mut self, password: &Secret) -> Result<(), BackendError> {
-        let plugin = auth::NATIVE.as_bytes();
-        let response = auth::client_response(plugin, &self.nonce, password.expose())?;
+        let plugin = self.plugin.clone();
+        let response = auth::client_response(&plugin, &self.nonce, password.expose())?;
         let mut payload = vec![command::COM_CHANGE_USER];
         payload.extend_from_slice(self.key.user.as_bytes());
         payload.push(0);
@@ -485,7 +488,7 @@ impl BackendConn {
         payload.extend_from_slice(&response);
         payload.push(0); // no schema
         payload.extend_from_slice(&u16::from(self.key.collation).to_le_bytes());
-        payload.extend_from_slice(plugin);
+        payload.extend_from_slice(&plugin);
         payload.push(0);
         if self.caps.contains(CapabilityFlags::CLIENT_CONNECT_ATTRS) {
             payload.push(0);
@@ -494,13 +497,9 @@ impl BackendConn {
             .write_packet(0, &payload)
             .await
             .map_err(ProtocolError::from)?;
-        let status = auth_exchange(
-            &mut self.stream,
-            plugin.to_vec(),
-            self.nonce.clone(),
-            password,
-        )
-        .await?;
+        let (status, plugin) =
+            auth_exchange(&mut self.stream, plugin, self.nonce.clone(), password).await?;
+        self.plugin = plugin;
         self.status = status;
         self.prepare_session().await?;
         self.multi_statements = self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
@@ -528,14 +527,14 @@ async fn auth_exchange(
     mut plugin: Vec<u8>,
     mut nonce: Vec<u8>,
     password: &Secret,
-) -> Result<StatusFlags, BackendError> {
+) -> Result<(StatusFlags, Vec<u8>), BackendError> {
     loop {
         let (rseq, p) = stream.read_packet(CONTROL_PACKET_MAX).await?;
         let seq = rseq.wrapping_add(1);
         match p.first() {
             Some(0x00) => {
                 let okp = ok::Ok::parse(&p, true).ok_or(ProtocolError::Malformed("OK packet"))?;
-                return Ok(okp.status);
+                return Ok((okp.status, plugin));
             }
             Some(0xFF) => {
                 let e = packets::Err::parse(&p).ok_or(ProtocolError::Malformed("ERR packet"))?;

@@ -26,7 +26,7 @@ use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary,
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{ClientId, SessionHandle};
 use crate::server::Shared;
-use crate::session::{PinReason, SessionState, VarValues, tracked_index};
+use crate::session::{PinReason, SessionState, VarValues, is_ignored, tracked_index};
 use crate::sql::{self, Kill};
 
 /// How long Sluice tries to deliver a final error to a client it is about to close.
@@ -534,7 +534,7 @@ impl ClientSession {
                     schema_change = Some((!s.is_empty()).then(|| s.clone()));
                 }
                 TrackedChange::SystemVariable { name, value } => {
-                    if name.eq_ignore_ascii_case("autocommit") {
+                    if name.eq_ignore_ascii_case("autocommit") || is_ignored(name) {
                         explained = true;
                     } else if let Some(i) = tracked_index(name) {
                         explained = true;
@@ -543,6 +543,9 @@ impl ClientSession {
                             v.clone_from(value);
                         }
                     } else {
+                        if !self.state.pins.contains(PinReason::SessionVariable) {
+                            tracing::info!(client = %self.handle.id, variable = %name, "session variable outside the replayable set");
+                        }
                         pins.insert(PinReason::SessionVariable);
                     }
                 }

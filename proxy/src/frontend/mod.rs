@@ -26,7 +26,7 @@ use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary,
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{ClientId, SessionHandle};
 use crate::server::Shared;
-use crate::session::{PinReason, SessionState, VarValues, is_ignored, tracked_index};
+use crate::session::{PinReason, SessionState, is_ignored, tracked_index};
 use crate::sql::{self, Kill};
 
 /// How long Sluice tries to deliver a final error to a client it is about to close.
@@ -406,15 +406,15 @@ impl ClientSession {
             }
         }
         let want_autocommit = self.state.autocommit.unwrap_or(b.baseline_autocommit);
-        let want_vars: VarValues = self
-            .state
-            .vars
-            .clone()
-            .unwrap_or_else(|| b.baseline.clone());
         let autocommit = (b.autocommit != want_autocommit).then_some(want_autocommit);
-        if let Some(sql) = want_vars.replay_statement(&b.vars, autocommit) {
+        // Usually nothing differs: compare in place and copy values only to replay them.
+        let replay = {
+            let want = self.state.vars.as_ref().unwrap_or(&b.baseline);
+            want.replay_statement(&b.vars, autocommit).map(|sql| (sql, want.clone()))
+        };
+        if let Some((sql, want)) = replay {
             b.query_row(&sql, "replaying session variables").await?;
-            b.vars = want_vars;
+            b.vars = want;
             b.autocommit = want_autocommit;
         }
         if sync.multi_statements && b.multi_statements != self.state.multi_statements {

@@ -4,12 +4,18 @@
 pub mod clients;
 /// Private MariaDB servers on loopback with real random passwords.
 pub mod mariadb;
+/// Private MySQL 9 servers (caching_sha2_password only) from a Debian sid chroot.
+pub mod mysql9;
 /// Free loopback ports.
 pub mod ports;
 /// Child processes: finding programs, tying children to this process, bounded waits.
 pub mod process;
+/// The real `sluice` binary as a child process.
+pub mod sluice;
 
 pub use clients::{mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success};
 pub use mariadb::{MariaDb, MariaDbOptions};
+pub use mysql9::{Mysql9, Mysql9Options, Sha2Auth};
 pub use ports::free_port;
 pub use process::spawn_tied;
+pub use sluice::{SluiceOptions, SluiceProcess};

@@ -410,7 +410,8 @@ impl ClientSession {
         // Usually nothing differs: compare in place and copy values only to replay them.
         let replay = {
             let want = self.state.vars.as_ref().unwrap_or(&b.baseline);
-            want.replay_statement(&b.vars, autocommit).map(|sql| (sql, want.clone()))
+            want.replay_statement(&b.vars, autocommit)
+                .map(|sql| (sql, want.clone()))
         };
         if let Some((sql, want)) = replay {
             b.query_row(&sql, "replaying session variables").await?;

@@ -1,0 +1,953 @@
+//! Load benchmark: sysbench `oltp_point_select` straight to MariaDB, through Sluice and through
+//! HAProxy (a plain TCP forwarder), interleaved in one run so all three see the same machine;
+//! then Sluice's resident memory per idle client connection.
+//!
+//! Run with `cargo bench --bench proxy`. Environment:
+//! - `SLUICE_BENCH_SECONDS`: sysbench `--time` per run (default 5);
+//! - `SLUICE_BENCH_ROUNDS`: runs per target and concurrency; the median is reported (default 2);
+//! - `SLUICE_BENCH_WORKER_THREADS`: Sluice's `worker_threads` (default 0, one per CPU);
+//! - `SLUICE_BENCH_HAPROXY_THREADS`: HAProxy's `nbthread` (default one per CPU, its own default).
+//!
+//! Figures go to stdout and, as Markdown, to `target/bench/proxy.md`.
+
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder, File};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use mysql_async::prelude::Queryable;
+use sluice_testkit::process::{find_program, output_with_timeout};
+use sluice_testkit::{
+    MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess, free_port, spawn_tied,
+};
+
+const INSTALL: &str = "apt-get install -y sysbench haproxy";
+/// Client concurrencies measured, in this order.
+const CLIENTS: [usize; 4] = [1, 8, 64, 512];
+const TABLES: u32 = 4;
+const TABLE_SIZE: u32 = 10_000;
+/// Sluice's backend pool for the throughput runs and the memory run.
+const SLUICE_POOL: usize = 16;
+/// Idle clients held open through Sluice for the memory figure.
+const IDLE_CLIENTS: usize = 5_000;
+/// Logins in flight at once while opening the idle clients.
+const LOGIN_CONCURRENCY: usize = 64;
+/// Deadline for opening (or closing) all idle clients.
+const IDLE_DEADLINE: Duration = Duration::from_secs(180);
+/// Beyond `--time`: connecting 512 clients, sysbench's start-up and its report.
+const SYSBENCH_SLACK: Duration = Duration::from_secs(120);
+/// How long HAProxy may take to forward a first greeting, or to exit after SIGTERM.
+const HAPROXY_DEADLINE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(10);
+
+// Targets: printed next to the figures, never asserted (a benchmark reports, a test asserts).
+const TARGET_RATIO_64: f64 = 0.6;
+const TARGET_RATIO_512: f64 = 1.0;
+const TARGET_ADDED_P50_US: f64 = 50.0;
+const TARGET_KIB_PER_IDLE: f64 = 16.0;
+
+fn main() -> Result<()> {
+    // `cargo test --benches` runs this binary without `--bench`: a multi-minute load run has
+    // no place there.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("proxy bench: skipped (run it with `cargo bench --bench proxy`)");
+        return Ok(());
+    }
+    let settings = Settings::from_env()?;
+    let sysbench = find_program("sysbench", INSTALL)?;
+    let haproxy_bin = find_program("haproxy", INSTALL)?;
+    let nofile = raise_nofile_limit()?;
+    let started = Instant::now();
+
+    let db = MariaDb::start_with(MariaDbOptions {
+        max_connections: 1000,
+        small_memory: false,
+        ..MariaDbOptions::default()
+    })?;
+    let db_version = db.sql("SELECT VERSION()")?.trim().to_owned();
+    db.sql("CREATE DATABASE sbtest")?;
+    let sysbench = Sysbench {
+        path: sysbench,
+        password: db.app_password().to_owned(),
+    };
+    sysbench.prepare(db.addr())?;
+    let sluice_opts = SluiceOptions {
+        max_connections: SLUICE_POOL,
+        extra_toml: format!("worker_threads = {}", settings.worker_threads),
+        users: vec![("app".to_owned(), db.app_password().to_owned())],
+        ..SluiceOptions::for_mariadb(&db)
+    };
+    let mut sluice = SluiceProcess::start(sluice_opts.clone())?;
+    let haproxy = HaProxy::start(&haproxy_bin, db.addr(), settings.haproxy_threads)?;
+
+    let header = format!(
+        "sysbench oltp_point_select, --db-ps-mode=disable (text protocol), {TABLES} tables x \
+         {TABLE_SIZE} rows, {}s per run, median of {} round(s), target order rotated per round\n\
+         MariaDB {db_version} (max_connections 1000); Sluice pool {SLUICE_POOL}, worker_threads \
+         {} ({}); HAProxy mode tcp, nbthread {} ({}); {} CPU(s) shared by all; RLIMIT_NOFILE \
+         {nofile}",
+        settings.seconds,
+        settings.rounds,
+        settings.worker_threads,
+        if settings.worker_threads == 0 {
+            "one per CPU, the default; it beat 1 here at 64 and 512 clients"
+        } else {
+            "from SLUICE_BENCH_WORKER_THREADS"
+        },
+        settings.haproxy_threads,
+        if settings.haproxy_threads == cpus() {
+            "one per CPU, its default; it beat 1 here at 64 and 512 clients"
+        } else {
+            "from SLUICE_BENCH_HAPROXY_THREADS"
+        },
+        cpus(),
+    );
+    println!("{header}\n");
+
+    let mut points = Vec::new();
+    let mut failures = Vec::new();
+    for (i, &clients) in CLIENTS.iter().enumerate() {
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for round in 0..settings.rounds {
+            let mut order = Target::ALL;
+            // Offset by the concurrency as well, so every target goes first somewhere.
+            order.rotate_left((round + i) % Target::ALL.len());
+            for target in order {
+                if target == Target::Sluice && !sluice.is_running() {
+                    failures.push(format!(
+                        "sluice was found exited before a {clients}-client run and was \
+                         restarted; its log ended with:\n{}",
+                        sluice.log_tail()
+                    ));
+                    sluice = SluiceProcess::start(sluice_opts.clone())?;
+                }
+                let addr = match target {
+                    Target::Direct => db.addr(),
+                    Target::Sluice => sluice.addr(),
+                    Target::HaProxy => haproxy.addr,
+                };
+                eprint!(
+                    "  {clients:>3} clients, round {}, {:<7} ",
+                    round + 1,
+                    target.name()
+                );
+                match sysbench.run(addr, clients, settings.seconds) {
+                    Ok(sample) => {
+                        eprintln!(
+                            "{:>9.0} q/s  p50 {:>6.0} µs  p99 {:>7.0} µs",
+                            sample.qps, sample.p50_us, sample.p99_us
+                        );
+                        samples[target as usize].push(sample);
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED");
+                        let mut failure = format!(
+                            "{} at {clients} clients, round {}: {e:#}",
+                            target.name(),
+                            round + 1
+                        );
+                        if target == Target::Sluice {
+                            let _ = write!(
+                                failure,
+                                "\nsluice {}; its log ends with:\n{}",
+                                if sluice.is_running() {
+                                    "is still running"
+                                } else {
+                                    "has exited"
+                                },
+                                sluice.log_tail()
+                            );
+                        }
+                        failures.push(failure);
+                    }
+                }
+            }
+        }
+        points.push(Point {
+            clients,
+            results: samples.map(|s| median_sample(&s)),
+        });
+    }
+    drop(haproxy);
+    let sluice_exit = sluice.stop();
+    if !sluice_exit.success() {
+        failures.push(format!(
+            "the throughput Sluice exited with {sluice_exit} on SIGTERM"
+        ));
+    }
+
+    eprintln!("  memory: {IDLE_CLIENTS} idle clients through a fresh Sluice");
+    let memory = measure_memory(&db, &sluice_opts);
+    let report = Report {
+        header,
+        points,
+        memory,
+        failures,
+    };
+    print!("\n{}", report.text());
+    let markdown = report.markdown();
+    let path = write_markdown(&markdown)?;
+    println!(
+        "\nMarkdown written to {}; total {:.0} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Knobs read from the environment.
+struct Settings {
+    seconds: u32,
+    rounds: usize,
+    /// Sluice's `worker_threads`; 0 is one per CPU.
+    worker_threads: usize,
+    /// HAProxy's `nbthread`.
+    haproxy_threads: usize,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        Ok(Settings {
+            seconds: env_number("SLUICE_BENCH_SECONDS", 5, 1)?,
+            rounds: env_number("SLUICE_BENCH_ROUNDS", 2, 1)?,
+            // Measured side by side on 2 cores: one thread per CPU matched `worker_threads = 1`
+            // at 1 and 8 clients and beat it at 64 and 512.
+            worker_threads: env_number("SLUICE_BENCH_WORKER_THREADS", 0, 0)?,
+            // Measured side by side on 2 cores: nbthread 2 beat 1 at 64 and 512 clients and
+            // tied at 1 and 8, so HAProxy gets its best figure with its own default.
+            haproxy_threads: env_number("SLUICE_BENCH_HAPROXY_THREADS", cpus(), 1)?,
+        })
+    }
+}
+
+fn cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn env_number<T>(key: &str, default: T, min: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Ok(value) = std::env::var(key) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => bail!("{key}={value:?}: expected a whole number of at least {min}"),
+    }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit (children inherit it); returns it.
+fn raise_nofile_limit() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    let needed = (IDLE_CLIENTS + 1000) as u64;
+    if lim.rlim_cur < needed {
+        bail!(
+            "RLIMIT_NOFILE hard limit is {}, below the {needed} file descriptors {IDLE_CLIENTS} \
+             idle clients need; raise it (ulimit -Hn)",
+            lim.rlim_cur
+        );
+    }
+    Ok(lim.rlim_cur)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Direct = 0,
+    Sluice = 1,
+    HaProxy = 2,
+}
+
+impl Target {
+    const ALL: [Target; 3] = [Target::Direct, Target::Sluice, Target::HaProxy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Sluice => "sluice",
+            Target::HaProxy => "haproxy",
+        }
+    }
+}
+
+/// One sysbench run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    qps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Medians over the rounds, per target, at one concurrency.
+struct Point {
+    clients: usize,
+    /// Indexed by `Target as usize`; `None` when every run of that target failed.
+    results: [Option<Sample>; 3],
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// Each figure's median separately (the median run by q/s need not hold the median p99).
+fn median_sample(samples: &[Sample]) -> Option<Sample> {
+    let pick = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
+    Some(Sample {
+        qps: pick(|s| s.qps)?,
+        p50_us: pick(|s| s.p50_us)?,
+        p99_us: pick(|s| s.p99_us)?,
+    })
+}
+
+struct Sysbench {
+    path: PathBuf,
+    password: String,
+}
+
+impl Sysbench {
+    /// The options every invocation shares, as user `app` on `addr`.
+    fn command(&self, addr: SocketAddr) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("oltp_point_select")
+            .arg("--db-driver=mysql")
+            .arg(format!("--mysql-host={}", addr.ip()))
+            .arg(format!("--mysql-port={}", addr.port()))
+            .arg("--mysql-user=app")
+            // A random password of a private, loopback-only sandbox.
+            .arg(format!("--mysql-password={}", self.password))
+            .arg("--mysql-db=sbtest")
+            .arg("--mysql-ssl=off")
+            .arg(format!("--tables={TABLES}"))
+            .arg(format!("--table-size={TABLE_SIZE}"));
+        cmd
+    }
+
+    fn prepare(&self, addr: SocketAddr) -> Result<()> {
+        let mut cmd = self.command(addr);
+        cmd.arg("prepare");
+        let out = output_with_timeout(cmd, None, Duration::from_secs(300))?;
+        if !out.status.success() {
+            bail!(
+                "sysbench prepare failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn run(&self, addr: SocketAddr, clients: usize, seconds: u32) -> Result<Sample> {
+        let mut cmd = self.command(addr);
+        cmd.arg("--db-ps-mode=disable")
+            .arg(format!("--threads={clients}"))
+            .arg(format!("--time={seconds}"))
+            .arg("--histogram=on")
+            .arg("--report-interval=0")
+            .arg("run");
+        let timeout = Duration::from_secs(seconds.into()) + SYSBENCH_SLACK;
+        let out = output_with_timeout(cmd, None, timeout)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "sysbench exited with {}:\n{}{}",
+                out.status,
+                tail(&stdout, 15),
+                tail(&String::from_utf8_lossy(&out.stderr), 15)
+            );
+        }
+        parse_run(&stdout).with_context(|| format!("unexpected sysbench output:\n{stdout}"))
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = all[all.len().saturating_sub(lines)..].join("\n");
+    out.push('\n');
+    out
+}
+
+/// Queries per second from the summary, p50 and p99 from the latency histogram.
+fn parse_run(stdout: &str) -> Result<Sample> {
+    // sysbench carries on past the errors it ignores (deadlocks and the like) and past
+    // reconnects; neither should happen on point selects, so either spoils the run.
+    for counter in ["ignored errors:", "reconnects:"] {
+        let count: u64 = stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(counter))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no `{counter}` line"))?;
+        if count > 0 {
+            bail!("sysbench counted {count} {}", counter.trim_end_matches(':'));
+        }
+    }
+    // "    queries:                             123456 (24680.12 per sec.)"
+    let qps = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("queries:"))
+        .and_then(|rest| {
+            rest.split_once('(')?
+                .1
+                .split_once(" per sec.")?
+                .0
+                .parse()
+                .ok()
+        })
+        .context("no `queries: N (X per sec.)` line")?;
+    let histogram = parse_histogram(stdout)?;
+    Ok(Sample {
+        qps,
+        p50_us: percentile(&histogram, 0.50)? * 1000.0,
+        p99_us: percentile(&histogram, 0.99)? * 1000.0,
+    })
+}
+
+/// The (bucket value in ms, count) lines that follow "Latency histogram", in rising order:
+/// "       0.087 |**********                               1234".
+fn parse_histogram(stdout: &str) -> Result<Vec<(f64, u64)>> {
+    let start = stdout
+        .find("Latency histogram")
+        .context("no latency histogram (--histogram=on)")?;
+    let buckets: Vec<(f64, u64)> = stdout[start..]
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (value, rest) = line.split_once('|')?;
+            let value = value.trim().parse().ok()?;
+            let count = rest.split_whitespace().last()?.parse().ok()?;
+            Some((value, count))
+        })
+        .collect();
+    if buckets.is_empty() {
+        bail!("the latency histogram has no buckets");
+    }
+    Ok(buckets)
+}
+
+/// The smallest bucket value at or below which `q` of all events fall.
+fn percentile(buckets: &[(f64, u64)], q: f64) -> Result<f64> {
+    let total: u64 = buckets.iter().map(|(_, n)| n).sum();
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for &(value, count) in buckets {
+        seen += count;
+        if seen >= rank {
+            return Ok(value);
+        }
+    }
+    Err(anyhow!("empty latency histogram"))
+}
+
+/// HAProxy as a plain TCP forwarder in front of `backend`; stopped and cleaned up on drop.
+struct HaProxy {
+    child: Option<Child>,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl HaProxy {
+    fn start(binary: &Path, backend: SocketAddr, threads: usize) -> Result<HaProxy> {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-haproxy-{}", std::process::id()));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut proxy = HaProxy {
+            child: None,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dir,
+        };
+        // free_port can race with another process: try a few ports.
+        for _ in 0..5 {
+            proxy.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            if proxy.launch(binary, backend, threads)? {
+                return Ok(proxy);
+            }
+        }
+        bail!("haproxy found its port taken 5 times in a row")
+    }
+
+    /// Starts HAProxy on `self.addr`; false if the port was taken.
+    fn launch(&mut self, binary: &Path, backend: SocketAddr, threads: usize) -> Result<bool> {
+        let config = self.dir.join("haproxy.cfg");
+        fs::write(&config, haproxy_config(self.addr, backend, threads))
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let log_path = self.dir.join("haproxy.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut cmd = Command::new(binary);
+        // -db: stay in the foreground, so the child is HAProxy itself.
+        cmd.arg("-db").arg("-f").arg(&config);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot duplicate the log file")?)
+            .stderr(log);
+        let mut child = spawn_tied(cmd)?;
+        let deadline = Instant::now() + HAPROXY_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().context("cannot poll haproxy")? {
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains("cannot bind socket") {
+                    return Ok(false);
+                }
+                bail!("haproxy exited during start-up ({status}):\n{log}");
+            }
+            // The greeting comes from MariaDB, through HAProxy.
+            if greets(self.addr) {
+                self.child = Some(child);
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "haproxy did not forward a greeting on {} within {HAPROXY_DEADLINE:?}:\n{}",
+                    self.addr,
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + HAPROXY_DEADLINE;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(POLL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn haproxy_config(listen: SocketAddr, backend: SocketAddr, threads: usize) -> String {
+    // maxconn well above the 512 clients; its file descriptor needs (about twice that) fit
+    // in the raised limit.
+    format!(
+        "global\n\
+         \x20   maxconn 4096\n\
+         \x20   nbthread {threads}\n\
+         defaults\n\
+         \x20   mode tcp\n\
+         \x20   timeout connect 5s\n\
+         \x20   timeout client 10m\n\
+         \x20   timeout server 10m\n\
+         listen mysql\n\
+         \x20   bind {listen}\n\
+         \x20   server db {backend} maxconn 4096\n"
+    )
+}
+
+/// Whether a server on `addr` sends a MySQL greeting (first payload byte 10).
+fn greets(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut first = [0u8; 5];
+    stream.read_exact(&mut first).is_ok() && first[4] == 10
+}
+
+/// Sluice's resident memory with many idle clients, and the backend connections it keeps.
+struct Memory {
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    backends_while_idle: u64,
+    /// Sluice's open file descriptors while the clients are idle: proof they are all held.
+    fds_while_idle: usize,
+    login_seconds: f64,
+}
+
+impl Memory {
+    fn kib_per_client(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / IDLE_CLIENTS as f64
+    }
+}
+
+fn measure_memory(db: &MariaDb, opts: &SluiceOptions) -> Result<Memory> {
+    let sluice = SluiceProcess::start(opts.clone()).context("starting a fresh Sluice")?;
+    let rss_before_kib = sluice.rss_kib()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")?;
+    let client_opts: mysql_async::Opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(sluice.addr().ip().to_string())
+        .tcp_port(sluice.addr().port())
+        .user(Some("app"))
+        .pass(Some(db.app_password()))
+        // Otherwise mysql_async switches to MariaDB's unix socket, bypassing Sluice.
+        .prefer_socket(false)
+        .into();
+    let result = runtime.block_on(async {
+        let started = Instant::now();
+        let mut conns = tokio::time::timeout(IDLE_DEADLINE, open_idle(client_opts))
+            .await
+            .map_err(|_| anyhow!("opening {IDLE_CLIENTS} clients took over {IDLE_DEADLINE:?}"))?
+            .with_context(|| {
+                format!(
+                    "opening {IDLE_CLIENTS} clients through Sluice; its log ends with:\n{}",
+                    sluice.log_tail()
+                )
+            })?;
+        let login_seconds = started.elapsed().as_secs_f64();
+        let rss_after_kib = sluice.rss_kib()?;
+        let fds_while_idle = fs::read_dir(format!("/proc/{}/fd", sluice.pid()))
+            .context("cannot list Sluice's file descriptors")?
+            .count();
+        // The oldest and the newest session still answer: they are live sessions, not
+        // sockets Sluice has given up on.
+        for i in [0, conns.len() - 1] {
+            conns[i]
+                .query_drop("SELECT 1")
+                .await
+                .with_context(|| format!("idle client {i} no longer answers"))?;
+        }
+        let mut root = db.root_conn().await?;
+        let backends: Option<u64> = root
+            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER='app'")
+            .await
+            .context("counting Sluice's backend connections")?;
+        root.disconnect().await?;
+        tokio::time::timeout(IDLE_DEADLINE, close_all(conns))
+            .await
+            .map_err(|_| anyhow!("closing {IDLE_CLIENTS} clients took over {IDLE_DEADLINE:?}"))?;
+        Ok(Memory {
+            rss_before_kib,
+            rss_after_kib,
+            backends_while_idle: backends.unwrap_or_default(),
+            fds_while_idle,
+            login_seconds,
+        })
+    });
+    let status = sluice.stop();
+    if result.is_ok() && !status.success() {
+        bail!("the memory-run Sluice exited with {status} on SIGTERM");
+    }
+    result
+}
+
+/// Opens [`IDLE_CLIENTS`] logged-in connections, [`LOGIN_CONCURRENCY`] logins at a time.
+async fn open_idle(opts: mysql_async::Opts) -> Result<Vec<mysql_async::Conn>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..LOGIN_CONCURRENCY {
+        let (next, opts) = (next.clone(), opts.clone());
+        tasks.spawn(async move {
+            let mut conns = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < IDLE_CLIENTS {
+                let n = conns.len();
+                conns.push(
+                    mysql_async::Conn::new(opts.clone())
+                        .await
+                        .with_context(|| format!("login failed after {n} in this task"))?,
+                );
+            }
+            anyhow::Ok(conns)
+        });
+    }
+    let mut all = Vec::with_capacity(IDLE_CLIENTS);
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.context("a login task panicked")??);
+    }
+    Ok(all)
+}
+
+/// Disconnects `conns`, [`LOGIN_CONCURRENCY`] at a time; errors on the way out do not matter.
+async fn close_all(mut conns: Vec<mysql_async::Conn>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let chunk = conns.len().div_ceil(LOGIN_CONCURRENCY).max(1);
+    while !conns.is_empty() {
+        let batch = conns.split_off(conns.len().saturating_sub(chunk));
+        tasks.spawn(async move {
+            for conn in batch {
+                let _ = conn.disconnect().await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Everything measured, rendered as text and as Markdown.
+struct Report {
+    header: String,
+    points: Vec<Point>,
+    memory: Result<Memory>,
+    failures: Vec<String>,
+}
+
+/// One row per target.
+struct Row {
+    target: Target,
+    sample: Option<Sample>,
+    ratio: Option<f64>,
+}
+
+impl Report {
+    fn rows(point: &Point) -> Vec<Row> {
+        let direct = point.results[Target::Direct as usize];
+        Target::ALL
+            .iter()
+            .map(|&target| {
+                let sample = point.results[target as usize];
+                let ratio = match (sample, direct) {
+                    (Some(s), Some(d)) if d.qps > 0.0 => Some(s.qps / d.qps),
+                    _ => None,
+                };
+                Row {
+                    target,
+                    sample,
+                    ratio,
+                }
+            })
+            .collect()
+    }
+
+    fn point(&self, clients: usize) -> Option<&Point> {
+        self.points.iter().find(|p| p.clients == clients)
+    }
+
+    fn ratio(&self, clients: usize, target: Target) -> Option<f64> {
+        Self::rows(self.point(clients)?)
+            .into_iter()
+            .find(|r| r.target == target)?
+            .ratio
+    }
+
+    /// Added p50 latency of `target` over direct at one client, in µs.
+    fn added_p50(&self, target: Target) -> Option<f64> {
+        let point = self.point(1)?;
+        Some(
+            point.results[target as usize]?.p50_us - point.results[Target::Direct as usize]?.p50_us,
+        )
+    }
+
+    /// (description, figure, met) for each target.
+    fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+        let ratio_64 = self.ratio(64, Target::Sluice);
+        let ratio_512 = self.ratio(512, Target::Sluice);
+        let added = self.added_p50(Target::Sluice);
+        let per_idle = self.memory.as_ref().ok().map(Memory::kib_per_client);
+        vec![
+            (
+                format!("Sluice/direct q/s at 64 clients >= {TARGET_RATIO_64}"),
+                fmt_opt(ratio_64, |r| format!("{r:.2}")),
+                ratio_64.map(|r| r >= TARGET_RATIO_64),
+            ),
+            (
+                format!("Sluice/direct q/s at 512 clients >= {TARGET_RATIO_512}"),
+                fmt_opt(ratio_512, |r| format!("{r:.2}")),
+                ratio_512.map(|r| r >= TARGET_RATIO_512),
+            ),
+            (
+                format!("added p50 latency at 1 client <= {TARGET_ADDED_P50_US} µs"),
+                fmt_opt(added, |a| format!("{a:.0} µs")),
+                added.map(|a| a <= TARGET_ADDED_P50_US),
+            ),
+            (
+                format!("resident memory per idle client <= {TARGET_KIB_PER_IDLE} KiB"),
+                fmt_opt(per_idle, |k| format!("{k:.1} KiB")),
+                per_idle.map(|k| k <= TARGET_KIB_PER_IDLE),
+            ),
+        ]
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for point in &self.points {
+            let _ = writeln!(out, "{}", clients_label(point.clients));
+            let _ = writeln!(
+                out,
+                "  {:<8} {:>10} {:>9} {:>9} {:>10}",
+                "target", "q/s", "p50 µs", "p99 µs", "vs direct"
+            );
+            for row in Self::rows(point) {
+                let s = row.sample;
+                let _ = writeln!(
+                    out,
+                    "  {:<8} {:>10} {:>9} {:>9} {:>10}",
+                    row.target.name(),
+                    fmt_opt(s, |s| format!("{:.0}", s.qps)),
+                    fmt_opt(s, |s| format!("{:.0}", s.p50_us)),
+                    fmt_opt(s, |s| format!("{:.0}", s.p99_us)),
+                    fmt_opt(row.ratio, |r| format!("{r:.2}")),
+                );
+            }
+            if point.clients == 1 {
+                let _ = writeln!(
+                    out,
+                    "  added p50 over direct: sluice {}, haproxy {}",
+                    fmt_opt(self.added_p50(Target::Sluice), |a| format!("{a:.0} µs")),
+                    fmt_opt(self.added_p50(Target::HaProxy), |a| format!("{a:.0} µs")),
+                );
+            }
+            out.push('\n');
+        }
+        match &self.memory {
+            Ok(m) => {
+                let _ = writeln!(
+                    out,
+                    "Idle clients: {IDLE_CLIENTS} logged in through Sluice (pool {SLUICE_POOL}) \
+                     in {:.1} s ({} open file descriptors in Sluice): RSS {} KiB -> {} KiB, \
+                     {:.1} KiB per idle client; MariaDB saw {} backend connection(s) from Sluice \
+                     meanwhile\n",
+                    m.login_seconds,
+                    m.fds_while_idle,
+                    m.rss_before_kib,
+                    m.rss_after_kib,
+                    m.kib_per_client(),
+                    m.backends_while_idle
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "Idle clients: FAILED: {e:#}\n");
+            }
+        }
+        let _ = writeln!(out, "Targets (reported, not asserted):");
+        for (what, figure, met) in self.targets() {
+            let _ = writeln!(out, "  {what:<50} {figure:>10}  {}", verdict(met));
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nFailures:");
+            for failure in &self.failures {
+                let _ = writeln!(out, "- {failure}");
+            }
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{}\n", self.header.replace('\n', "  \n"));
+        for point in &self.points {
+            let _ = writeln!(out, "**{}**\n", clients_label(point.clients));
+            let _ = writeln!(
+                out,
+                "| target | q/s | p50 (µs) | p99 (µs) | q/s vs direct |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+            for row in Self::rows(point) {
+                let s = row.sample;
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} |",
+                    row.target.name(),
+                    fmt_opt(s, |s| format!("{:.0}", s.qps)),
+                    fmt_opt(s, |s| format!("{:.0}", s.p50_us)),
+                    fmt_opt(s, |s| format!("{:.0}", s.p99_us)),
+                    fmt_opt(row.ratio, |r| format!("{r:.2}")),
+                );
+            }
+            if point.clients == 1 {
+                let _ = writeln!(
+                    out,
+                    "\nAdded p50 latency over direct: Sluice {}, HAProxy {}.",
+                    fmt_opt(self.added_p50(Target::Sluice), |a| format!("{a:.0} µs")),
+                    fmt_opt(self.added_p50(Target::HaProxy), |a| format!("{a:.0} µs")),
+                );
+            }
+            out.push('\n');
+        }
+        match &self.memory {
+            Ok(m) => {
+                let _ = writeln!(
+                    out,
+                    "**Idle clients**: {IDLE_CLIENTS} logged in through Sluice (pool \
+                     {SLUICE_POOL}): RSS {} KiB -> {} KiB, **{:.1} KiB per idle client**; \
+                     {} backend connection(s) meanwhile.\n",
+                    m.rss_before_kib,
+                    m.rss_after_kib,
+                    m.kib_per_client(),
+                    m.backends_while_idle
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "**Idle clients**: failed: {e:#}\n");
+            }
+        }
+        let _ = writeln!(out, "| target | measured | result |");
+        let _ = writeln!(out, "|---|---:|---|");
+        for (what, figure, met) in self.targets() {
+            let _ = writeln!(out, "| {what} | {figure} | {} |", verdict(met));
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{} run(s) failed; see the bench output.",
+                self.failures.len()
+            );
+        }
+        out
+    }
+}
+
+fn clients_label(clients: usize) -> String {
+    if clients == 1 {
+        "1 client".to_owned()
+    } else {
+        format!("{clients} clients")
+    }
+}
+
+fn fmt_opt<T: Copy>(value: Option<T>, f: impl Fn(T) -> String) -> String {
+    value.map_or_else(|| "failed".to_owned(), f)
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "not measured",
+    }
+}
+
+/// Writes `markdown` to `target/bench/proxy.md` (under `CARGO_TARGET_DIR` when set).
+fn write_markdown(markdown: &str) -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
+    let dir = target.join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("proxy.md");
+    fs::write(&path, markdown).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}

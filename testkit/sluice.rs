@@ -1,0 +1,567 @@
+//! The real `sluice` binary as a child process, configured from a generated TOML file.
+
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::mariadb::MariaDb;
+use crate::ports::free_port;
+use crate::process::{POLL, pid_running, spawn_tied};
+
+/// How long the proxy may take from spawn to sending a greeting.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the proxy may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Sluice's own shutdown deadline for open transactions, unless `extra_toml` sets one: below
+/// [`STOP_GRACE`], so a graceful stop with a transaction still open exits by itself.
+const SHUTDOWN_TIMEOUT: &str = "5s";
+/// Attempts at finding a port that no other process grabs first.
+const START_ATTEMPTS: usize = 5;
+/// A cold optimised build of the proxy takes about 2 minutes on 2 cores.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Lines shown from the proxy's log in error messages.
+const LOG_TAIL_LINES: usize = 40;
+
+/// How to configure a [`SluiceProcess`].
+#[derive(Debug, Clone)]
+pub struct SluiceOptions {
+    /// The MySQL/MariaDB server behind the proxy (`[backend] address`).
+    pub backend: SocketAddr,
+    /// Users clients may log in as: (username, password), both also valid on the backend.
+    pub users: Vec<(String, String)>,
+    /// `[backend] max_connections`: the cap on backend connections (default 20).
+    pub max_connections: usize,
+    /// Top-level TOML lines added to the file, e.g. `worker_threads = 1`.
+    pub extra_toml: String,
+    /// Lines added to the `[backend]` table, e.g. `borrow_timeout = "1s"`.
+    pub backend_extra_toml: String,
+}
+
+impl Default for SluiceOptions {
+    fn default() -> Self {
+        Self {
+            backend: SocketAddr::from((Ipv4Addr::LOCALHOST, 3306)),
+            users: Vec::new(),
+            max_connections: 20,
+            extra_toml: String::new(),
+            backend_extra_toml: String::new(),
+        }
+    }
+}
+
+impl SluiceOptions {
+    /// Options for a proxy in front of `db`, with its `app` and `other` users.
+    pub fn for_mariadb(db: &MariaDb) -> Self {
+        Self {
+            backend: db.addr(),
+            users: vec![
+                ("app".to_owned(), db.app_password().to_owned()),
+                ("other".to_owned(), db.other_password().to_owned()),
+            ],
+            ..Self::default()
+        }
+    }
+
+    /// The configuration file for a proxy listening on `listen`.
+    fn to_toml(&self, listen: SocketAddr) -> String {
+        let mut toml = String::new();
+        // Top-level keys must come before the first table header.
+        let _ = writeln!(toml, "listen = {}", toml_string(&listen.to_string()));
+        if !sets_key(&self.extra_toml, "log_level") {
+            toml.push_str("log_level = \"warn\"\n");
+        }
+        if !sets_key(&self.extra_toml, "shutdown_timeout") {
+            let _ = writeln!(toml, "shutdown_timeout = {}", toml_string(SHUTDOWN_TIMEOUT));
+        }
+        push_lines(&mut toml, &self.extra_toml);
+        toml.push_str("\n[backend]\n");
+        let _ = writeln!(toml, "address = {}", toml_string(&self.backend.to_string()));
+        let _ = writeln!(toml, "max_connections = {}", self.max_connections);
+        push_lines(&mut toml, &self.backend_extra_toml);
+        for (username, password) in &self.users {
+            let _ = writeln!(
+                toml,
+                "\n[[users]]\nusername = {}\npassword = {}",
+                toml_string(username),
+                toml_string(password)
+            );
+        }
+        toml
+    }
+}
+
+/// A running `sluice` binary on 127.0.0.1; stopped (SIGTERM, then SIGKILL) and its directory
+/// removed on drop. It is killed with this process, however that ends.
+#[derive(Debug)]
+pub struct SluiceProcess {
+    child: Option<Child>,
+    pid: u32,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl SluiceProcess {
+    /// Builds the binary (once per process), writes the configuration and starts the proxy;
+    /// returns once it sends a greeting to a new connection.
+    pub fn start(opts: SluiceOptions) -> Result<SluiceProcess> {
+        let binary = sluice_binary()?;
+        let dir = create_dir()?;
+        // From here on, dropping `process` removes the directory and stops any child.
+        let mut process = SluiceProcess {
+            child: None,
+            pid: 0,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dir,
+        };
+        for _ in 0..START_ATTEMPTS {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            match process.launch(&binary, &opts, addr)? {
+                Launch::Ready => return Ok(process),
+                Launch::PortTaken => continue,
+            }
+        }
+        bail!(
+            "sluice found its port taken {START_ATTEMPTS} times in a row; its log ends with:\n{}",
+            process.log_tail()
+        )
+    }
+
+    /// Where clients connect: `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Process id of the proxy.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resident memory of the proxy in KiB (VmRSS), or an error once it has exited.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse().ok())
+            .with_context(|| format!("no VmRSS line in {path} (has sluice exited?)"))
+    }
+
+    /// Whether the proxy process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The generated configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("sluice.toml")
+    }
+
+    /// The file that receives the proxy's stderr (its log).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("sluice.log")
+    }
+
+    /// The last lines of the proxy's log.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read(self.log_path()).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// SIGTERM, up to 10 s for a graceful exit, then SIGKILL; returns how the proxy exited.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+            .expect("waiting for our own child process cannot fail")
+            .expect("stop consumes the process, so it runs at most once")
+    }
+
+    fn terminate(&mut self) -> io::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        // SAFETY: plain kill(2) on our own unreaped child, so the pid cannot have been reused.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            thread::sleep(POLL);
+        }
+        child.kill()?;
+        child.wait().map(Some)
+    }
+
+    /// Starts the binary listening on `addr` and waits until it greets a client.
+    fn launch(&mut self, binary: &Path, opts: &SluiceOptions, addr: SocketAddr) -> Result<Launch> {
+        let config = self.config_path();
+        // Passwords are in the file: readable by this user only.
+        let _ = fs::remove_file(&config);
+        write_private(&config, &opts.to_toml(addr))?;
+        let log_path = self.log_path();
+        let log = File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+
+        let mut cmd = Command::new(binary);
+        cmd.arg("--config").arg(&config);
+        // SLUICE_* variables override the file and RUST_LOG the log level: the file alone
+        // must decide, whatever the caller's environment holds.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SLUICE_") || key == "RUST_LOG" {
+                cmd.env_remove(key);
+            }
+        }
+        // With RUST_BACKTRACE set, a start-up error would print a backtrace that pushes the
+        // message itself out of `log_tail`; panics keep theirs.
+        cmd.env("RUST_LIB_BACKTRACE", "0");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot duplicate the log file")?)
+            .stderr(log);
+        let child = spawn_tied(cmd)?;
+        self.pid = child.id();
+        self.addr = addr;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<Launch> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let child = self.child.as_mut().expect("launch sets the child");
+            if let Some(status) = child.try_wait().context("cannot poll sluice")? {
+                self.child = None;
+                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("Address already in use") || log.contains("AddrInUse") {
+                    return Ok(Launch::PortTaken);
+                }
+                bail!(
+                    "sluice exited during start-up ({status}); its log ends with:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(packet) = first_packet(self.addr) {
+                // Whoever answered, it must still be our proxy: one that lost the port to
+                // another process exits instead of listening.
+                if !pid_running(self.pid) {
+                    continue;
+                }
+                return match packet.first() {
+                    Some(10) => Ok(Launch::Ready),
+                    _ => {
+                        let _ = self.terminate();
+                        Err(anyhow!(
+                            "sluice on {} sent an unexpected first packet {packet:02x?}; its log \
+                             ends with:\n{}",
+                            self.addr,
+                            self.log_tail()
+                        ))
+                    }
+                };
+            }
+            if Instant::now() >= deadline {
+                let _ = self.terminate();
+                bail!(
+                    "sluice did not greet a client on {} within {START_DEADLINE:?}; its log ends \
+                     with:\n{}",
+                    self.addr,
+                    self.log_tail()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for SluiceProcess {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+enum Launch {
+    Ready,
+    /// Another process bound the port between `free_port` and the proxy's bind.
+    PortTaken,
+}
+
+/// The path of the `sluice` binary, built once per process with the profile this code was
+/// built with (`--release` without debug assertions, as under `cargo bench`).
+pub fn sluice_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| build_sluice().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn build_sluice() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "-p", "sluice", "--bin", "sluice"])
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Progress and compiler errors go straight to the terminal: a cold build takes minutes.
+        .stderr(Stdio::inherit());
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", cargo.to_string_lossy()))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    // Drained on its own thread so a full pipe cannot stall cargo.
+    let reader = thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot poll cargo")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("building sluice took longer than {BUILD_TIMEOUT:?}");
+        }
+        thread::sleep(POLL);
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow!("the cargo output reader panicked"))?
+        .context("cannot read cargo's output")?;
+    if !status.success() {
+        bail!("`cargo build -p sluice --bin sluice` failed ({status}); see the errors above");
+    }
+    stdout
+        .lines()
+        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
+        .filter_map(executable)
+        .find(|path| path.file_name().is_some_and(|name| name == "sluice"))
+        .context("cargo reported no `sluice` executable")
+}
+
+/// The `"executable"` path of a cargo JSON message, if it has one.
+fn executable(message: &str) -> Option<PathBuf> {
+    const KEY: &str = r#""executable":""#;
+    let start = message.find(KEY)? + KEY.len();
+    json_string(&message[start..]).map(PathBuf::from)
+}
+
+/// Decodes a JSON string body (the text after its opening quote) up to its closing quote.
+fn json_string(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'r' => out.push('\r'),
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let unit = u16::from_str_radix(&hex, 16).ok()?;
+                    // Surrogate pairs never occur in the paths cargo prints here.
+                    out.push(char::from_u32(unit.into())?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether TOML `lines` assign `key` at their top level.
+fn sets_key(lines: &str, key: &str) -> bool {
+    lines.lines().any(|line| {
+        line.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+}
+
+fn push_lines(toml: &mut String, lines: &str) {
+    if !lines.trim().is_empty() {
+        toml.push_str(lines.trim_end());
+        toml.push('\n');
+    }
+}
+
+/// A fresh directory for one proxy, under the sandbox root the MariaDB sandboxes use.
+///
+/// Named `PID-sluice-N`, so a later run removes it if this process dies before cleaning up.
+fn create_dir() -> Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let root = std::env::temp_dir().join(format!("sluice-sandbox-{uid}"));
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .with_context(|| format!("cannot create {}", root.display()))?;
+    let dir = root.join(format!(
+        "{}-sluice-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads the first packet a server sends on `addr`, without the 4-byte header.
+fn first_packet(addr: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mysql_async::prelude::Queryable;
+
+    fn opts(proxy: &SluiceProcess, password: &str) -> mysql_async::OptsBuilder {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(proxy.addr().ip().to_string())
+            .tcp_port(proxy.addr().port())
+            .user(Some("app"))
+            .pass(Some(password))
+            // Otherwise mysql_async asks for @@socket and bypasses the proxy.
+            .prefer_socket(false)
+    }
+
+    #[tokio::test]
+    async fn logs_in_through_the_proxy_and_stops_cleanly() {
+        let db = MariaDb::shared();
+        let proxy = SluiceProcess::start(SluiceOptions {
+            max_connections: 2,
+            ..SluiceOptions::for_mariadb(db)
+        })
+        .unwrap();
+        assert_ne!(proxy.addr().port(), db.port());
+        assert!(proxy.rss_kib().unwrap() > 0);
+
+        let mut conn = mysql_async::Conn::new(opts(&proxy, db.app_password()))
+            .await
+            .unwrap();
+        let row: Option<(String, String)> = conn
+            .query_first("SELECT CURRENT_USER(), @@version")
+            .await
+            .unwrap();
+        let (user, version) = row.unwrap();
+        assert_eq!(user, "app@%");
+        assert!(version.contains("MariaDB"), "{version}");
+        conn.disconnect().await.unwrap();
+
+        let wrong = mysql_async::Conn::new(opts(&proxy, "wrong")).await;
+        assert!(
+            matches!(&wrong, Err(mysql_async::Error::Server(e)) if e.code == 1045),
+            "{wrong:?}"
+        );
+
+        let (pid, dir) = (proxy.pid(), proxy.dir.clone());
+        let status = proxy.stop();
+        assert!(status.success(), "{status}");
+        assert!(!pid_running(pid));
+        assert!(
+            !dir.exists(),
+            "the configuration holds passwords: it goes with the process"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_fails_with_the_log() {
+        let err = SluiceProcess::start(SluiceOptions {
+            backend_extra_toml: "no_such_key = 1".to_owned(),
+            ..SluiceOptions::for_mariadb(MariaDb::shared())
+        })
+        .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("exited during start-up"), "{err}");
+        assert!(err.contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn extra_toml_overrides_defaults() {
+        let opts = SluiceOptions {
+            extra_toml: "log_level = \"debug\"\nworker_threads = 1".to_owned(),
+            users: vec![("a\"b".to_owned(), "p\\w".to_owned())],
+            ..SluiceOptions::default()
+        };
+        let toml = opts.to_toml(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+        assert_eq!(toml.matches("log_level").count(), 1, "{toml}");
+        assert!(toml.contains("worker_threads = 1\n\n[backend]"), "{toml}");
+        assert!(toml.contains(r#"username = "a\"b""#), "{toml}");
+        assert!(toml.contains(r#"password = "p\\w""#), "{toml}");
+    }
+
+    #[test]
+    fn executable_is_read_from_cargo_json() {
+        let line =
+            r#"{"reason":"compiler-artifact","executable":"/t/a\\b\"c/sluice","fresh":true}"#;
+        assert_eq!(executable(line), Some(PathBuf::from(r#"/t/a\b"c/sluice"#)));
+        assert_eq!(executable(r#"{"executable":null}"#), None);
+    }
+}

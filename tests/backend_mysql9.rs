@@ -1,0 +1,527 @@
+//! Sluice in front of MySQL 9, where `caching_sha2_password` is the only password plugin: the
+//! backend login's full authentication over RSA (no TLS) and its fast path, clients that log in
+//! to Sluice with caching_sha2_password, and a backend that refuses Sluice's password.
+//!
+//! Needs the chroot from `scripts/mysql9-chroot.sh` (see `sluice_testkit::mysql9`).
+//!
+//! Which path a backend login took is proven twice, independently: on the wire, by a relay
+//! between Sluice and the server that records the login packets, and in the server, by
+//! performance_schema's record of caching_sha2's credential cache lock ([`Mysql9::sha2_auth`]).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Result;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use sluice::{ShutdownHandle, Stats};
+use sluice_testkit::{Mysql9, Sha2Auth};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Limit for anything a test waits on (a login, a query, the proxy's shutdown).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A Sluice instance running in this process.
+struct Running {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    stop: ShutdownHandle,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts Sluice in front of `backend` with one user, `app`, whose password Sluice knows as
+    /// `password` and whose clients authenticate with `plugin`.
+    async fn start(backend: SocketAddr, password: &str, plugin: &str) -> Result<Running> {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+handshake_timeout = "10s"
+shutdown_timeout = "5s"
+
+[backend]
+address = "{backend}"
+max_connections = 4
+borrow_timeout = "20s"
+connect_timeout = "10s"
+
+[[users]]
+username = "app"
+password = "{password}"
+auth_plugin = "{plugin}"
+"#
+        );
+        let config = sluice::Config::from_toml(&text, "test", |_| None)?;
+        let proxy = sluice::Proxy::bind(config).await?;
+        Ok(Running {
+            addr: proxy.local_addr(),
+            stats: proxy.stats(),
+            stop: proxy.shutdown_handle(),
+            task: tokio::spawn(proxy.run()),
+        })
+    }
+
+    /// A client logged in to Sluice as `app`.
+    async fn connect(&self, password: &str) -> Result<Conn, mysql_async::Error> {
+        tokio::time::timeout(WAIT, Conn::new(client_opts(self.addr, password)))
+            .await
+            .unwrap_or_else(|_| panic!("login to Sluice on {} took over {WAIT:?}", self.addr))
+    }
+
+    async fn stop(self) {
+        self.stop.shutdown();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("Sluice did not stop")
+            .expect("Sluice's task panicked");
+    }
+}
+
+/// Client options for `app` at `addr`, over TCP.
+fn client_opts(addr: SocketAddr, password: &str) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some("app"))
+        .pass(Some(password))
+        // Otherwise mysql_async asks for @@socket and reconnects to it, bypassing Sluice.
+        .prefer_socket(false)
+        // Known values mean mysql_async sends no query while logging in, so a login to Sluice
+        // alone never causes a backend login: each test decides when that happens.
+        .max_allowed_packet(Some(16 << 20))
+        .wait_timeout(Some(28800))
+}
+
+/// `SELECT CONNECTION_ID()`: the id of the backend connection that ran it.
+async fn backend_id(conn: &mut Conn) -> u32 {
+    let id: Option<u32> = conn.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    id.unwrap()
+}
+
+/// A login packet as seen between Sluice and the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wire {
+    /// Server: the initial handshake.
+    Greeting { connection_id: u32, plugin: String },
+    /// Sluice: the handshake response.
+    HandshakeResponse,
+    /// Server: caching_sha2 fast authentication succeeded (AuthMoreData 0x03).
+    FastAuthOk,
+    /// Server: caching_sha2 wants the password (AuthMoreData 0x04).
+    PerformFullAuth,
+    /// Sluice: asks for the server's RSA public key (0x02).
+    PublicKeyRequest,
+    /// Server: its RSA public key, PEM (AuthMoreData).
+    PublicKey,
+    /// Server: switch to another plugin.
+    AuthSwitch(String),
+    /// Sluice: any other authentication data, by length.
+    AuthData(usize),
+    /// Server: login accepted.
+    Ok,
+    /// Server: login refused, with this error code.
+    Err(u16),
+    /// Server: a packet the tap does not know, by first byte.
+    Other(u8),
+}
+
+/// What the tap recorded of one connection, until the login ended.
+#[derive(Debug, Default)]
+struct Transcript {
+    packets: Vec<Wire>,
+    server_packets: usize,
+    client_packets: usize,
+    done: bool,
+}
+
+impl Transcript {
+    fn record(&mut self, from_server: bool, payload: &[u8]) {
+        let wire = if from_server {
+            self.server_packets += 1;
+            match (self.server_packets, payload) {
+                (1, [10, rest @ ..]) => greeting(rest),
+                (_, [0x00, ..]) => Wire::Ok,
+                (_, [0xFF, lo, hi, ..]) => Wire::Err(u16::from_le_bytes([*lo, *hi])),
+                (_, [0x01, 0x03]) => Wire::FastAuthOk,
+                (_, [0x01, 0x04]) => Wire::PerformFullAuth,
+                (_, [0x01, pem @ ..]) if pem.starts_with(b"-----BEGIN PUBLIC KEY-----") => {
+                    Wire::PublicKey
+                }
+                (_, [0xFE, rest @ ..]) => Wire::AuthSwitch(c_string(rest)),
+                (_, [first, ..]) => Wire::Other(*first),
+                (_, []) => Wire::Other(0),
+            }
+        } else {
+            self.client_packets += 1;
+            match (self.client_packets, payload) {
+                (1, _) => Wire::HandshakeResponse,
+                (_, [0x02]) => Wire::PublicKeyRequest,
+                (_, data) => Wire::AuthData(data.len()),
+            }
+        };
+        self.done = matches!(wire, Wire::Ok | Wire::Err(_));
+        self.packets.push(wire);
+    }
+}
+
+fn greeting(rest: &[u8]) -> Wire {
+    // Version (NUL-terminated), connection id (4 bytes), ...; the plugin name comes last.
+    let version_end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    let id = rest
+        .get(version_end + 1..version_end + 5)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let body = rest.strip_suffix(&[0]).unwrap_or(rest);
+    let plugin_start = body.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+    Wire::Greeting {
+        connection_id: id,
+        plugin: String::from_utf8_lossy(&body[plugin_start..]).into_owned(),
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A TCP relay between Sluice and the server that records every login's packets, then just
+/// forwards bytes.
+struct Tap {
+    addr: SocketAddr,
+    connections: Arc<Mutex<Vec<Arc<Mutex<Transcript>>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Tap {
+    async fn start(target: SocketAddr) -> Result<Tap> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let connections: Arc<Mutex<Vec<Arc<Mutex<Transcript>>>>> = Arc::default();
+        let list = connections.clone();
+        let accept = tokio::spawn(async move {
+            // Dropped with this task, which aborts the relays too.
+            let mut relays = JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let transcript = Arc::new(Mutex::new(Transcript::default()));
+                lock(&list).push(transcript.clone());
+                let (client_rx, client_tx) = client.into_split();
+                let (server_rx, server_tx) = server.into_split();
+                relays.spawn(relay(server_rx, client_tx, true, transcript.clone()));
+                relays.spawn(relay(client_rx, server_tx, false, transcript));
+            }
+        });
+        Ok(Tap {
+            addr,
+            connections,
+            accept,
+        })
+    }
+
+    /// The packets of every login attempted through the tap, in connection order. Connections
+    /// that only read the greeting (Sluice's probe at start) are left out.
+    fn logins(&self) -> Vec<Vec<Wire>> {
+        lock(&self.connections)
+            .iter()
+            .map(|t| lock(t).packets.clone())
+            .filter(|p| p.contains(&Wire::HandshakeResponse))
+            .collect()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forwards `from` to `to`, recording whole packets until the login ends. Each packet is
+/// recorded before it is forwarded, so the transcript's order is the order of cause and effect.
+async fn relay(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    from_server: bool,
+    transcript: Arc<Mutex<Transcript>>,
+) {
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        {
+            let mut t = lock(&transcript);
+            if !t.done {
+                pending.extend_from_slice(&chunk[..n]);
+                while !t.done && pending.len() >= 4 {
+                    let len = u32::from_le_bytes([pending[0], pending[1], pending[2], 0]) as usize;
+                    if pending.len() < 4 + len {
+                        break;
+                    }
+                    t.record(from_server, &pending[4..4 + len]);
+                    pending.drain(..4 + len);
+                }
+                if t.done {
+                    pending = Vec::new();
+                }
+            }
+        }
+        if to.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The connection id a login's greeting announced.
+fn greeting_id(login: &[Wire]) -> u32 {
+    match login.first() {
+        Some(Wire::Greeting { connection_id, .. }) => *connection_id,
+        other => panic!("a login starts with a greeting, not {other:?}"),
+    }
+}
+
+/// Full authentication over RSA: the server asks for the password, Sluice fetches the public key
+/// and sends the password encrypted. 256 bytes is one RSA-2048 block; the password in clear
+/// (24 characters plus NUL) would be 25.
+fn assert_full_rsa(login: &[Wire]) {
+    let sha2 = Wire::Greeting {
+        connection_id: greeting_id(login),
+        plugin: "caching_sha2_password".into(),
+    };
+    assert_eq!(
+        login,
+        [
+            sha2,
+            Wire::HandshakeResponse,
+            Wire::PerformFullAuth,
+            Wire::PublicKeyRequest,
+            Wire::PublicKey,
+            Wire::AuthData(256),
+            Wire::Ok,
+        ],
+        "expected caching_sha2 full authentication over RSA"
+    );
+}
+
+/// The fast path: the scramble alone, accepted from the server's cache.
+fn assert_fast(login: &[Wire]) {
+    let sha2 = Wire::Greeting {
+        connection_id: greeting_id(login),
+        plugin: "caching_sha2_password".into(),
+    };
+    assert_eq!(
+        login,
+        [sha2, Wire::HandshakeResponse, Wire::FastAuthOk, Wire::Ok],
+        "expected caching_sha2 fast authentication"
+    );
+}
+
+fn server_error(result: Result<Conn, mysql_async::Error>) -> mysql_async::ServerError {
+    match result {
+        Err(mysql_async::Error::Server(e)) => e,
+        Err(other) => panic!("expected a server error, got {other:?}"),
+        Ok(_) => panic!("expected a server error, got a connection"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_login_is_full_auth_over_rsa_then_fast() {
+    // Its own server: the test empties the credential cache, which the shared one must keep.
+    let db = Mysql9::start().unwrap();
+    let tap = Tap::start(db.addr()).await.unwrap();
+    for round in ["a fresh server", "FLUSH PRIVILEGES"] {
+        if round == "FLUSH PRIVILEGES" {
+            // Empties the server's cache of caching_sha2 credentials.
+            db.sql("FLUSH PRIVILEGES").unwrap();
+        }
+        let seen = tap.logins().len();
+        let sluice = Running::start(tap.addr, db.app_password(), "mysql_native_password")
+            .await
+            .unwrap();
+        let mut a = sluice.connect(db.app_password()).await.unwrap();
+        assert_eq!(tap.logins().len(), seen, "Sluice checks clients itself");
+
+        // The first query needs a backend connection: Sluice logs in as app.
+        a.query_drop("BEGIN").await.unwrap();
+        let (id, user, version): (u32, String, String) = a
+            .query_first("SELECT CONNECTION_ID(), CURRENT_USER(), VERSION()")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((user.as_str(), version.as_str()), ("app@%", db.version()));
+        let logins = tap.logins();
+        assert_eq!(logins.len(), seen + 1, "after {round}: {logins:?}");
+        let first = &logins[seen];
+        assert_eq!(greeting_id(first), id, "the query ran on the login seen");
+        assert_full_rsa(first);
+        assert_eq!(db.sha2_auth(id).unwrap(), Sha2Auth::Full, "after {round}");
+
+        // a's open transaction holds its connection, so b's query needs a new login, which the
+        // now cached credential lets through on the fast path.
+        let mut b = sluice.connect(db.app_password()).await.unwrap();
+        let id_b = backend_id(&mut b).await;
+        assert_ne!(id_b, id);
+        let logins = tap.logins();
+        assert_eq!(logins.len(), seen + 2, "after {round}: {logins:?}");
+        assert_eq!(greeting_id(&logins[seen + 1]), id_b);
+        assert_fast(&logins[seen + 1]);
+        assert_eq!(db.sha2_auth(id_b).unwrap(), Sha2Auth::Fast, "after {round}");
+
+        a.query_drop("COMMIT").await.unwrap();
+        // Both connections are reused from now on: no further logins.
+        assert_eq!(backend_id(&mut a).await, id);
+        assert_eq!(tap.logins().len(), seen + 2);
+        assert_eq!(sluice.stats.snapshot().backend_connections_opened, 2);
+        a.disconnect().await.unwrap();
+        b.disconnect().await.unwrap();
+        sluice.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_to_sluice_with_caching_sha2() {
+    let db = Mysql9::shared();
+    let sluice = Running::start(db.addr(), db.app_password(), "caching_sha2_password")
+        .await
+        .unwrap();
+    let mut conn = sluice.connect(db.app_password()).await.unwrap();
+    let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(user.as_deref(), Some("app@%"));
+    // A real round trip through a table.
+    conn.query_drop("CREATE DATABASE IF NOT EXISTS sluice_sha2_clients")
+        .await
+        .unwrap();
+    conn.query_drop("USE sluice_sha2_clients").await.unwrap();
+    conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20))")
+        .await
+        .unwrap();
+    conn.exec_drop("INSERT INTO t VALUES (?, ?), (?, ?)", (1, "one", 2, "two"))
+        .await
+        .unwrap();
+    let rows: Vec<(i32, String)> = conn
+        .query("SELECT id, name FROM t ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, "one".to_string()), (2, "two".to_string())]);
+    conn.query_drop("DROP DATABASE sluice_sha2_clients")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+
+    let opened = sluice.stats.snapshot().backend_connections_opened;
+    let e = server_error(sluice.connect("not-the-password").await);
+    assert_eq!((e.code, e.state.as_str()), (1045, "28000"), "{e:?}");
+    assert!(
+        e.message
+            .starts_with("Access denied for user 'app'@'127.0.0.1'"),
+        "{}",
+        e.message
+    );
+    assert_eq!(sluice.stats.snapshot().client_auth_failures, 1);
+    // Refusing a client costs the database nothing.
+    assert_eq!(sluice.stats.snapshot().backend_connections_opened, opened);
+    sluice.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_backend_password_is_error_9502() {
+    let db = Mysql9::shared();
+    // Sluice knows a password the database does not: clients log in to Sluice with it.
+    let stale = "StaleSluicePassword0123456";
+    let sluice = Running::start(db.addr(), stale, "mysql_native_password")
+        .await
+        .unwrap();
+    let mut conn = sluice.connect(stale).await.unwrap();
+    for _ in 0..2 {
+        let err = conn.query_drop("SELECT 1").await.unwrap_err();
+        let mysql_async::Error::Server(e) = err else {
+            panic!("expected a server error, got {err:?}")
+        };
+        assert_eq!((e.code, e.state.as_str()), (9502, "HY000"), "{e:?}");
+        assert!(
+            e.message
+                .starts_with("The database refused Sluice's login as 'app': "),
+            "{}",
+            e.message
+        );
+        // The server's own reason follows.
+        assert!(
+            e.message.contains("Access denied for user 'app'"),
+            "{}",
+            e.message
+        );
+    }
+    conn.disconnect().await.unwrap();
+    sluice.stop().await;
+}
+
+/// A session without a schema after one with a schema, on the same backend connection: Sluice
+/// leaves the schema with COM_CHANGE_USER, answered with the plugin the login used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_a_schema_reauthenticates_with_caching_sha2() {
+    let db = Mysql9::shared();
+    db.sql("CREATE DATABASE IF NOT EXISTS sluice_leave_schema")
+        .unwrap();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+[backend]
+address = "{}"
+max_connections = 1
+borrow_timeout = "5s"
+[[users]]
+username = "app"
+password = "{}"
+"#,
+        db.addr(),
+        db.app_password()
+    );
+    let proxy = sluice::Proxy::bind(sluice::Config::from_toml(&text, "test", |_| None).unwrap())
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let stop = proxy.shutdown_handle();
+    let task = tokio::spawn(proxy.run());
+    let mut with =
+        Conn::new(client_opts(addr, db.app_password()).db_name(Some("sluice_leave_schema")))
+            .await
+            .unwrap();
+    let mut without = Conn::new(client_opts(addr, db.app_password()))
+        .await
+        .unwrap();
+    let first: (Option<String>, u32) = with
+        .query_first("SELECT DATABASE(), CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.0.as_deref(), Some("sluice_leave_schema"));
+    let second: (Option<String>, u32) = without
+        .query_first("SELECT DATABASE(), CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.1, first.1,
+        "the one backend connection must be reused"
+    );
+    assert_eq!(
+        second.0, None,
+        "a session without a schema must not inherit one"
+    );
+    let again: Option<String> = with.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(again.as_deref(), Some("sluice_leave_schema"));
+    drop((with, without));
+    stop.shutdown();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

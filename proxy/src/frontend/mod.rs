@@ -604,13 +604,20 @@ impl ClientSession {
     }
 
     async fn release_if_free(&mut self) {
-        let busy = self
-            .backend
-            .as_ref()
-            .is_some_and(|b| b.in_transaction() && !b.broken);
-        if self.state.pins.is_empty() && !busy {
+        let Some(b) = self.backend.as_ref() else {
+            return;
+        };
+        if b.broken
+            || (self.state.pins.is_empty() && !b.in_transaction() && !self.keep_for_warnings())
+        {
             self.release().await;
         }
+    }
+
+    /// Whether to keep the connection for the next command because the last statement left
+    /// warnings (so `SHOW WARNINGS` sees them), unless another session is waiting for it.
+    fn keep_for_warnings(&self) -> bool {
+        self.hold_for_warnings && self.shared.pool.counts().2 == 0
     }
 
     /// Gives the backend connection back. Takes the session's kill lock first, so a

@@ -138,21 +138,26 @@ async fn borrow_timeout_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_served_in_arrival_order() {
     let db = MariaDb::shared();
+    let s = schema(db, "fifo");
+    // The single backend connection runs the waiters' inserts in the order it is lent out.
+    db.sql(&format!(
+        "CREATE TABLE `{s}`.served (seq INT AUTO_INCREMENT PRIMARY KEY, waiter INT)"
+    ))
+    .unwrap();
     let proxy = Arc::new(TestProxy::start(db, 1).await);
-    let mut holder = proxy.app(None).await;
+    let mut holder = proxy.app(Some(&s)).await;
     let mut waiters = Vec::new();
     for _ in 0..5 {
-        waiters.push(proxy.app(None).await);
+        waiters.push(proxy.app(Some(&s)).await);
     }
     holder.query_drop("BEGIN").await.unwrap();
     holder.query_drop("SELECT 1").await.unwrap();
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (i, mut c) in waiters.into_iter().enumerate() {
-        let order = order.clone();
         tasks.push(tokio::spawn(async move {
-            c.query_drop("SELECT 1").await.unwrap();
-            order.lock().unwrap().push(i);
+            c.query_drop(format!("INSERT INTO served (waiter) VALUES ({i})"))
+                .await
+                .unwrap();
         }));
         // Each waiter is queued before the next one starts.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -165,7 +170,12 @@ async fn waiters_are_served_in_arrival_order() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+    let order = db
+        .sql(&format!(
+            "SELECT GROUP_CONCAT(waiter ORDER BY seq) FROM `{s}`.served"
+        ))
+        .unwrap();
+    assert_eq!(order.trim(), "0,1,2,3,4");
     drop(holder);
     Arc::into_inner(proxy).unwrap().stop().await;
 }

@@ -247,29 +247,15 @@ where
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit (children inherit it); returns it.
 fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
-    }
+    let limit = sluice::server::raise_fd_limit().context("raising RLIMIT_NOFILE")?;
     let needed = (IDLE_CLIENTS + 1000) as u64;
-    if lim.rlim_cur < needed {
+    if limit < needed {
         bail!(
-            "RLIMIT_NOFILE hard limit is {}, below the {needed} file descriptors {IDLE_CLIENTS} \
-             idle clients need; raise it (ulimit -Hn)",
-            lim.rlim_cur
+            "RLIMIT_NOFILE hard limit is {limit}, below the {needed} file descriptors {IDLE_CLIENTS} \
+             idle clients need; raise it (ulimit -Hn)"
         );
     }
-    Ok(lim.rlim_cur)
+    Ok(limit)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

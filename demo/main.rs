@@ -225,7 +225,8 @@ fn report(label: &str, o: &Outcome, new_server_connections: u64) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let s = parse_args()?;
-    raise_fd_limit();
+    // Thousands of sessions need thousands of file descriptors.
+    sluice::server::raise_fd_limit().context("raising the open-file limit")?;
     println!(
         "Sluice demo: {} sessions, {} at a time, through a pool of {}",
         s.sessions, s.concurrency, s.pool
@@ -299,19 +300,4 @@ async fn main() -> Result<()> {
     let status = sluice.stop();
     println!("\nSluice stopped ({status}); the database is removed.");
     Ok(())
-}
-
-/// Thousands of sessions need thousands of file descriptors.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

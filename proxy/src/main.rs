@@ -37,7 +37,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&config);
-    raise_fd_limit();
+    if let Err(e) = sluice::server::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit; fewer clients fit");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("sluice");
     if config.worker_threads > 0 {
@@ -66,21 +68,6 @@ fn init_logging(config: &Config) {
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
-    }
-}
-
-/// Each client is a file descriptor: take the hard limit rather than the usual soft 1024.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 

@@ -309,6 +309,28 @@ impl Proxy {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit and returns it: every client is a
+/// file descriptor, and the usual soft limit of 1024 is far too low for a proxy.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Binds the client listener with a deep accept queue (the standard library's is 128).
 fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     let addr: SocketAddr = address.parse().map_err(|_| {

@@ -122,27 +122,16 @@ impl Connector {
         password: &Secret,
         schema: Option<&str>,
     ) -> Result<BackendConn, BackendError> {
-        let attempt = async {
-            let tcp = TcpStream::connect(self.address.as_str())
-                .await
-                .map_err(|source| BackendError::Connect {
-                    address: self.address.clone(),
-                    source,
-                })?;
-            let stream = PacketStream::new(tcp).map_err(ProtocolError::from)?;
-            let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
-            let mut conn =
-                BackendConn::login(stream, id, key, password, schema, self.max_packet).await?;
-            conn.prepare_session().await?;
-            Ok::<_, BackendError>(conn)
-        };
-        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::ConnectTimeout {
-                address: self.address.clone(),
-                timeout: self.connect_timeout,
-            }),
-        };
+        let result = self
+            .within_timeout(async {
+                let stream = self.dial().await?;
+                let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
+                let mut conn =
+                    BackendConn::login(stream, id, key, password, schema, self.max_packet).await?;
+                conn.prepare_session().await?;
+                Ok(conn)
+            })
+            .await;
         match &result {
             Ok(_) => self.stats.backend_opened(),
             Err(_) => {
@@ -156,18 +145,31 @@ impl Connector {
 
     /// Reads the server's greeting without logging in: its version and capabilities.
     pub async fn probe(&self) -> Result<(String, CapabilityFlags), BackendError> {
-        let attempt = async {
-            let tcp = TcpStream::connect(self.address.as_str())
-                .await
-                .map_err(|source| BackendError::Connect {
-                    address: self.address.clone(),
-                    source,
-                })?;
-            let mut stream = PacketStream::new(tcp).map_err(ProtocolError::from)?;
+        self.within_timeout(async {
+            let mut stream = self.dial().await?;
             let (_, payload) = stream.read_packet(CONTROL_PACKET_MAX).await?;
             let hs = parse_greeting(&payload)?;
             Ok((hs.server_version_str().into_owned(), hs.capabilities()))
-        };
+        })
+        .await
+    }
+
+    /// Opens a TCP connection to the backend, resolving its name again.
+    async fn dial(&self) -> Result<PacketStream, BackendError> {
+        let tcp = TcpStream::connect(self.address.as_str())
+            .await
+            .map_err(|source| BackendError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        Ok(PacketStream::new(tcp).map_err(ProtocolError::from)?)
+    }
+
+    /// Bounds a connection attempt by `connect_timeout`.
+    async fn within_timeout<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
             .unwrap_or_else(|_| {

@@ -98,13 +98,13 @@ fn main() -> Result<()> {
         settings.rounds,
         settings.worker_threads,
         if settings.worker_threads == 0 {
-            "one per CPU, the default; it beat 1 here at 64 and 512 clients"
+            "one per CPU, the default"
         } else {
             "from SLUICE_BENCH_WORKER_THREADS"
         },
         settings.haproxy_threads,
         if settings.haproxy_threads == cpus() {
-            "one per CPU, its default; it beat 1 here at 64 and 512 clients"
+            "one per CPU, its default"
         } else {
             "from SLUICE_BENCH_HAPROXY_THREADS"
         },

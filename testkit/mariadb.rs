@@ -1,19 +1,18 @@
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::ports::free_port;
-use crate::process::{
-    POLL, check_success, find_program, output_with_timeout, pid_running, spawn_tied,
+use crate::process::{check_success, find_program, output_with_timeout};
+use crate::sandbox::{
+    LaunchError, Passwords, START_ATTEMPTS, Sandbox, is_root, on_free_port, once, quote, register,
+    sandbox_root, write_private,
 };
 
 const INSTALL: &str = "apt-get install -y mariadb-server mariadb-client";
@@ -21,14 +20,10 @@ const INSTALL: &str = "apt-get install -y mariadb-server mariadb-client";
 const START_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a server may take to shut down after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Attempts at finding a port that no other process grabs first.
-const START_ATTEMPTS: usize = 5;
 /// Limit for `mariadb-install-db` and for SQL run through the CLI.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// Redo log size of the template; small so that copying the template is cheap.
 const TEMPLATE_LOG_FILE_SIZE: &str = "8M";
-/// Lines shown from error.log in error messages.
-const LOG_TAIL_LINES: usize = 30;
 /// mariadbd silently raises a smaller `--max-connections` to this.
 const MIN_MAX_CONNECTIONS: u32 = 10;
 /// Longest unix socket path (`sun_path` holds 108 bytes including the NUL).
@@ -65,9 +60,7 @@ pub struct MariaDb {
     sandbox: Sandbox,
     port: u16,
     client: PathBuf,
-    root_password: String,
-    app_password: String,
-    other_password: String,
+    passwords: Passwords,
 }
 
 impl MariaDb {
@@ -92,15 +85,12 @@ impl MariaDb {
     pub fn try_shared() -> Result<&'static MariaDb> {
         // Statics are never dropped: the atexit hook and PDEATHSIG stop this server.
         static SHARED: OnceLock<Result<MariaDb, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| {
-                MariaDb::start().map_err(|e| format!("cannot start the shared MariaDB: {e:#}"))
-            })
-            .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+        once(&SHARED, || {
+            MariaDb::start().context("cannot start the shared MariaDB")
+        })
     }
 
-    fn start_on_ports(opts: MariaDbOptions, mut next_port: impl FnMut() -> u16) -> Result<MariaDb> {
+    fn start_on_ports(opts: MariaDbOptions, next_port: impl FnMut() -> u16) -> Result<MariaDb> {
         if opts.max_connections < MIN_MAX_CONNECTIONS {
             bail!(
                 "max_connections {} is below mariadbd's minimum of {MIN_MAX_CONNECTIONS}, which it \
@@ -113,44 +103,33 @@ impl MariaDb {
         let client = find_program("mariadb", INSTALL)?;
         let template = template(&install_db)?;
 
-        let mut sandbox = Sandbox::create()?;
-        let socket = sandbox.dir.join("sock");
+        let mut sandbox = Sandbox::create(sandbox_root()?, STOP_GRACE)?;
+        let socket = sandbox.path("sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             bail!(
                 "socket path {} is too long for a unix socket; point TMPDIR at a shorter directory",
                 socket.display()
             );
         }
-        let root_password = random_password()?;
-        let app_password = random_password()?;
-        let other_password = random_password()?;
-        let init_file = sandbox.dir.join("init.sql");
-        write_private(
-            &init_file,
-            &init_sql(&root_password, &app_password, &other_password),
-        )?;
+        let passwords = Passwords::random()?;
+        write_private(&sandbox.path("init.sql"), &init_sql(&passwords))?;
 
-        for _ in 0..START_ATTEMPTS {
-            let port = next_port();
-            match sandbox.launch(&mariadbd, &template, port, &opts) {
-                Ok(()) => {
-                    return Ok(MariaDb {
-                        sandbox,
-                        port,
-                        client,
-                        root_password,
-                        app_password,
-                        other_password,
-                    });
-                }
-                Err(LaunchError::PortTaken) => continue,
-                Err(LaunchError::Failed(e)) => return Err(e),
-            }
-        }
-        bail!(
-            "mariadbd found its port taken {START_ATTEMPTS} times in a row; error.log ends with:\n{}",
-            sandbox.error_log_tail()
-        )
+        let started = on_free_port(next_port, |port| {
+            launch(&mut sandbox, &mariadbd, &template, port, &opts)
+        })?;
+        let Some((port, ())) = started else {
+            bail!(
+                "mariadbd found its port taken {START_ATTEMPTS} times in a row; error.log ends \
+                 with:\n{}",
+                sandbox.error_log_tail()
+            )
+        };
+        Ok(MariaDb {
+            sandbox,
+            port,
+            client,
+            passwords,
+        })
     }
 
     /// The TCP port on 127.0.0.1.
@@ -165,47 +144,42 @@ impl MariaDb {
 
     /// Process id of `mariadbd` (for tests that kill it).
     pub fn pid(&self) -> u32 {
-        self.sandbox.child.as_ref().map_or(0, Child::id)
+        self.sandbox.pid()
     }
 
     /// Password of `root` (same for `localhost`, `127.0.0.1` and `::1`).
     pub fn root_password(&self) -> &str {
-        &self.root_password
+        &self.passwords.root
     }
 
     /// Password of `app`.
     pub fn app_password(&self) -> &str {
-        &self.app_password
+        &self.passwords.app
     }
 
     /// Password of `other`.
     pub fn other_password(&self) -> &str {
-        &self.other_password
+        &self.passwords.other
     }
 
     /// Password of `root`, `app` or `other`; `None` for any other name.
     pub fn password(&self, user: &str) -> Option<&str> {
-        match user {
-            "root" => Some(&self.root_password),
-            "app" => Some(&self.app_password),
-            "other" => Some(&self.other_password),
-            _ => None,
-        }
+        self.passwords.of(user)
     }
 
     /// The sandbox directory (data directory, socket, logs); removed on drop.
     pub fn dir(&self) -> &Path {
-        &self.sandbox.dir
+        self.sandbox.dir()
     }
 
     /// The data directory.
     pub fn datadir(&self) -> PathBuf {
-        self.sandbox.dir.join("data")
+        self.sandbox.path("data")
     }
 
     /// The server's unix socket.
     pub fn socket_path(&self) -> PathBuf {
-        self.sandbox.dir.join("sock")
+        self.sandbox.path("sock")
     }
 
     /// The last lines of the server's error log.
@@ -223,7 +197,7 @@ impl MariaDb {
             .arg(format!("--socket={}", self.socket_path().display()))
             .arg("--execute")
             .arg(sql)
-            .env("MYSQL_PWD", &self.root_password);
+            .env("MYSQL_PWD", &self.passwords.root);
         let output = output_with_timeout(cmd, None, COMMAND_TIMEOUT)?;
         check_success("mariadb", &output).with_context(|| format!("SQL failed: {sql}"))?;
         String::from_utf8(output.stdout).context("the mariadb CLI printed invalid UTF-8")
@@ -243,13 +217,13 @@ impl MariaDb {
 
     /// A connection as root over TCP.
     pub async fn root_conn(&self) -> Result<mysql_async::Conn> {
-        mysql_async::Conn::new(self.opts("root", &self.root_password, None))
+        mysql_async::Conn::new(self.opts("root", &self.passwords.root, None))
             .await
             .with_context(|| format!("cannot connect as root to MariaDB on {}", self.addr()))
     }
 }
 
-fn init_sql(root: &str, app: &str, other: &str) -> String {
+fn init_sql(passwords: &Passwords) -> String {
     let identified = |password: &str| {
         format!(
             "IDENTIFIED VIA mysql_native_password USING PASSWORD({})",
@@ -257,339 +231,74 @@ fn init_sql(root: &str, app: &str, other: &str) -> String {
         )
     };
     // One statement per line: that is how mariadbd reads an init file.
-    let mut sql = format!(
-        "ALTER USER 'root'@'localhost' {0}, 'root'@'127.0.0.1' {0}, 'root'@'::1' {0};\n",
-        identified(root)
-    );
-    // mariadb-install-db also creates a password-less root@<hostname>.
-    if let Ok(host) = fs::read_to_string("/proc/sys/kernel/hostname") {
-        let host = host.trim();
-        if !host.is_empty() && !["localhost", "127.0.0.1", "::1"].contains(&host) {
-            sql += &format!("DROP USER IF EXISTS 'root'@{};\n", quote(host));
-        }
-    }
-    for (user, password) in [("app", app), ("other", other)] {
-        sql += &format!("CREATE USER '{user}'@'%' {};\n", identified(password));
-        sql += &format!("GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%';\n");
-    }
-    sql
-}
-
-/// A single-quoted SQL string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn random_password() -> Result<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 24];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom")?;
-    Ok(bytes
-        .iter()
-        .map(|&b| ALPHABET[b as usize % ALPHABET.len()] as char)
-        .collect())
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-enum LaunchError {
-    /// Another process bound the port between `free_port` and mariadbd's bind.
-    PortTaken,
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for LaunchError {
-    fn from(e: anyhow::Error) -> Self {
-        LaunchError::Failed(e)
-    }
-}
-
-impl From<io::Error> for LaunchError {
-    fn from(e: io::Error) -> Self {
-        LaunchError::Failed(e.into())
-    }
-}
-
-/// A directory under the sandbox root, and the server running in it.
-#[derive(Debug)]
-struct Sandbox {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Sandbox {
-    fn create() -> Result<Sandbox> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let root = sandbox_root()?;
-        let dir = root.join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        register(&dir, None);
-        Ok(Sandbox { dir, child: None })
-    }
-
-    fn error_log(&self) -> PathBuf {
-        self.dir.join("error.log")
-    }
-
-    fn error_log_tail(&self) -> String {
-        let log = fs::read(self.error_log()).unwrap_or_default();
-        let log = String::from_utf8_lossy(&log);
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-    }
-
-    /// Starts mariadbd on a fresh copy of `template` and waits until it accepts connections.
-    fn launch(
-        &mut self,
-        mariadbd: &Path,
-        template: &Path,
-        port: u16,
-        opts: &MariaDbOptions,
-    ) -> Result<(), LaunchError> {
-        let data = self.dir.join("data");
-        // A failed attempt may have touched the data directory: start again from the template.
-        if data.exists() {
-            fs::remove_dir_all(&data)?;
-        }
-        let log_path = self.error_log();
-        if log_path.exists() {
-            fs::remove_file(&log_path)?;
-        }
-        copy_dir(template, &data).with_context(|| {
-            format!(
-                "cannot copy the data directory template to {}",
-                data.display()
-            )
-        })?;
-        // Every mariadbd deletes all `#sql*` files in its tmpdir at start-up: with a shared
-        // tmpdir (/tmp by default) starting one server breaks another's temporary tables.
-        let tmp = self.dir.join("tmp");
-        if !tmp.exists() {
-            DirBuilder::new().mode(0o700).create(&tmp)?;
-        }
-
-        let mut cmd = Command::new(mariadbd);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--port={port}"))
-            .arg(format!("--socket={}", self.dir.join("sock").display()))
-            .arg(format!("--pid-file={}", self.dir.join("pid").display()))
-            .arg(format!("--log-error={}", log_path.display()))
-            .arg(format!(
-                "--init-file={}",
-                self.dir.join("init.sql").display()
-            ))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
-            .arg(format!("--max-connections={}", opts.max_connections))
-            // Write the redo log on commit but skip fsync: 2-5x faster commits, and commits
-            // still survive `kill -9` of the server (only an OS crash loses them).
-            .arg("--innodb-flush-log-at-trx-commit=2");
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        if opts.small_memory {
-            cmd.args([
-                "--innodb-buffer-pool-size=8M",
-                // 10.11.19 otherwise reserves 8 TiB of address space; older 10.11 lack the option.
-                "--loose-innodb-buffer-pool-size-max=8M",
-                "--innodb-log-buffer-size=2M",
-                "--aria-pagecache-buffer-size=1M",
-                // MyISAM's key cache is 128M by default and costs about 24 MB resident.
-                "--key-buffer-size=1M",
-                // With the default of 2000 mariadbd wants 32184 file descriptors and warns.
-                "--table-open-cache=400",
-            ])
-            // The template's size, so nothing is resized; otherwise it grows to 96M at start.
-            .arg(format!("--innodb-log-file-size={TEMPLATE_LOG_FILE_SIZE}"));
-        }
-        cmd.args(&opts.extra_args);
-
-        // Early messages (before --log-error takes effect) land in the same file.
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("cannot open {}", log_path.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = spawn_tied(cmd)?;
-        register(&self.dir, Some(child.id()));
-        self.child = Some(child);
-        self.wait_ready(port)
-    }
-
-    fn wait_ready(&mut self, port: u16) -> Result<(), LaunchError> {
-        let deadline = Instant::now() + START_DEADLINE;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        loop {
-            let child = self.child.as_mut().expect("launch sets the child");
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                register(&self.dir, None);
-                let log = fs::read_to_string(self.error_log()).unwrap_or_default();
-                if log.contains("Bind on TCP/IP port") || log.contains("Address already in use") {
-                    return Err(LaunchError::PortTaken);
-                }
-                return Err(anyhow!(
-                    "mariadbd exited during start-up ({status}); error.log ends with:\n{}",
-                    self.error_log_tail()
-                )
-                .into());
-            }
-            // The log line proves that *this* server bound the port, not a stranger on it.
-            let log = fs::read_to_string(self.error_log()).unwrap_or_default();
-            let ready = log.contains("ready for connections");
-            if let Some(packet) = ready.then(|| first_packet(addr).ok()).flatten() {
-                return self.check_ready(&packet, &log);
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return Err(anyhow!(
-                    "mariadbd did not accept connections on {addr} within {START_DEADLINE:?}; \
-                     error.log ends with:\n{}",
-                    self.error_log_tail()
-                )
-                .into());
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    fn check_ready(&mut self, packet: &[u8], log: &str) -> Result<(), LaunchError> {
-        match packet.first() {
-            Some(10) => {}
-            Some(0xff) if packet.len() >= 3 => {
-                let code = u16::from_le_bytes([packet[1], packet[2]]);
-                let message = String::from_utf8_lossy(&packet[3..]);
-                return Err(
-                    anyhow!("mariadbd refused a connection: error {code}: {message}").into(),
-                );
-            }
-            _ => {
-                return Err(
-                    anyhow!("mariadbd sent an unexpected first packet: {packet:02x?}").into(),
-                );
+    passwords.init_sql(identified, |root| {
+        let mut sql = format!(
+            "ALTER USER 'root'@'localhost' {0}, 'root'@'127.0.0.1' {0}, 'root'@'::1' {0};\n",
+            root
+        );
+        // mariadb-install-db also creates a password-less root@<hostname>.
+        if let Ok(host) = fs::read_to_string("/proc/sys/kernel/hostname") {
+            let host = host.trim();
+            if !host.is_empty() && !["localhost", "127.0.0.1", "::1"].contains(&host) {
+                sql += &format!("DROP USER IF EXISTS 'root'@{};\n", quote(host));
             }
         }
-        // mariadbd logs a failing init-file statement as "ERROR: <code> ..." and carries on.
-        let failed: Vec<&str> = log.lines().filter(|l| l.starts_with("ERROR: ")).collect();
-        if !failed.is_empty() {
-            return Err(anyhow!("setting up users failed:\n{}", failed.join("\n")).into());
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, up to [`STOP_GRACE`] for a clean shutdown, then SIGKILL.
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // Forget the pid before reaping it, so the atexit hook can never signal a reused pid.
-        register(&self.dir, None);
-        if let Ok(None) = child.try_wait() {
-            // SAFETY: plain kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(None) => thread::sleep(POLL),
-                    _ => return,
-                }
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-        unregister(&self.dir);
-    }
-}
-
-/// Reads the first packet a server sends on `addr`, without the 4-byte header.
-fn first_packet(addr: SocketAddr) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload)?;
-    Ok(payload)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `TMP/sluice-sandbox-UID`, created on first use; leftovers of dead processes are removed then.
-fn sandbox_root() -> Result<&'static Path> {
-    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        // SAFETY: geteuid cannot fail.
-        let uid = unsafe { libc::geteuid() };
-        let root = std::env::temp_dir().join(format!("sluice-sandbox-{uid}"));
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)
-            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-        remove_leftovers(&root);
-        Ok(root)
+        sql
     })
-    .as_deref()
-    .map_err(|e| anyhow!("{e}"))
 }
 
-/// Removes `PID-*` entries under `root` whose process no longer runs; returns how many.
-fn remove_leftovers(root: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(root) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // Another process may remove the same leftover at the same time: ignore errors.
-        if pid != std::process::id()
-            && !pid_running(pid)
-            && fs::remove_dir_all(entry.path()).is_ok()
-        {
-            removed += 1;
-        }
+/// Starts mariadbd in `sandbox` on a fresh copy of `template` and waits until it accepts
+/// connections.
+fn launch(
+    sandbox: &mut Sandbox,
+    mariadbd: &Path,
+    template: &Path,
+    port: u16,
+    opts: &MariaDbOptions,
+) -> Result<(), LaunchError> {
+    // Every mariadbd deletes all `#sql*` files in its tmpdir at start-up: with a shared
+    // tmpdir (/tmp by default) starting one server breaks another's temporary tables.
+    sandbox.reset(template, &["tmp"])?;
+    let path = |name: &str| sandbox.path(name).display().to_string();
+    let mut cmd = Command::new(mariadbd);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", path("data")))
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", path("sock")))
+        .arg(format!("--pid-file={}", path("pid")))
+        .arg(format!("--log-error={}", path("error.log")))
+        .arg(format!("--init-file={}", path("init.sql")))
+        .arg(format!("--tmpdir={}", path("tmp")))
+        .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+        .arg(format!("--max-connections={}", opts.max_connections))
+        // Write the redo log on commit but skip fsync: 2-5x faster commits, and commits
+        // still survive `kill -9` of the server (only an OS crash loses them).
+        .arg("--innodb-flush-log-at-trx-commit=2");
+    if is_root() {
+        cmd.arg("--user=root");
     }
-    removed
+    if opts.small_memory {
+        cmd.args([
+            "--innodb-buffer-pool-size=8M",
+            // 10.11.19 otherwise reserves 8 TiB of address space; older 10.11 lack the option.
+            "--loose-innodb-buffer-pool-size-max=8M",
+            "--innodb-log-buffer-size=2M",
+            "--aria-pagecache-buffer-size=1M",
+            // MyISAM's key cache is 128M by default and costs about 24 MB resident.
+            "--key-buffer-size=1M",
+            // With the default of 2000 mariadbd wants 32184 file descriptors and warns.
+            "--table-open-cache=400",
+        ])
+        // The template's size, so nothing is resized; otherwise it grows to 96M at start.
+        .arg(format!("--innodb-log-file-size={TEMPLATE_LOG_FILE_SIZE}"));
+    }
+    cmd.args(&opts.extra_args);
+    sandbox.spawn(cmd)?;
+    // mariadbd logs a failing init-file statement as "ERROR: <code> ..." and carries on.
+    sandbox.wait_ready("mariadbd", port, START_DEADLINE, |line| {
+        line.starts_with("ERROR: ")
+    })?;
+    Ok(())
 }
 
 /// A freshly installed data directory, made once per process and copied for every server:
@@ -600,16 +309,12 @@ fn remove_leftovers(root: &Path) -> usize {
 /// server by the init file.
 fn template(install_db: &Path) -> Result<PathBuf> {
     static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let dir = sandbox_root()
-                .map_err(|e| format!("{e:#}"))?
-                .join(format!("{}-template", std::process::id()));
-            install(install_db, &dir).map_err(|e| format!("{e:#}"))?;
-            Ok(dir.join("data"))
-        })
-        .clone()
-        .map_err(|e| anyhow!("{e}"))
+    once(&TEMPLATE, || {
+        let dir = sandbox_root()?.join(format!("{}-template", std::process::id()));
+        install(install_db, &dir)?;
+        Ok(dir.join("data"))
+    })
+    .cloned()
 }
 
 /// Installs into `dir/data`, with `dir/tmp` as the bootstrap server's private tmpdir.
@@ -638,70 +343,17 @@ fn install(install_db: &Path, dir: &Path) -> Result<()> {
     check_success("mariadb-install-db", &output)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
-    DirBuilder::new().mode(0o700).create(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-/// Directories to remove, and servers to kill, when the process exits.
-static LIVE: Mutex<Vec<(PathBuf, Option<u32>)>> = Mutex::new(Vec::new());
-
-fn register(dir: &Path, pid: Option<u32>) {
-    static HOOK: OnceLock<()> = OnceLock::new();
-    HOOK.get_or_init(|| {
-        // SAFETY: registers a plain extern "C" function; failure only means a leftover
-        // directory, which the next run removes.
-        unsafe { libc::atexit(cleanup_at_exit) };
-    });
-    let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
-    match live.iter_mut().find(|(d, _)| d == dir) {
-        Some(entry) => entry.1 = pid,
-        None => live.push((dir.to_owned(), pid)),
-    }
-}
-
-fn unregister(dir: &Path) {
-    LIVE.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .retain(|(d, _)| d != dir);
-}
-
-/// Stops the servers still running (the shared one, leaked ones) and removes all sandbox
-/// directories of this process, since statics are never dropped.
-extern "C" fn cleanup_at_exit() {
-    let mut live = match LIVE.try_lock() {
-        Ok(live) => live,
-        Err(TryLockError::Poisoned(live)) => live.into_inner(),
-        // Another thread is mid-update; PDEATHSIG and the next run's cleanup cover it.
-        Err(TryLockError::WouldBlock) => return,
-    };
-    for (dir, pid) in live.drain(..) {
-        if let Some(pid) = pid {
-            // SAFETY: `pid` is an unreaped child of ours, so it cannot have been reused.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
-            }
-        }
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::{POLL, pid_running};
+    use crate::sandbox::remove_leftovers;
     use mysql_async::prelude::Queryable;
-    use std::io::BufRead;
-    use std::net::TcpListener;
+    use std::io::{self, BufRead};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::Stdio;
+    use std::thread;
+    use std::time::Instant;
 
     async fn current_user(
         db: &MariaDb,

@@ -1,14 +1,12 @@
 //! The real `sluice` binary as a child process, configured from a generated TOML file.
 
 use std::fmt::Write as _;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,7 +14,12 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::mariadb::MariaDb;
 use crate::ports::free_port;
-use crate::process::{POLL, pid_running, spawn_tied};
+use crate::process::{POLL, pid_running};
+use crate::sandbox::{
+    LaunchError, START_ATTEMPTS, create_private_dir, exited_at_start, first_packet,
+    greeting_version, log_tail, on_free_port, once, sandbox_root, spawn_logged, stop_child,
+    write_private,
+};
 
 /// How long the proxy may take from spawn to sending a greeting.
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -25,8 +28,6 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Sluice's own shutdown deadline for open transactions, unless `extra_toml` sets one: below
 /// [`STOP_GRACE`], so a graceful stop with a transaction still open exits by itself.
 const SHUTDOWN_TIMEOUT: &str = "5s";
-/// Attempts at finding a port that no other process grabs first.
-const START_ATTEMPTS: usize = 5;
 /// A cold optimised build of the proxy takes about 2 minutes on 2 cores.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Lines shown from the proxy's log in error messages.
@@ -115,7 +116,9 @@ impl SluiceProcess {
     /// returns once it sends a greeting to a new connection.
     pub fn start(opts: SluiceOptions) -> Result<SluiceProcess> {
         let binary = sluice_binary()?;
-        let dir = create_dir()?;
+        // Named `PID-sluice-N`, so a later run removes it if this process dies before cleaning
+        // up.
+        let dir = create_private_dir(sandbox_root()?, "sluice-")?;
         // From here on, dropping `process` removes the directory and stops any child.
         let mut process = SluiceProcess {
             child: None,
@@ -123,12 +126,15 @@ impl SluiceProcess {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             dir,
         };
-        for _ in 0..START_ATTEMPTS {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
-            match process.launch(&binary, &opts, addr)? {
-                Launch::Ready => return Ok(process),
-                Launch::PortTaken => continue,
-            }
+        let started = on_free_port(free_port, |port| {
+            process.launch(
+                &binary,
+                &opts,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            )
+        })?;
+        if started.is_some() {
+            return Ok(process);
         }
         bail!(
             "sluice found its port taken {START_ATTEMPTS} times in a row; its log ends with:\n{}",
@@ -177,10 +183,7 @@ impl SluiceProcess {
 
     /// The last lines of the proxy's log.
     pub fn log_tail(&self) -> String {
-        let log = fs::read(self.log_path()).unwrap_or_default();
-        let log = String::from_utf8_lossy(&log);
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        log_tail(&self.log_path(), LOG_TAIL_LINES)
     }
 
     /// SIGTERM, up to 10 s for a graceful exit, then SIGKILL; returns how the proxy exited.
@@ -191,27 +194,19 @@ impl SluiceProcess {
     }
 
     fn terminate(&mut self) -> io::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
+        match self.child.take() {
+            Some(mut child) => stop_child(&mut child, STOP_GRACE).map(Some),
+            None => Ok(None),
         }
-        // SAFETY: plain kill(2) on our own unreaped child, so the pid cannot have been reused.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait()? {
-                return Ok(Some(status));
-            }
-            thread::sleep(POLL);
-        }
-        child.kill()?;
-        child.wait().map(Some)
     }
 
     /// Starts the binary listening on `addr` and waits until it greets a client.
-    fn launch(&mut self, binary: &Path, opts: &SluiceOptions, addr: SocketAddr) -> Result<Launch> {
+    fn launch(
+        &mut self,
+        binary: &Path,
+        opts: &SluiceOptions,
+        addr: SocketAddr,
+    ) -> Result<(), LaunchError> {
         let config = self.config_path();
         // Passwords are in the file: readable by this user only.
         let _ = fs::remove_file(&config);
@@ -232,30 +227,27 @@ impl SluiceProcess {
         // With RUST_BACKTRACE set, a start-up error would print a backtrace that pushes the
         // message itself out of `log_tail`; panics keep theirs.
         cmd.env("RUST_LIB_BACKTRACE", "0");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().context("cannot duplicate the log file")?)
-            .stderr(log);
-        let child = spawn_tied(cmd)?;
+        let child = spawn_logged(cmd, log)?;
         self.pid = child.id();
         self.addr = addr;
         self.child = Some(child);
         self.wait_ready()
     }
 
-    fn wait_ready(&mut self) -> Result<Launch> {
+    fn wait_ready(&mut self) -> Result<(), LaunchError> {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             let child = self.child.as_mut().expect("launch sets the child");
             if let Some(status) = child.try_wait().context("cannot poll sluice")? {
                 self.child = None;
-                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
-                if log.contains("Address already in use") || log.contains("AddrInUse") {
-                    return Ok(Launch::PortTaken);
-                }
-                bail!(
-                    "sluice exited during start-up ({status}); its log ends with:\n{}",
-                    self.log_tail()
-                );
+                let port_taken = ["Address already in use", "AddrInUse"];
+                return Err(exited_at_start(
+                    "sluice",
+                    status,
+                    &self.log_path(),
+                    &port_taken,
+                    LOG_TAIL_LINES,
+                ));
             }
             if let Ok(packet) = first_packet(self.addr) {
                 // Whoever answered, it must still be our proxy: one that lost the port to
@@ -263,27 +255,24 @@ impl SluiceProcess {
                 if !pid_running(self.pid) {
                     continue;
                 }
-                return match packet.first() {
-                    Some(10) => Ok(Launch::Ready),
-                    _ => {
+                let who = format!("sluice on {}", self.addr);
+                return match greeting_version(&who, &packet) {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
                         let _ = self.terminate();
-                        Err(anyhow!(
-                            "sluice on {} sent an unexpected first packet {packet:02x?}; its log \
-                             ends with:\n{}",
-                            self.addr,
-                            self.log_tail()
-                        ))
+                        Err(anyhow!("{e}; its log ends with:\n{}", self.log_tail()).into())
                     }
                 };
             }
             if Instant::now() >= deadline {
                 let _ = self.terminate();
-                bail!(
+                return Err(anyhow!(
                     "sluice did not greet a client on {} within {START_DEADLINE:?}; its log ends \
                      with:\n{}",
                     self.addr,
                     self.log_tail()
-                );
+                )
+                .into());
             }
             thread::sleep(POLL);
         }
@@ -297,20 +286,11 @@ impl Drop for SluiceProcess {
     }
 }
 
-enum Launch {
-    Ready,
-    /// Another process bound the port between `free_port` and the proxy's bind.
-    PortTaken,
-}
-
 /// The path of the `sluice` binary, built once per process with the profile this code was
 /// built with (`--release` without debug assertions, as under `cargo bench`).
 pub fn sluice_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| build_sluice().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!("{e}"))
+    once(&BINARY, build_sluice).cloned()
 }
 
 fn build_sluice() -> Result<PathBuf> {
@@ -427,54 +407,6 @@ fn push_lines(toml: &mut String, lines: &str) {
         toml.push_str(lines.trim_end());
         toml.push('\n');
     }
-}
-
-/// A fresh directory for one proxy, under the sandbox root the MariaDB sandboxes use.
-///
-/// Named `PID-sluice-N`, so a later run removes it if this process dies before cleaning up.
-fn create_dir() -> Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let root = std::env::temp_dir().join(format!("sluice-sandbox-{uid}"));
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root)
-        .with_context(|| format!("cannot create {}", root.display()))?;
-    let dir = root.join(format!(
-        "{}-sluice-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Reads the first packet a server sends on `addr`, without the 4-byte header.
-fn first_packet(addr: SocketAddr) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
-    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload)?;
-    Ok(payload)
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ struct Outcome {
 /// short transaction, disconnect.
 async fn burst(
     addr: SocketAddr,
+    user: &str,
     password: &str,
     s: &Settings,
     label: &str,
@@ -88,10 +89,13 @@ async fn burst(
     let opts = OptsBuilder::default()
         .ip_or_hostname(addr.ip().to_string())
         .tcp_port(addr.port())
-        .user(Some("app"))
+        .user(Some(user))
         .pass(Some(password))
         .db_name(Some("demo"))
         .prefer_socket(false);
+    // Progress is sampled over one connection of the database's own, opened before the burst
+    // can fill the server.
+    let mut monitor = db.root_conn().await.ok();
     let gate = Arc::new(Semaphore::new(s.concurrency));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -114,8 +118,6 @@ async fn burst(
             r.map(|()| t.elapsed())
         }));
     }
-    // Live progress while the burst runs, sampled over one connection of the database's own.
-    let mut monitor = db.root_conn().await.ok();
     let tty = std::io::stdout().is_terminal();
     let mut peak_server = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -123,12 +125,12 @@ async fn burst(
     while done.load(Relaxed) + failed.load(Relaxed) < s.sessions as u64 {
         tick.tick().await;
         let server = match monitor.as_mut() {
-            Some(m) => app_connections(m).await.unwrap_or(0),
+            Some(m) => user_connections(m, user).await.unwrap_or(0),
             None => 0,
         };
         peak_server = peak_server.max(server);
         let line = format!(
-            "  {label}: {:>6} done, {:>5} errors, {:>6.1}s, database sees {:>3} connections from app",
+            "  {label}: {:>6} done, {:>5} errors, {:>6.1}s, database sees {:>3} connections from {user}",
             done.load(Relaxed),
             failed.load(Relaxed),
             started.elapsed().as_secs_f64(),
@@ -161,7 +163,7 @@ async fn burst(
     }
     out.latencies.sort();
     out.peak_server = peak_server;
-    println!("  {label}: peak connections the database saw from app: {peak_server}");
+    println!("  {label}: peak connections the database saw from {user}: {peak_server}");
     out
 }
 
@@ -177,9 +179,12 @@ async fn session(opts: OptsBuilder, i: usize) -> Result<(), mysql_async::Error> 
     c.disconnect().await
 }
 
-async fn app_connections(root: &mut Conn) -> Result<usize> {
+async fn user_connections(root: &mut Conn, user: &str) -> Result<usize> {
     let n: Option<usize> = root
-        .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app'")
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+            (user,),
+        )
         .await?;
     Ok(n.unwrap_or(0))
 }
@@ -209,11 +214,19 @@ fn report(label: &str, o: &Outcome, new_server_connections: u64) {
         o.ok
     );
     println!("    errors               {:>8}", o.errors.len());
-    if let Some(first) = o.errors.first() {
-        println!("    first error          {first}");
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for e in &o.errors {
+        match kinds.iter_mut().find(|(k, _)| k == e) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((e.clone(), 1)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    for (kind, n) in kinds.iter().take(3) {
+        println!("      {n:>6} x {kind}");
     }
     println!(
-        "    database connections {:>8}  (most open at once from user app)",
+        "    database connections {:>8}  (most open at once from the burst's user)",
         o.peak_server
     );
     println!(
@@ -266,13 +279,22 @@ async fn main() -> Result<()> {
         "\n3. A burst of Lambda-like sessions through Sluice (connect, short transaction, disconnect):"
     );
     let before = server_status(&db, "Connections").await?;
-    let through = burst(sluice.addr(), db.app_password(), &s, "through Sluice", &db).await;
+    let through = burst(
+        sluice.addr(),
+        "app",
+        db.app_password(),
+        &s,
+        "through Sluice",
+        &db,
+    )
+    .await;
     let opened_through = server_status(&db, "Connections").await? - before;
 
     let direct = if s.compare_direct {
         println!("\n4. The same burst straight at the database, for contrast:");
         let before = server_status(&db, "Connections").await?;
-        let d = burst(db.addr(), db.app_password(), &s, "direct", &db).await;
+        // As the second user, so Sluice's idle pool (user app) is not counted with it.
+        let d = burst(db.addr(), "other", db.other_password(), &s, "direct", &db).await;
         Some((d, server_status(&db, "Connections").await? - before))
     } else {
         None

@@ -221,7 +221,7 @@ fn report(label: &str, o: &Outcome, new_server_connections: u64) {
             None => kinds.push((e.clone(), 1)),
         }
     }
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     for (kind, n) in kinds.iter().take(3) {
         println!("      {n:>6} x {kind}");
     }

@@ -161,7 +161,7 @@ impl Pool {
         deadline: tokio::time::Instant,
     ) -> Result<PooledConn, BorrowError> {
         let started = Instant::now();
-        let result = self.borrow_inner(key, schema, deadline).await;
+        let result = self.borrow_inner(key, schema, deadline, started).await;
         let stats = &self.inner.stats;
         stats.borrows.fetch_add(1, Relaxed);
         stats
@@ -178,8 +178,8 @@ impl Pool {
         key: &PoolKey,
         schema: Option<&str>,
         deadline: tokio::time::Instant,
+        started: Instant,
     ) -> Result<PooledConn, BorrowError> {
-        let started = Instant::now();
         let mut grant = self.request(key, schema, deadline, started).await?;
         let mut last_error: Option<String> = None;
         let mut backoff = Duration::from_millis(20);
@@ -379,7 +379,7 @@ impl Pool {
                     // way for one it can use.
                     match w.tx.send(Grant::Slot(OpenSlot::new(self.clone()))) {
                         Ok(()) => break conn,
-                        Err(back) => back.discard(),
+                        Err(back) => back.discard(&mut st),
                     }
                 }
             }
@@ -396,7 +396,7 @@ impl Pool {
             }
             match w.tx.send(Grant::Slot(OpenSlot::new(self.clone()))) {
                 Ok(()) => return,
-                Err(back) => back.discard(),
+                Err(back) => back.discard(&mut st),
             }
         }
         st.open = st.open.saturating_sub(1);
@@ -526,11 +526,15 @@ impl Pool {
 impl Grant {
     /// Drops an undelivered slot grant without running its guard: the caller holds the pool
     /// lock and still owns the place it stood for.
-    fn discard(self) {
+    fn discard(self, st: &mut State) {
         match self {
             Grant::Slot(s) => s.disarm(),
-            // Only slots are discarded; a connection would be closed, never leaked.
-            Grant::Conn(c) => drop(c.into_inner()),
+            // Callers only discard slots; were it a connection, it stays counted, so keep it.
+            Grant::Conn(c) => {
+                let conn = c.into_inner();
+                st.idle_count += 1;
+                st.idle.entry(conn.key.clone()).or_default().push(conn);
+            }
         }
     }
 }

@@ -596,14 +596,8 @@ fn measure_memory(db: &MariaDb, opts: &SluiceOptions) -> Result<Memory> {
         .enable_all()
         .build()
         .context("cannot start a tokio runtime")?;
-    let client_opts: mysql_async::Opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(sluice.addr().ip().to_string())
-        .tcp_port(sluice.addr().port())
-        .user(Some("app"))
-        .pass(Some(db.app_password()))
-        // Otherwise mysql_async switches to MariaDB's unix socket, bypassing Sluice.
-        .prefer_socket(false)
-        .into();
+    let client_opts: mysql_async::Opts =
+        sluice_testkit::client_opts(sluice.addr(), "app", db.app_password(), None).into();
     let result = runtime.block_on(async {
         let started = Instant::now();
         let mut conns = tokio::time::timeout(IDLE_DEADLINE, open_idle(client_opts))
@@ -708,6 +702,20 @@ struct Row {
     ratio: Option<f64>,
 }
 
+impl Row {
+    /// target, q/s, p50 µs, p99 µs, ratio to direct: as both the text and Markdown tables show them.
+    fn cells(&self) -> [String; 5] {
+        let s = self.sample;
+        [
+            self.target.name().to_owned(),
+            fmt_opt(s, |s| format!("{:.0}", s.qps)),
+            fmt_opt(s, |s| format!("{:.0}", s.p50_us)),
+            fmt_opt(s, |s| format!("{:.0}", s.p99_us)),
+            fmt_opt(self.ratio, |r| format!("{r:.2}")),
+        ]
+    }
+}
+
 impl Report {
     fn rows(point: &Point) -> Vec<Row> {
         let direct = point.results[Target::Direct as usize];
@@ -745,6 +753,12 @@ impl Report {
         Some(
             point.results[target as usize]?.p50_us - point.results[Target::Direct as usize]?.p50_us,
         )
+    }
+
+    /// Added p50 latency at 1 client of Sluice and HAProxy over direct, formatted.
+    fn added_p50_cells(&self) -> [String; 2] {
+        [Target::Sluice, Target::HaProxy]
+            .map(|t| fmt_opt(self.added_p50(t), |a| format!("{a:.0} µs")))
     }
 
     /// (description, figure, met) for each target.
@@ -787,23 +801,14 @@ impl Report {
                 "target", "q/s", "p50 µs", "p99 µs", "vs direct"
             );
             for row in Self::rows(point) {
-                let s = row.sample;
-                let _ = writeln!(
-                    out,
-                    "  {:<8} {:>10} {:>9} {:>9} {:>10}",
-                    row.target.name(),
-                    fmt_opt(s, |s| format!("{:.0}", s.qps)),
-                    fmt_opt(s, |s| format!("{:.0}", s.p50_us)),
-                    fmt_opt(s, |s| format!("{:.0}", s.p99_us)),
-                    fmt_opt(row.ratio, |r| format!("{r:.2}")),
-                );
+                let [target, qps, p50, p99, ratio] = row.cells();
+                let _ = writeln!(out, "  {target:<8} {qps:>10} {p50:>9} {p99:>9} {ratio:>10}");
             }
             if point.clients == 1 {
+                let [sluice, haproxy] = self.added_p50_cells();
                 let _ = writeln!(
                     out,
-                    "  added p50 over direct: sluice {}, haproxy {}",
-                    fmt_opt(self.added_p50(Target::Sluice), |a| format!("{a:.0} µs")),
-                    fmt_opt(self.added_p50(Target::HaProxy), |a| format!("{a:.0} µs")),
+                    "  added p50 over direct: sluice {sluice}, haproxy {haproxy}"
                 );
             }
             out.push('\n');
@@ -852,23 +857,13 @@ impl Report {
             );
             let _ = writeln!(out, "|---|---:|---:|---:|---:|");
             for row in Self::rows(point) {
-                let s = row.sample;
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {} | {} |",
-                    row.target.name(),
-                    fmt_opt(s, |s| format!("{:.0}", s.qps)),
-                    fmt_opt(s, |s| format!("{:.0}", s.p50_us)),
-                    fmt_opt(s, |s| format!("{:.0}", s.p99_us)),
-                    fmt_opt(row.ratio, |r| format!("{r:.2}")),
-                );
+                let _ = writeln!(out, "| {} |", row.cells().join(" | "));
             }
             if point.clients == 1 {
+                let [sluice, haproxy] = self.added_p50_cells();
                 let _ = writeln!(
                     out,
-                    "\nAdded p50 latency over direct: Sluice {}, HAProxy {}.",
-                    fmt_opt(self.added_p50(Target::Sluice), |a| format!("{a:.0} µs")),
-                    fmt_opt(self.added_p50(Target::HaProxy), |a| format!("{a:.0} µs")),
+                    "\nAdded p50 latency over direct: Sluice {sluice}, HAProxy {haproxy}."
                 );
             }
             out.push('\n');

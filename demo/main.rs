@@ -86,13 +86,7 @@ async fn burst(
     label: &str,
     db: &MariaDb,
 ) -> Outcome {
-    let opts = OptsBuilder::default()
-        .ip_or_hostname(addr.ip().to_string())
-        .tcp_port(addr.port())
-        .user(Some(user))
-        .pass(Some(password))
-        .db_name(Some("demo"))
-        .prefer_socket(false);
+    let opts = sluice_testkit::client_opts(addr, user, password, Some("demo"));
     // Progress is sampled over one connection of the database's own, opened before the burst
     // can fill the server.
     let mut monitor = db.root_conn().await.ok();

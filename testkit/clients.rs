@@ -50,6 +50,25 @@ pub async fn pymysql_async(script: &str, args: &[&str], env: &[(&str, &str)]) ->
     .context("the PyMySQL thread panicked")?
 }
 
+/// mysql_async options for `user` at `addr` over TCP, optionally in schema `db`.
+///
+/// `prefer_socket(false)`, because on loopback mysql_async otherwise asks the server for its
+/// unix socket and reconnects there, bypassing any proxy in between.
+pub fn client_opts(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        .prefer_socket(false)
+}
+
 /// Runs the `mariadb` CLI over TCP to `addr` as `user`, with `args` and optional `stdin`.
 ///
 /// The password goes through `MYSQL_PWD`, never the command line; TLS is off. Blocking: see

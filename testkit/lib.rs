@@ -15,7 +15,9 @@ mod sandbox;
 /// The real `sluice` binary as a child process.
 pub mod sluice;
 
-pub use clients::{mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success};
+pub use clients::{
+    client_opts, mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success,
+};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use mysql9::{Mysql9, Mysql9Options, Sha2Auth};
 pub use ports::free_port;

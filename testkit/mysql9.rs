@@ -250,14 +250,7 @@ impl Mysql9 {
 
     /// Connection options for `user` over TCP to 127.0.0.1 (never the unix socket).
     pub fn opts(&self, user: &str, password: &str, db: Option<&str>) -> mysql_async::OptsBuilder {
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname(Ipv4Addr::LOCALHOST.to_string())
-            .tcp_port(self.port)
-            .user(Some(user))
-            .pass(Some(password))
-            .db_name(db)
-            // Otherwise mysql_async asks for @@socket and switches to it.
-            .prefer_socket(false)
+        crate::clients::client_opts(self.addr(), user, password, db)
     }
 
     /// A connection as root over TCP (full authentication over RSA the first time).
@@ -538,27 +531,10 @@ fn launch(
 mod tests {
     use super::*;
     use crate::process::pid_running;
+    use crate::sandbox::test_support::{current_user, server_code};
     use mysql_async::prelude::Queryable;
     use std::net::TcpStream;
     use std::thread;
-
-    async fn current_user(
-        db: &Mysql9,
-        user: &str,
-        password: &str,
-    ) -> Result<String, mysql_async::Error> {
-        let mut conn = mysql_async::Conn::new(db.opts(user, password, None)).await?;
-        let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
-        conn.disconnect().await?;
-        Ok(who.unwrap_or_default())
-    }
-
-    fn server_code(result: Result<String, mysql_async::Error>) -> u16 {
-        match result {
-            Err(mysql_async::Error::Server(e)) => e.code,
-            other => panic!("expected a server error, got {other:?}"),
-        }
-    }
 
     #[tokio::test]
     async fn two_servers_side_by_side() {
@@ -580,17 +556,25 @@ mod tests {
 
         for db in [&a, &b] {
             assert_eq!(
-                current_user(db, "app", db.app_password()).await.unwrap(),
+                current_user(db.opts("app", db.app_password(), None))
+                    .await
+                    .unwrap(),
                 "app@%"
             );
             assert_eq!(
-                current_user(db, "other", db.other_password())
+                current_user(db.opts("other", db.other_password(), None))
                     .await
                     .unwrap(),
                 "other@%"
             );
-            assert_eq!(server_code(current_user(db, "app", "wrong").await), 1045);
-            assert_eq!(server_code(current_user(db, "root", "").await), 1045);
+            assert_eq!(
+                server_code(current_user(db.opts("app", "wrong", None)).await),
+                1045
+            );
+            assert_eq!(
+                server_code(current_user(db.opts("root", "", None)).await),
+                1045
+            );
             let mut root = db.root_conn().await.unwrap();
             let plugins: Vec<(String, String)> = root
                 .query("SELECT user, plugin FROM mysql.user WHERE user IN ('app', 'other', 'root')")
@@ -605,7 +589,7 @@ mod tests {
         }
         // The other server's password does not open this one.
         assert_eq!(
-            server_code(current_user(&a, "app", b.app_password()).await),
+            server_code(current_user(a.opts("app", b.app_password(), None)).await),
             1045
         );
         assert_eq!(a.sql("SELECT @@max_connections").unwrap(), "12\n");
@@ -622,7 +606,9 @@ mod tests {
         assert!(!dir.exists());
         assert!(!pid_running(pid));
         assert_eq!(
-            current_user(&b, "app", b.app_password()).await.unwrap(),
+            current_user(b.opts("app", b.app_password(), None))
+                .await
+                .unwrap(),
             "app@%"
         );
     }

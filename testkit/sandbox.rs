@@ -521,3 +521,27 @@ extern "C" fn cleanup_at_exit() {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+/// Checks the sandbox servers' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use mysql_async::prelude::Queryable;
+
+    /// `CURRENT_USER()` for a login with `opts`, or the login's error.
+    pub async fn current_user(
+        opts: mysql_async::OptsBuilder,
+    ) -> Result<String, mysql_async::Error> {
+        let mut conn = mysql_async::Conn::new(opts).await?;
+        let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
+        conn.disconnect().await?;
+        Ok(who.unwrap_or_default())
+    }
+
+    /// The server error code of a failed login.
+    pub fn server_code(result: Result<String, mysql_async::Error>) -> u16 {
+        match result {
+            Err(mysql_async::Error::Server(e)) => e.code,
+            other => panic!("expected a server error, got {other:?}"),
+        }
+    }
+}

@@ -415,13 +415,7 @@ mod tests {
     use mysql_async::prelude::Queryable;
 
     fn opts(proxy: &SluiceProcess, password: &str) -> mysql_async::OptsBuilder {
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname(proxy.addr().ip().to_string())
-            .tcp_port(proxy.addr().port())
-            .user(Some("app"))
-            .pass(Some(password))
-            // Otherwise mysql_async asks for @@socket and bypasses the proxy.
-            .prefer_socket(false)
+        crate::clients::client_opts(proxy.addr(), "app", password, None)
     }
 
     #[tokio::test]

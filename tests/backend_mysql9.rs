@@ -83,13 +83,7 @@ auth_plugin = "{plugin}"
 
 /// Client options for `app` at `addr`, over TCP.
 fn client_opts(addr: SocketAddr, password: &str) -> OptsBuilder {
-    OptsBuilder::default()
-        .ip_or_hostname(addr.ip().to_string())
-        .tcp_port(addr.port())
-        .user(Some("app"))
-        .pass(Some(password))
-        // Otherwise mysql_async asks for @@socket and reconnects to it, bypassing Sluice.
-        .prefer_socket(false)
+    sluice_testkit::client_opts(addr, "app", password, None)
         // Known values mean mysql_async sends no query while logging in, so a login to Sluice
         // alone never causes a backend login: each test decides when that happens.
         .max_allowed_packet(Some(16 << 20))

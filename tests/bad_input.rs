@@ -138,7 +138,7 @@ async fn bad_commands() {
     let proxy = TestProxy::start(db, 2).await;
     let caps = default_caps();
     // Unknown command byte: an error, and the session goes on (as with MySQL).
-    let mut raw = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
+    let mut raw = proxy.raw_app(None, caps).await;
     let reply = raw.command(&[0x99, 1, 2]).await;
     assert_eq!(reply.err_code(), Some(1047));
     assert!(
@@ -156,16 +156,16 @@ async fn bad_commands() {
     assert_eq!(raw.read().await.unwrap().err_code(), Some(1156));
     assert!(raw.closed().await);
     // An empty command packet: error and close.
-    let mut raw = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
+    let mut raw = proxy.raw_app(None, caps).await;
     raw.write(0, &[]).await;
     assert_eq!(raw.read().await.unwrap().err_code(), Some(1835));
     assert!(raw.closed().await);
     // A query cut off mid-packet by a vanishing client.
-    let mut raw = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
+    let mut raw = proxy.raw_app(None, caps).await;
     raw.write_bytes(&[200, 0, 0, 0, 0x03, b'S', b'E']).await;
     drop(raw);
     // Statements the session never prepared.
-    let mut raw = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
+    let mut raw = proxy.raw_app(None, caps).await;
     let reply = raw.command(&[0x17, 9, 0, 0, 0, 0, 1, 0, 0, 0]).await;
     assert_eq!(reply.err_code(), Some(1243));
     raw.write(0, &[0x19, 9, 0, 0, 0]).await; // COM_STMT_CLOSE: no reply
@@ -202,14 +202,7 @@ async fn oversized_packets_are_refused() {
 async fn a_client_vanishing_mid_result_costs_nobody_else() {
     let db = MariaDb::shared();
     let proxy = TestProxy::start(db, 1).await;
-    let mut raw = Raw::login(
-        proxy.addr,
-        "app",
-        &proxy.app_password,
-        Some("mysql"),
-        default_caps(),
-    )
-    .await;
+    let mut raw = proxy.raw_app(Some("mysql"), default_caps()).await;
     // About 40 MB of result that nobody reads.
     let mut p = vec![0x03];
     p.extend_from_slice(b"SELECT REPEAT('x', 1000) FROM seq_1_to_40000");

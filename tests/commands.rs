@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::raw::{Raw, default_caps};
+use common::raw::default_caps;
 use common::{TestProxy, schema};
 use mysql_async::prelude::*;
 use mysql_async::{ChangeUserOpts, Conn, Opts};
@@ -94,8 +94,8 @@ async fn kill_query_stops_the_targets_statement() {
 async fn com_process_kill_ends_a_session() {
     let db = MariaDb::shared();
     let proxy = TestProxy::start(db, 2).await;
-    let mut target = Raw::login(proxy.addr, "app", &proxy.app_password, None, default_caps()).await;
-    let mut killer = Raw::login(proxy.addr, "app", &proxy.app_password, None, default_caps()).await;
+    let mut target = proxy.raw_app(None, default_caps()).await;
+    let mut killer = proxy.raw_app(None, default_caps()).await;
     let mut p = vec![0x0c];
     p.extend_from_slice(&target.connection_id().to_le_bytes());
     assert!(killer.command(&p).await.is_ok());
@@ -188,7 +188,7 @@ async fn init_db_field_list_statistics_and_ping() {
     db.sql(&format!("CREATE TABLE `{s}`.fl (id INT, name VARCHAR(9))"))
         .unwrap();
     let proxy = TestProxy::start(db, 2).await;
-    let mut raw = Raw::login(proxy.addr, "app", &proxy.app_password, None, default_caps()).await;
+    let mut raw = proxy.raw_app(None, default_caps()).await;
     // COM_PING with no backend connection held is answered by Sluice.
     let borrows = proxy.snapshot().borrows;
     assert!(raw.command(&[0x0e]).await.is_ok());
@@ -233,8 +233,8 @@ async fn set_option_follows_the_session_across_connections() {
     let db = MariaDb::shared();
     let proxy = TestProxy::start(db, 1).await;
     let caps = default_caps();
-    let mut a = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
-    let mut b = Raw::login(proxy.addr, "app", &proxy.app_password, None, caps).await;
+    let mut a = proxy.raw_app(None, caps).await;
+    let mut b = proxy.raw_app(None, caps).await;
     // Without CLIENT_MULTI_STATEMENTS, multi-statement queries fail...
     assert_eq!(
         a.query("SELECT 1; SELECT 2").await[0].err_code(),
@@ -257,14 +257,7 @@ async fn set_option_follows_the_session_across_connections() {
 async fn prepared_statements_cursors_and_long_data() {
     let db = MariaDb::shared();
     let proxy = TestProxy::start(db, 2).await;
-    let mut raw = Raw::login(
-        proxy.addr,
-        "app",
-        &proxy.app_password,
-        Some("mysql"),
-        default_caps(),
-    )
-    .await;
+    let mut raw = proxy.raw_app(Some("mysql"), default_caps()).await;
     // A read-only cursor over 10 rows, fetched 4 at a time.
     raw.write(0, b"\x16SELECT seq FROM seq_1_to_10").await;
     let prep = raw.read().await.unwrap();
@@ -353,8 +346,7 @@ async fn clients_with_other_capabilities_get_their_own_connections() {
     let db = MariaDb::shared();
     let proxy = TestProxy::start(db, 4).await;
     // Classic EOF packets on one client, OK-terminated result sets on the other.
-    let mut classic =
-        Raw::login(proxy.addr, "app", &proxy.app_password, None, default_caps()).await;
+    let mut classic = proxy.raw_app(None, default_caps()).await;
     let mut modern = proxy.app(None).await;
     for _ in 0..3 {
         let r = classic.query("SELECT 1, 'x'").await;
@@ -369,15 +361,8 @@ async fn clients_with_other_capabilities_get_their_own_connections() {
     ))
     .unwrap();
     let found = default_caps() | CapabilityFlags::CLIENT_FOUND_ROWS;
-    let mut f = Raw::login(proxy.addr, "app", &proxy.app_password, Some(&s), found).await;
-    let mut n = Raw::login(
-        proxy.addr,
-        "app",
-        &proxy.app_password,
-        Some(&s),
-        default_caps(),
-    )
-    .await;
+    let mut f = proxy.raw_app(Some(&s), found).await;
+    let mut n = proxy.raw_app(Some(&s), default_caps()).await;
     let affected = |p: &common::raw::Packet| p.payload[1];
     assert_eq!(
         affected(&f.query("UPDATE f SET a = 1").await[0]),

@@ -188,14 +188,7 @@ async fn an_unreachable_backend_makes_commands_wait_then_fail_clearly() {
     config.backend.borrow_timeout = Duration::from_millis(800);
     let proxy = TestProxy::start_with(db, config).await;
     // Logins need no backend: clients connect even while the database is away.
-    let mut raw = common::raw::Raw::login(
-        proxy.addr,
-        "app",
-        &proxy.app_password,
-        None,
-        common::raw::default_caps(),
-    )
-    .await;
+    let mut raw = proxy.raw_app(None, common::raw::default_caps()).await;
     let t = Instant::now();
     let reply = raw.query("SELECT 1").await;
     let waited = t.elapsed();

@@ -9,20 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::schema;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, Opts};
 use sluice_testkit::sluice::sluice_binary;
-use sluice_testkit::{MariaDb, SluiceOptions, SluiceProcess};
+use sluice_testkit::{MariaDb, SluiceOptions, SluiceProcess, client_opts};
 
 fn client(addr: std::net::SocketAddr, db: &MariaDb, schema: Option<&str>) -> Opts {
-    Opts::from(
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(addr.port())
-            .user(Some("app"))
-            .pass(Some(db.app_password()))
-            .db_name(schema)
-            .prefer_socket(false),
-    )
+    Opts::from(client_opts(addr, "app", db.app_password(), schema))
 }
 
 fn signal(pid: u32, sig: libc::c_int) {

@@ -71,13 +71,16 @@ impl TestProxy {
 
     /// Client options for logging in to Sluice.
     pub fn opts(&self, user: &str, password: &str, db: Option<&str>) -> OptsBuilder {
-        OptsBuilder::default()
-            .ip_or_hostname(self.addr.ip().to_string())
-            .tcp_port(self.addr.port())
-            .user(Some(user))
-            .pass(Some(password))
-            .db_name(db)
-            .prefer_socket(false)
+        sluice_testkit::client_opts(self.addr, user, password, db)
+    }
+
+    /// A raw protocol connection as `app` through Sluice, with client capabilities `caps`.
+    pub async fn raw_app(
+        &self,
+        db: Option<&str>,
+        caps: sluice::protocol::CapabilityFlags,
+    ) -> raw::Raw {
+        raw::Raw::login(self.addr, "app", &self.app_password, db, caps).await
     }
 
     /// A connection as `app` through Sluice.

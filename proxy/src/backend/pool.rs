@@ -61,7 +61,6 @@ const STALE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct State {
-    settings: Settings,
     /// Connections counted against the cap: idle, lent, opening, resetting.
     open: usize,
     idle: HashMap<PoolKey, Vec<BackendConn>>,
@@ -87,6 +86,8 @@ enum Grant {
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
+    /// Fixed for the pool's life, so read without the lock.
+    settings: Settings,
     connector: Connector,
     credentials: Arc<Credentials>,
     stats: Arc<Stats>,
@@ -125,7 +126,6 @@ impl Pool {
         stats: Arc<Stats>,
     ) -> Self {
         let state = State {
-            settings: Settings::from(config),
             open: 0,
             idle: HashMap::new(),
             idle_count: 0,
@@ -135,6 +135,7 @@ impl Pool {
         };
         Pool {
             inner: Arc::new(Inner {
+                settings: Settings::from(config),
                 state: Mutex::new(state),
                 connector,
                 credentials,
@@ -215,7 +216,7 @@ impl Pool {
                 let st = self.lock();
                 return Err(BorrowError::Timeout {
                     waited: started.elapsed(),
-                    cap: st.settings.max_connections,
+                    cap: self.inner.settings.max_connections,
                     waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
                     last_error,
                 });
@@ -247,7 +248,7 @@ impl Pool {
                 if let Some(conn) = st.take_idle(key, schema) {
                     return Ok(Grant::Conn(Box::new(PooledConn::new(self.clone(), conn))));
                 }
-                if st.open < st.settings.max_connections {
+                if st.open < self.inner.settings.max_connections {
                     st.open += 1;
                     return Ok(Grant::Slot(OpenSlot::new(self.clone())));
                 }
@@ -281,7 +282,7 @@ impl Pool {
                 let st = self.lock();
                 Err(BorrowError::Timeout {
                     waited: started.elapsed(),
-                    cap: st.settings.max_connections,
+                    cap: self.inner.settings.max_connections,
                     waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
                     last_error: None,
                 })
@@ -291,10 +292,8 @@ impl Pool {
 
     /// Makes sure an idle connection is still usable before lending it.
     async fn check_idle(&self, conn: &mut PooledConn) -> Result<(), ()> {
-        let (lifetime, liveness_after) = {
-            let st = self.lock();
-            (st.settings.max_lifetime, st.settings.liveness_check_after)
-        };
+        let s = &self.inner.settings;
+        let (lifetime, liveness_after) = (s.max_lifetime, s.liveness_check_after);
         if conn.created.elapsed() > lifetime {
             return Err(());
         }
@@ -311,11 +310,8 @@ impl Pool {
     /// Takes back a connection from a session.
     fn checkin(&self, mut conn: BackendConn) {
         conn.last_used = Instant::now();
-        let (closed, lifetime) = {
-            let st = self.lock();
-            (st.closed, st.settings.max_lifetime)
-        };
-        if conn.broken || closed || conn.created.elapsed() > lifetime {
+        // A closed pool is handled in give(), under the lock it takes anyway.
+        if conn.broken || conn.created.elapsed() > self.inner.settings.max_lifetime {
             self.close_conn(conn);
             self.slot_freed();
             return;
@@ -423,7 +419,7 @@ impl Pool {
             if st.closed {
                 return;
             }
-            let s = st.settings.clone();
+            let s = &self.inner.settings;
             let mut removed = 0;
             for conns in st.idle.values_mut() {
                 // Oldest first: the stacks are used from the end.

@@ -42,8 +42,11 @@ async fn min_idle_is_kept_warm_once_a_pool_is_used() {
     c.query_drop("SELECT 1").await.unwrap();
     // min_idle counts idle connections: a top-up that ran while the session's own connection
     // was lent leaves one more once it is back, which idle_timeout later trims.
+    // Wait for the top-up to settle (nothing lent, nothing being opened).
     let (open, idle) = proxy
-        .wait_pool(Duration::from_secs(5), |_, idle| idle >= 3)
+        .wait_pool(Duration::from_secs(5), |open, idle| {
+            idle >= 3 && open == idle
+        })
         .await;
     assert!(
         idle >= 3 && open <= 4 && open == idle,

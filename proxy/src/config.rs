@@ -64,6 +64,9 @@ pub struct BackendConfig {
     /// A connection idle for longer than this is pinged before it is handed out.
     #[serde(with = "duration")]
     pub liveness_check_after: Duration,
+    /// Prepared statements each backend connection keeps; the least recently used is closed
+    /// on the server to make room.
+    pub max_prepared_statements_per_connection: usize,
 }
 
 /// A database user: the name and password clients log in with, which Sluice also uses to log
@@ -175,6 +178,7 @@ impl Default for BackendConfig {
             max_lifetime: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
             liveness_check_after: Duration::from_secs(30),
+            max_prepared_statements_per_connection: 256,
         }
     }
 }
@@ -261,6 +265,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
         &["backend", "liveness_check_after"],
         Kind::Text,
     ),
+    (
+        "SLUICE_BACKEND_MAX_PREPARED_STATEMENTS_PER_CONNECTION",
+        &["backend", "max_prepared_statements_per_connection"],
+        Kind::Integer,
+    ),
 ];
 
 /// The environment variables [`Config::load`] reads, for documentation and `--help`.
@@ -334,6 +343,12 @@ impl Config {
         }
         if self.backend.max_connections == 0 {
             return invalid("backend.max_connections", "must be at least 1");
+        }
+        if self.backend.max_prepared_statements_per_connection == 0 {
+            return invalid(
+                "backend.max_prepared_statements_per_connection",
+                "must be at least 1",
+            );
         }
         if self.backend.min_idle > self.backend.max_connections {
             return invalid("backend.min_idle", "cannot exceed backend.max_connections");

@@ -36,6 +36,10 @@ pub const ER_NET_READ_INTERRUPTED: u16 = 1159;
 pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
 /// `Client does not support authentication protocol requested by server` (1251, 08004).
 pub const ER_NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
+/// COM_STMT_FETCH without an open cursor.
+pub const ER_STMT_HAS_NO_OPEN_CURSOR: u16 = 1421;
+/// A session prepared more statements than it may hold.
+pub const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 /// `Server shutdown in progress` (1053, 08S01).
 pub const ER_SERVER_SHUTDOWN: u16 = 1053;
 /// `Malformed communication packet` (1835).
@@ -218,6 +222,26 @@ impl ClientError {
             ER_UNKNOWN_STMT_HANDLER,
             b"HY000",
             format!("Unknown prepared statement handler ({id}) given to {command}"),
+        )
+    }
+
+    /// COM_STMT_FETCH for a statement without an open cursor.
+    pub fn no_open_cursor(id: u32) -> Self {
+        Self::new(
+            ER_STMT_HAS_NO_OPEN_CURSOR,
+            b"HY000",
+            format!("The statement ({id}) has no open cursor."),
+        )
+    }
+
+    /// A session holding as many prepared statements as Sluice allows one session.
+    pub fn too_many_statements(max: usize) -> Self {
+        Self::new(
+            ER_MAX_PREPARED_STMT_COUNT_REACHED,
+            b"42000",
+            format!(
+                "Can't create more than max_prepared_stmt_count statements (current value: {max})"
+            ),
         )
     }
 

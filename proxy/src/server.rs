@@ -193,6 +193,7 @@ impl Proxy {
             config.backend.address.clone(),
             config.backend.connect_timeout,
             max_packet,
+            config.backend.max_prepared_statements_per_connection,
             stats.clone(),
         );
         let (version, caps, collation) = match connector.probe().await {

@@ -1,16 +1,94 @@
 //! A light look at statement text, before it runs: what the server's session tracking will not
-//! report (named locks, `LOCK TABLES`, `SELECT ... INTO @x`), and `KILL`, which Sluice maps to
-//! backend threads. Not a parser: a lexer that knows strings, comments and executable comments.
+//! report (named locks, `LOCK TABLES`, `SELECT ... INTO @x`) and the statements that clear it,
+//! calls of `LAST_INSERT_ID()`, `ROW_COUNT()` and `FOUND_ROWS()`, and `KILL`, which Sluice maps
+//! to backend threads. Not a parser: a lexer that knows strings, comments and executable
+//! comments.
 
-use crate::session::{PinReason, PinSet};
+use crate::session::{PinEffect, PinReason, PinSet};
 
 /// What Sluice must know about a query before relaying it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Classification {
-    /// Pins the statement causes.
-    pub pins: PinSet,
+    /// State the statement creates or clears, in order.
+    pub effects: Vec<PinEffect>,
     /// Set when the query is a `KILL` statement.
     pub kill: Option<Kill>,
+    /// `SET TRANSACTION ...` without a scope: it applies to the next transaction only, which
+    /// must run on the same backend connection.
+    pub next_transaction: bool,
+    /// Reads `LAST_INSERT_ID()` (or `@@last_insert_id`, `@@identity`).
+    pub uses_last_insert_id: bool,
+    /// A `SELECT SQL_CALC_FOUND_ROWS`, whose `FOUND_ROWS()` Sluice cannot count itself.
+    pub calc_found_rows: bool,
+    /// Calls of `ROW_COUNT()` and `FOUND_ROWS()`, which Sluice answers for the session.
+    pub counters: Vec<CounterCall>,
+}
+
+impl Classification {
+    /// The reasons the statement pins for (ignoring what it clears).
+    pub fn pins(&self) -> PinSet {
+        let mut set = PinSet::default();
+        for e in &self.effects {
+            if let PinEffect::Add(r, _) = e {
+                set.insert(*r);
+            }
+        }
+        set
+    }
+}
+
+/// A session counter function whose value depends on the session's previous statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    RowCount,
+    FoundRows,
+}
+
+/// Where a counter function is called in the statement text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterCall {
+    pub counter: Counter,
+    /// Byte range of the call, from the function name to its closing parenthesis.
+    pub start: usize,
+    pub end: usize,
+    /// The call is a whole item of the top select list without an alias: the substituted value
+    /// keeps the call's text as its column name.
+    pub alias: bool,
+}
+
+/// Rewrites `sql` with the session's counter values in place of the calls in `calls`.
+pub fn substitute_counters(
+    sql: &[u8],
+    calls: &[CounterCall],
+    row_count: i64,
+    found_rows: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sql.len() + 48 * calls.len());
+    let mut at = 0;
+    for c in calls {
+        let Some(text) = sql.get(c.start..c.end) else {
+            continue;
+        };
+        out.extend_from_slice(&sql[at..c.start]);
+        let value = match c.counter {
+            Counter::RowCount => format!("CAST({row_count} AS SIGNED)"),
+            Counter::FoundRows => format!("CAST({found_rows} AS UNSIGNED)"),
+        };
+        out.extend_from_slice(value.as_bytes());
+        if c.alias {
+            out.extend_from_slice(b" AS `");
+            for &b in text {
+                if b == b'`' {
+                    out.push(b'`');
+                }
+                out.push(b);
+            }
+            out.push(b'`');
+        }
+        at = c.end;
+    }
+    out.extend_from_slice(sql.get(at..).unwrap_or_default());
+    out
 }
 
 /// A `KILL` statement.
@@ -32,14 +110,19 @@ pub enum Kill {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok<'a> {
+    /// A keyword or identifier (backquotes removed).
     Word(&'a [u8]),
-    Quoted,
-    UserVar,
-    SysVar,
+    /// A string literal's raw content.
+    Quoted(&'a [u8]),
+    /// `@name`: the name.
+    UserVar(&'a [u8]),
+    /// `@@[scope.]name`: what follows the `@@`.
+    SysVar(&'a [u8]),
     Assign,
     Number(&'a [u8]),
     Semicolon,
     Comma,
+    Dot,
     LParen,
     RParen,
     Other,
@@ -68,8 +151,10 @@ impl<'a> Lexer<'a> {
         self.s.get(self.i + ahead).copied().unwrap_or(0)
     }
 
-    fn skip_quoted(&mut self, q: u8) {
+    /// Skips a quoted string starting at the current position; returns its raw content.
+    fn skip_quoted(&mut self, q: u8) -> &'a [u8] {
         self.i += 1;
+        let start = self.i;
         while self.i < self.s.len() {
             let b = self.s[self.i];
             if b == b'\\' && q != b'`' {
@@ -79,12 +164,13 @@ impl<'a> Lexer<'a> {
                     self.i += 2;
                 } else {
                     self.i += 1;
-                    return;
+                    return self.s.get(start..self.i - 1).unwrap_or_default();
                 }
             } else {
                 self.i += 1;
             }
         }
+        self.s.get(start..).unwrap_or_default()
     }
 
     /// Skips whitespace and comments; enters `/*! ... */` executable comments, whose content runs.
@@ -124,37 +210,32 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn next(&mut self) -> Option<Tok<'a>> {
+    /// The next token and where it starts.
+    fn next(&mut self) -> Option<(Tok<'a>, usize)> {
         self.skip_trivia();
         let b = *self.s.get(self.i)?;
         let start = self.i;
         let tok = match b {
-            b'\'' | b'"' | b'`' => {
-                self.skip_quoted(b);
-                if b == b'`' {
-                    Tok::Word(&self.s[start + 1..self.i.saturating_sub(1).max(start + 1)])
-                } else {
-                    Tok::Quoted
-                }
-            }
+            b'\'' | b'"' => Tok::Quoted(self.skip_quoted(b)),
+            b'`' => Tok::Word(self.skip_quoted(b)),
             b'@' if self.peek(1) == b'@' => {
                 self.i += 2;
                 while is_word_byte(self.peek(0)) || self.peek(0) == b'.' {
                     self.i += 1;
                 }
-                Tok::SysVar
+                Tok::SysVar(self.s.get(start + 2..self.i).unwrap_or_default())
             }
             b'@' => {
                 self.i += 1;
                 match self.peek(0) {
-                    q @ (b'\'' | b'"' | b'`') => self.skip_quoted(q),
+                    q @ (b'\'' | b'"' | b'`') => Tok::UserVar(self.skip_quoted(q)),
                     _ => {
                         while is_word_byte(self.peek(0)) || self.peek(0) == b'.' {
                             self.i += 1;
                         }
+                        Tok::UserVar(self.s.get(start + 1..self.i).unwrap_or_default())
                     }
                 }
-                Tok::UserVar
             }
             b':' if self.peek(1) == b'=' => {
                 self.i += 2;
@@ -167,6 +248,10 @@ impl<'a> Lexer<'a> {
             b',' => {
                 self.i += 1;
                 Tok::Comma
+            }
+            b'.' => {
+                self.i += 1;
+                Tok::Dot
             }
             b'(' => {
                 self.i += 1;
@@ -198,7 +283,7 @@ impl<'a> Lexer<'a> {
                 Tok::Other
             }
         };
-        Some(tok)
+        Some((tok, start))
     }
 }
 
@@ -206,24 +291,32 @@ fn is(tok: Option<&Tok<'_>>, kw: &str) -> bool {
     matches!(tok, Some(Tok::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()))
 }
 
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// Looks at a COM_QUERY's text (or its first part, for very large queries).
 pub fn classify(sql: &[u8]) -> Classification {
     let mut out = Classification::default();
     let mut lexer = Lexer::new(sql);
     let mut statements = 0;
+    let mut toks = Vec::new();
+    let mut spans = Vec::new();
     loop {
-        let mut toks = Vec::new();
+        toks.clear();
+        spans.clear();
         let mut ended = true;
-        while let Some(t) = lexer.next() {
+        while let Some((t, start)) = lexer.next() {
             if t == Tok::Semicolon {
                 ended = false;
                 break;
             }
             toks.push(t);
+            spans.push((start, lexer.i));
         }
         if !toks.is_empty() {
             statements += 1;
-            classify_statement(&toks, &mut out);
+            classify_statement(&toks, &spans, &mut out);
         }
         if ended {
             break;
@@ -235,83 +328,299 @@ pub fn classify(sql: &[u8]) -> Classification {
     out
 }
 
-fn classify_statement(toks: &[Tok<'_>], out: &mut Classification) {
+/// A possibly qualified name (`t` or `db.t`) starting at `toks[i]`.
+fn qualified_name(toks: &[Tok<'_>], i: usize) -> Option<String> {
+    let Some(Tok::Word(first)) = toks.get(i) else {
+        return None;
+    };
+    match (toks.get(i + 1), toks.get(i + 2)) {
+        (Some(Tok::Dot), Some(Tok::Word(second))) => {
+            Some(format!("{}.{}", text(first), text(second)))
+        }
+        _ => Some(text(first)),
+    }
+}
+
+/// Index of the first token after `TABLE [IF [NOT] EXISTS]`.
+fn after_table_keyword(toks: &[Tok<'_>]) -> Option<usize> {
+    let mut i = toks.iter().position(|t| is(Some(t), "TABLE"))? + 1;
+    if is(toks.get(i), "IF") {
+        i += 1;
+        if is(toks.get(i), "NOT") {
+            i += 1;
+        }
+        if is(toks.get(i), "EXISTS") {
+            i += 1;
+        }
+    }
+    Some(i)
+}
+
+fn classify_statement(toks: &[Tok<'_>], spans: &[(usize, usize)], out: &mut Classification) {
     let first = toks.first();
+    let second = toks.get(1);
+    let add = |out: &mut Classification, r, name: Option<String>| {
+        out.effects.push(PinEffect::Add(r, name));
+    };
+    let remove = |out: &mut Classification, r, name: Option<String>| {
+        out.effects.push(PinEffect::Remove(r, name));
+    };
     if is(first, "SET") {
-        classify_set(&toks[1..], &mut out.pins);
-    } else if is(first, "LOCK") || is(first, "BACKUP") {
-        out.pins.insert(PinReason::TableLock);
+        classify_set(&toks[1..], out);
+    } else if is(first, "LOCK") {
+        add(out, PinReason::TableLock, None);
+    } else if is(first, "UNLOCK") {
+        remove(out, PinReason::TableLock, None);
+    } else if is(first, "BACKUP") {
+        // BACKUP STAGE START ... END, BACKUP LOCK ... UNLOCK (MariaDB).
+        if is(toks.last(), "END") || is(second, "UNLOCK") {
+            remove(out, PinReason::TableLock, None);
+        } else {
+            add(out, PinReason::TableLock, None);
+        }
     } else if is(first, "FLUSH") {
-        let words: Vec<_> = toks.iter().collect();
-        if words
+        if toks
             .windows(3)
-            .any(|w| is(Some(w[0]), "WITH") && is(Some(w[1]), "READ") && is(Some(w[2]), "LOCK"))
-            || words
+            .any(|w| is(Some(&w[0]), "WITH") && is(Some(&w[1]), "READ") && is(Some(&w[2]), "LOCK"))
+            || toks
                 .windows(2)
-                .any(|w| is(Some(w[0]), "FOR") && is(Some(w[1]), "EXPORT"))
+                .any(|w| is(Some(&w[0]), "FOR") && is(Some(&w[1]), "EXPORT"))
         {
-            out.pins.insert(PinReason::TableLock);
+            add(out, PinReason::TableLock, None);
         }
     } else if is(first, "PREPARE") {
-        out.pins.insert(PinReason::SqlPrepare);
+        let name = match second {
+            Some(Tok::Word(n)) => Some(text(n)),
+            _ => None,
+        };
+        add(out, PinReason::SqlPrepare, name);
+    } else if (is(first, "DEALLOCATE") || is(first, "DROP")) && is(second, "PREPARE") {
+        if let Some(Tok::Word(n)) = toks.get(2) {
+            remove(out, PinReason::SqlPrepare, Some(text(n)));
+        }
     } else if is(first, "XA") {
-        out.pins.insert(PinReason::Xa);
+        if is(second, "START") || is(second, "BEGIN") {
+            add(out, PinReason::Xa, None);
+        } else if is(second, "COMMIT") || is(second, "ROLLBACK") {
+            remove(out, PinReason::Xa, None);
+        }
     } else if is(first, "HANDLER") {
-        out.pins.insert(PinReason::Handler);
+        if let Some(table) = qualified_name(toks, 1) {
+            let rest = toks.iter().skip(2);
+            let mut words = rest.skip_while(|t| !is(Some(t), "OPEN") && !is(Some(t), "CLOSE"));
+            match words.next() {
+                Some(t) if is(Some(t), "OPEN") => {
+                    let alias = match (words.next(), words.next()) {
+                        (Some(a), Some(Tok::Word(n))) if is(Some(a), "AS") => Some(text(n)),
+                        (Some(Tok::Word(n)), _) => Some(text(n)),
+                        _ => None,
+                    };
+                    add(out, PinReason::Handler, Some(alias.unwrap_or(table)));
+                }
+                Some(_) => remove(out, PinReason::Handler, Some(table)),
+                None => {}
+            }
+        }
     } else if is(first, "CREATE") {
         let temporary = toks
             .iter()
             .take_while(|t| !is(Some(t), "TABLE"))
             .any(|t| is(Some(t), "TEMPORARY"));
         if temporary {
-            out.pins.insert(PinReason::TemporaryTable);
+            let name = after_table_keyword(toks).and_then(|i| qualified_name(toks, i));
+            add(out, PinReason::TemporaryTable, name);
+        }
+    } else if is(first, "DROP") {
+        // DROP [TEMPORARY] TABLE a, b: a temporary table hides a base table of the same name.
+        let is_table = toks
+            .iter()
+            .take(3)
+            .any(|t| is(Some(t), "TABLE") || is(Some(t), "TABLES"));
+        if is_table {
+            let mut i = toks
+                .iter()
+                .position(|t| is(Some(t), "TABLE") || is(Some(t), "TABLES"))
+                .map_or(toks.len(), |p| p + 1);
+            if is(toks.get(i), "IF") && is(toks.get(i + 1), "EXISTS") {
+                i += 2;
+            }
+            while let Some(name) = qualified_name(toks, i) {
+                remove(out, PinReason::TemporaryTable, Some(name));
+                i += if toks.get(i + 1) == Some(&Tok::Dot) {
+                    3
+                } else {
+                    1
+                };
+                if toks.get(i) != Some(&Tok::Comma) {
+                    break;
+                }
+                i += 1;
+            }
         }
     } else if is(first, "KILL") {
         out.kill = Some(classify_kill(&toks[1..]));
     }
-    // Anywhere in a statement: assignments to user variables and named locks.
-    for w in toks.windows(2) {
-        match (w[0], w[1]) {
-            (Tok::UserVar, Tok::Assign) => {
-                out.pins.insert(PinReason::UserVariable);
+    // Anywhere in a statement: user variable assignments, named locks, counter functions.
+    let top_select = is(first, "SELECT");
+    let mut depth = 0i32;
+    let mut in_select_list = top_select;
+    let mut into = false;
+    for (i, t) in toks.iter().enumerate() {
+        let next = toks.get(i + 1);
+        match *t {
+            Tok::LParen => depth += 1,
+            Tok::RParen => depth -= 1,
+            // A SET target is classify_set's business (`SET @x := NULL` clears @x).
+            Tok::UserVar(_)
+                if is(first, "SET") && (i == 1 || toks.get(i - 1) == Some(&Tok::Comma)) => {}
+            Tok::UserVar(name) if next == Some(&Tok::Assign) || into => {
+                add(out, PinReason::UserVariable, Some(text(name)));
             }
-            (Tok::Word(k), Tok::UserVar) if k.eq_ignore_ascii_case(b"INTO") => {
-                out.pins.insert(PinReason::UserVariable);
+            Tok::SysVar(name) => {
+                let name = name.rsplit(|&b| b == b'.').next().unwrap_or_default();
+                if name.eq_ignore_ascii_case(b"last_insert_id")
+                    || name.eq_ignore_ascii_case(b"identity")
+                {
+                    out.uses_last_insert_id = true;
+                }
             }
-            (Tok::Word(f), Tok::LParen) if f.eq_ignore_ascii_case(b"GET_LOCK") => {
-                out.pins.insert(PinReason::NamedLock);
+            Tok::Word(w) if next == Some(&Tok::LParen) => {
+                let arg = toks.get(i + 2);
+                let empty_call = arg == Some(&Tok::RParen);
+                if w.eq_ignore_ascii_case(b"GET_LOCK") {
+                    let name = match arg {
+                        Some(Tok::Quoted(n)) => Some(text(n)),
+                        _ => None,
+                    };
+                    add(out, PinReason::NamedLock, name);
+                } else if w.eq_ignore_ascii_case(b"RELEASE_LOCK") {
+                    if let Some(Tok::Quoted(n)) = arg {
+                        remove(out, PinReason::NamedLock, Some(text(n)));
+                    }
+                } else if w.eq_ignore_ascii_case(b"RELEASE_ALL_LOCKS") {
+                    remove(out, PinReason::NamedLock, None);
+                } else if w.eq_ignore_ascii_case(b"LAST_INSERT_ID") && empty_call {
+                    out.uses_last_insert_id = true;
+                } else if empty_call
+                    && (w.eq_ignore_ascii_case(b"ROW_COUNT")
+                        || w.eq_ignore_ascii_case(b"FOUND_ROWS"))
+                {
+                    let counter = if w.eq_ignore_ascii_case(b"ROW_COUNT") {
+                        Counter::RowCount
+                    } else {
+                        Counter::FoundRows
+                    };
+                    let before = i.checked_sub(1).and_then(|p| toks.get(p));
+                    let item_start = before == Some(&Tok::Comma)
+                        || before.is_some_and(|b| SELECT_MODIFIERS.iter().any(|k| is(Some(b), k)));
+                    let after = toks.get(i + 3);
+                    let item_end = after.is_none()
+                        || after == Some(&Tok::Comma)
+                        || after.is_some_and(|a| ITEM_END.iter().any(|k| is(Some(a), k)));
+                    let start = spans.get(i).map_or(0, |s| s.0);
+                    let end = spans.get(i + 2).map_or(start, |s| s.1);
+                    out.counters.push(CounterCall {
+                        counter,
+                        start,
+                        end,
+                        alias: in_select_list && depth == 0 && item_start && item_end,
+                    });
+                }
             }
+            Tok::Word(w) => {
+                if depth == 0
+                    && (w.eq_ignore_ascii_case(b"FROM") || w.eq_ignore_ascii_case(b"INTO"))
+                {
+                    in_select_list = false;
+                }
+                if w.eq_ignore_ascii_case(b"SQL_CALC_FOUND_ROWS") {
+                    out.calc_found_rows = true;
+                }
+                into = w.eq_ignore_ascii_case(b"INTO");
+                continue;
+            }
+            Tok::Comma if into => continue,
             _ => {}
+        }
+        if !matches!(t, Tok::UserVar(_)) {
+            into = false;
         }
     }
 }
 
-/// `SET` assignments: user variables pin; system variables are left to session tracking,
-/// except the ones it does not report.
-fn classify_set(toks: &[Tok<'_>], pins: &mut PinSet) {
+/// Words that may come right before the first item of a select list.
+const SELECT_MODIFIERS: &[&str] = &[
+    "SELECT",
+    "ALL",
+    "DISTINCT",
+    "DISTINCTROW",
+    "HIGH_PRIORITY",
+    "STRAIGHT_JOIN",
+    "SQL_SMALL_RESULT",
+    "SQL_BIG_RESULT",
+    "SQL_BUFFER_RESULT",
+    "SQL_CACHE",
+    "SQL_NO_CACHE",
+    "SQL_CALC_FOUND_ROWS",
+];
+
+/// Words that end a select-list item (anything else after it is an alias or an operator).
+const ITEM_END: &[&str] = &[
+    "FROM",
+    "WHERE",
+    "GROUP",
+    "HAVING",
+    "ORDER",
+    "LIMIT",
+    "INTO",
+    "UNION",
+    "FOR",
+    "LOCK",
+    "WINDOW",
+    "EXCEPT",
+    "INTERSECT",
+];
+
+/// `SET` assignments: user variables pin (or unpin, when set to NULL); system variables are
+/// left to session tracking, except what it does not report.
+fn classify_set(toks: &[Tok<'_>], out: &mut Classification) {
     let mut depth = 0i32;
     let mut at_target = true;
     let mut i = 0;
     while let Some(t) = toks.get(i) {
         if at_target {
             at_target = false;
-            let t = if is(Some(t), "SESSION") || is(Some(t), "LOCAL") {
+            let scoped = is(Some(t), "SESSION") || is(Some(t), "LOCAL") || is(Some(t), "GLOBAL");
+            let target = if scoped {
                 i += 1;
                 toks.get(i).copied().unwrap_or(Tok::Other)
             } else {
                 *t
             };
-            match t {
-                Tok::UserVar => {
-                    pins.insert(PinReason::UserVariable);
+            match target {
+                Tok::UserVar(name) => {
+                    // `SET @x = NULL` (alone, up to the next comma) clears the variable.
+                    let value_is_null = matches!(toks.get(i + 1), Some(Tok::Assign | Tok::Other))
+                        && is(toks.get(i + 2), "NULL")
+                        && matches!(toks.get(i + 3), None | Some(Tok::Comma));
+                    let effect = if value_is_null {
+                        PinEffect::Remove(PinReason::UserVariable, Some(text(name)))
+                    } else {
+                        PinEffect::Add(PinReason::UserVariable, Some(text(name)))
+                    };
+                    out.effects.push(effect);
                 }
-                // Characteristics of the next transaction and active roles are session state
-                // that tracking does not reliably report.
-                Tok::Word(w)
-                    if w.eq_ignore_ascii_case(b"TRANSACTION")
-                        || w.eq_ignore_ascii_case(b"ROLE") =>
-                {
-                    pins.insert(PinReason::SessionVariable);
+                // Without a scope, it sets the next transaction only; with SESSION, session
+                // tracking reports the variables it changes.
+                Tok::Word(w) if w.eq_ignore_ascii_case(b"TRANSACTION") && !scoped => {
+                    out.next_transaction = true;
+                    return;
+                }
+                Tok::Word(w) if w.eq_ignore_ascii_case(b"TRANSACTION") => return,
+                // Active roles are session state that tracking does not report.
+                Tok::Word(w) if w.eq_ignore_ascii_case(b"ROLE") => {
+                    out.effects
+                        .push(PinEffect::Add(PinReason::SessionVariable, None));
                 }
                 Tok::Word(w) if w.eq_ignore_ascii_case(b"STATEMENT") => return,
                 _ => {}
@@ -372,7 +681,7 @@ mod tests {
     use super::*;
 
     fn pins(sql: &str) -> Vec<PinReason> {
-        classify(sql.as_bytes()).pins.iter().collect()
+        classify(sql.as_bytes()).pins().iter().collect()
     }
 
     #[test]
@@ -434,10 +743,6 @@ mod tests {
             ("PREPARE s FROM 'SELECT 1'", PinReason::SqlPrepare),
             ("XA START 'x'", PinReason::Xa),
             ("HANDLER t OPEN", PinReason::Handler),
-            (
-                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
-                PinReason::SessionVariable,
-            ),
             ("SET ROLE r", PinReason::SessionVariable),
         ];
         for (sql, reason) in cases {
@@ -445,6 +750,110 @@ mod tests {
         }
         assert!(pins("CREATE TABLE t (a int)").is_empty());
         assert_eq!(pins("SELECT 1; SET @x=1; LOCK TABLES t READ").len(), 2);
+    }
+
+    fn effects(sql: &str) -> Vec<PinEffect> {
+        classify(sql.as_bytes()).effects
+    }
+
+    fn add(r: PinReason, n: &str) -> PinEffect {
+        PinEffect::Add(r, Some(n.to_string()))
+    }
+
+    fn remove(r: PinReason, n: Option<&str>) -> PinEffect {
+        PinEffect::Remove(r, n.map(str::to_string))
+    }
+
+    #[test]
+    fn state_is_named_and_cleared_by_its_statements() {
+        use PinReason::*;
+        let cases: Vec<(&str, Vec<PinEffect>)> = vec![
+            (
+                "SET @a = 1, @b := NULL",
+                vec![add(UserVariable, "a"), remove(UserVariable, Some("b"))],
+            ),
+            (
+                "SELECT 1, 2 INTO @x, @y",
+                vec![add(UserVariable, "x"), add(UserVariable, "y")],
+            ),
+            ("SET @x = NULL + 1", vec![add(UserVariable, "x")]),
+            (
+                "CREATE TEMPORARY TABLE IF NOT EXISTS db.t (a int)",
+                vec![add(TemporaryTable, "db.t")],
+            ),
+            (
+                "DROP TEMPORARY TABLE IF EXISTS t, db.u",
+                vec![
+                    remove(TemporaryTable, Some("t")),
+                    remove(TemporaryTable, Some("db.u")),
+                ],
+            ),
+            ("DROP TABLE t", vec![remove(TemporaryTable, Some("t"))]),
+            (
+                "SELECT GET_LOCK('l1', 5), RELEASE_LOCK('l0')",
+                vec![add(NamedLock, "l1"), remove(NamedLock, Some("l0"))],
+            ),
+            ("DO RELEASE_ALL_LOCKS()", vec![remove(NamedLock, None)]),
+            ("LOCK TABLES t READ", vec![PinEffect::Add(TableLock, None)]),
+            ("UNLOCK TABLES", vec![remove(TableLock, None)]),
+            ("BACKUP STAGE START", vec![PinEffect::Add(TableLock, None)]),
+            ("BACKUP STAGE END", vec![remove(TableLock, None)]),
+            ("PREPARE s1 FROM 'SELECT 1'", vec![add(SqlPrepare, "s1")]),
+            (
+                "DEALLOCATE PREPARE s1",
+                vec![remove(SqlPrepare, Some("s1"))],
+            ),
+            ("DROP PREPARE s1", vec![remove(SqlPrepare, Some("s1"))]),
+            ("XA START 'x'", vec![PinEffect::Add(Xa, None)]),
+            ("XA COMMIT 'x'", vec![remove(Xa, None)]),
+            ("XA RECOVER", vec![]),
+            ("HANDLER t OPEN AS h", vec![add(Handler, "h")]),
+            ("HANDLER t OPEN", vec![add(Handler, "t")]),
+            ("HANDLER h CLOSE", vec![remove(Handler, Some("h"))]),
+            ("HANDLER h READ FIRST", vec![]),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(effects(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_characteristics() {
+        let c = classify(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+        assert!(c.next_transaction && c.effects.is_empty());
+        let c = classify(b"SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        assert!(!c.next_transaction && c.effects.is_empty());
+    }
+
+    #[test]
+    fn counter_functions_are_found_and_substituted() {
+        let c = classify(b"SELECT LAST_INSERT_ID()");
+        assert!(c.uses_last_insert_id && c.counters.is_empty());
+        assert!(classify(b"SELECT @@session.identity").uses_last_insert_id);
+        assert!(!classify(b"SELECT LAST_INSERT_ID(5)").uses_last_insert_id);
+        assert!(classify(b"SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1").calc_found_rows);
+
+        let sub = |sql: &str| {
+            let c = classify(sql.as_bytes());
+            String::from_utf8(substitute_counters(sql.as_bytes(), &c.counters, -1, 7)).unwrap()
+        };
+        assert_eq!(
+            sub("SELECT ROW_COUNT()"),
+            "SELECT CAST(-1 AS SIGNED) AS `ROW_COUNT()`"
+        );
+        assert_eq!(
+            sub("select found_rows() n, row_count ( ) + 1"),
+            "select CAST(7 AS UNSIGNED) n, CAST(-1 AS SIGNED) + 1"
+        );
+        assert_eq!(
+            sub("SELECT a, FOUND_ROWS() FROM t WHERE b = ROW_COUNT()"),
+            "SELECT a, CAST(7 AS UNSIGNED) AS `FOUND_ROWS()` FROM t WHERE b = CAST(-1 AS SIGNED)"
+        );
+        assert_eq!(
+            sub("INSERT INTO log VALUES (ROW_COUNT())"),
+            "INSERT INTO log VALUES (CAST(-1 AS SIGNED))"
+        );
+        assert_eq!(sub("SELECT 'ROW_COUNT()'"), "SELECT 'ROW_COUNT()'");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One connection to the backend server: how it is opened and logged in, the session-tracking
 //! setup Sluice depends on, and the few commands Sluice sends on its own account.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +12,14 @@ use mysql_common::packets::HandshakePacket;
 use tokio::net::TcpStream;
 
 use super::pool::PoolKey;
+use super::statements::{PrepareMeta, StatementCache, StatementKey};
 use crate::auth::{self, AuthError};
 use crate::config::Secret;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::lenenc::Reader;
 use crate::protocol::packets::{self, HandshakeResponse};
-use crate::protocol::{CapabilityFlags, StatusFlags, command, ok};
-use crate::session::{TRACKED_VARS, VarValues};
+use crate::protocol::{CapabilityFlags, StatusFlags, command, ok, put_packet};
+use crate::session::{CHARSET_VARS, TRACKED_VARS, VarValues, tracked_index};
 use crate::stats::Stats;
 
 /// Capabilities that change what the server does or sends, so a client may only use backend
@@ -94,6 +96,8 @@ pub struct Connector {
     pub address: String,
     pub connect_timeout: Duration,
     pub max_packet: u32,
+    /// `max_prepared_statements_per_connection`.
+    pub statement_cache: usize,
     stats: Arc<Stats>,
     next_id: AtomicU64,
 }
@@ -104,12 +108,14 @@ impl Connector {
         address: String,
         connect_timeout: Duration,
         max_packet: u32,
+        statement_cache: usize,
         stats: Arc<Stats>,
     ) -> Self {
         Connector {
             address,
             connect_timeout,
             max_packet,
+            statement_cache,
             stats,
             next_id: AtomicU64::new(1),
         }
@@ -128,6 +134,7 @@ impl Connector {
                 let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
                 let mut conn =
                     BackendConn::login(stream, id, key, password, schema, self.max_packet).await?;
+                conn.statements = StatementCache::new(self.statement_cache);
                 conn.prepare_session().await?;
                 Ok(conn)
             })
@@ -226,6 +233,10 @@ pub struct BackendConn {
     pub needs_reset: bool,
     /// Unusable (I/O error, protocol confusion): close instead of reuse.
     pub broken: bool,
+    /// Statements prepared on the server for the sessions that borrow this connection.
+    pub statements: StatementCache,
+    /// Parameter types bound to private statements (see `StatementCache` for cached ones).
+    pub private_types: HashMap<u32, Arc<[u8]>>,
 }
 
 impl BackendConn {
@@ -320,6 +331,8 @@ impl BackendConn {
             last_used: now,
             needs_reset: false,
             broken: false,
+            statements: StatementCache::new(1),
+            private_types: HashMap::new(),
         })
     }
 
@@ -332,17 +345,46 @@ impl BackendConn {
             "session tracking setup",
         )
         .await?;
-        self.read_tracked_state().await?;
+        self.read_all_tracked_vars().await?;
         self.baseline = self.vars.clone();
         self.baseline_autocommit = self.autocommit;
         Ok(())
     }
 
-    /// Reads the schema and tracked variables from the server. Needed where tracking is silent,
-    /// such as `collation_connection` after `SET NAMES ... COLLATE ...`.
+    /// Reads every tracked variable the server has (a variable it lacks stays `None`).
+    async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
+        let mut sql = String::from("SHOW SESSION VARIABLES WHERE Variable_name IN (");
+        for (i, v) in TRACKED_VARS.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('\'');
+            sql.push_str(v.name);
+            sql.push('\'');
+        }
+        sql.push(')');
+        let rows = self
+            .query_rows(&sql, "reading session variables", TRACKED_VARS.len())
+            .await?;
+        let mut vars = vec![None; TRACKED_VARS.len()];
+        for row in rows {
+            let mut cols = row.into_iter();
+            if let (Some(Some(name)), Some(value)) = (cols.next(), cols.next())
+                && let Some(i) = tracked_index(&name)
+            {
+                vars[i] = Some(value.unwrap_or_default());
+            }
+        }
+        self.vars = VarValues(vars);
+        Ok(())
+    }
+
+    /// Reads the schema and the connection character set variables from the server. Needed
+    /// where tracking is silent, such as `collation_connection` after
+    /// `SET NAMES ... COLLATE ...`.
     pub async fn read_tracked_state(&mut self) -> Result<(), BackendError> {
         let mut sql = String::from("SELECT DATABASE()");
-        for v in TRACKED_VARS {
+        for v in &TRACKED_VARS[..CHARSET_VARS] {
             sql.push_str(", @@session.");
             sql.push_str(v.name);
         }
@@ -350,12 +392,17 @@ impl BackendConn {
             .query_row(&sql, "reading session state")
             .await?
             .ok_or(ProtocolError::Malformed("session state row"))?;
+        if row.len() != CHARSET_VARS + 1 {
+            return Err(ProtocolError::Malformed("session state row").into());
+        }
         let mut values = row.into_iter();
         self.schema = values.next().flatten();
-        // NULL (character_set_results) reads as empty, as session tracking reports it.
-        self.vars = VarValues(values.map(Option::unwrap_or_default).collect());
-        if self.vars.0.len() != TRACKED_VARS.len() {
-            return Err(ProtocolError::Malformed("session state row").into());
+        if self.vars.0.len() < CHARSET_VARS {
+            self.vars.0.resize(TRACKED_VARS.len(), None);
+        }
+        for (slot, value) in self.vars.0.iter_mut().zip(values) {
+            // NULL (character_set_results) reads as empty, as session tracking reports it.
+            *slot = Some(value.unwrap_or_default());
         }
         Ok(())
     }
@@ -366,6 +413,16 @@ impl BackendConn {
         sql: &str,
         what: &'static str,
     ) -> Result<Option<Vec<Option<String>>>, BackendError> {
+        Ok(self.query_rows(sql, what, 1).await?.into_iter().next())
+    }
+
+    /// Runs a query for Sluice itself and returns up to `max_rows` rows of its result.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
         let mut payload = Vec::with_capacity(1 + sql.len());
         payload.push(command::COM_QUERY);
         payload.extend_from_slice(sql.as_bytes());
@@ -378,7 +435,7 @@ impl BackendConn {
         let columns = match first.first() {
             Some(0x00) => {
                 self.note_status(&first, true)?;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             Some(0xFF) => return Err(command_error(what, &first)),
             _ => Reader::new(&first)
@@ -391,17 +448,17 @@ impl BackendConn {
         if !deprecate_eof {
             self.stream.read_packet(CONTROL_PACKET_MAX).await?;
         }
-        let mut row = None;
+        let mut rows = Vec::new();
         loop {
             let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
             if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
                 self.note_status(&p, deprecate_eof)?;
-                return Ok(row);
+                return Ok(rows);
             }
             if p.first() == Some(&0xFF) {
                 return Err(command_error(what, &p));
             }
-            if row.is_none() {
+            if rows.len() < max_rows {
                 let mut r = Reader::new(&p);
                 let mut values = Vec::new();
                 for _ in 0..columns {
@@ -410,9 +467,95 @@ impl BackendConn {
                         .ok_or(ProtocolError::Malformed("text row"))?;
                     values.push(v.map(|b| String::from_utf8_lossy(b).into_owned()));
                 }
-                row = Some(values);
+                rows.push(values);
             }
         }
+    }
+
+    /// Prepares a statement on the server for the cache and returns its id and response, or
+    /// the server's ERR packet. Statements evicted to make room are closed on the server.
+    pub async fn prepare(
+        &mut self,
+        key: &StatementKey,
+    ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
+        let prepared = self.prepare_uncached(key).await?;
+        if let Ok((server_id, meta)) = &prepared {
+            for evicted in self
+                .statements
+                .insert(key.clone(), *server_id, meta.clone())
+            {
+                self.close_statement(evicted).await?;
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Prepares a statement on the server outside the cache (its owner closes it).
+    pub async fn prepare_private(
+        &mut self,
+        key: &StatementKey,
+    ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
+        self.prepare_uncached(key).await
+    }
+
+    async fn prepare_uncached(
+        &mut self,
+        key: &StatementKey,
+    ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
+        let mut payload = Vec::with_capacity(1 + key.sql.len());
+        payload.push(command::COM_STMT_PREPARE);
+        payload.extend_from_slice(&key.sql);
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let (seq, first) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        if first.first() == Some(&0xFF) {
+            return Ok(Err(first));
+        }
+        let mut r = Reader::new(&first);
+        let header = (|| {
+            if r.u8()? != 0 {
+                return None;
+            }
+            Some((r.u32()?, r.u16()?, r.u16()?))
+        })();
+        let (server_id, columns, params) = header.ok_or(ProtocolError::Malformed("prepare OK"))?;
+        let mut response = Vec::with_capacity(256);
+        put_packet(&mut response, seq, &first);
+        let eof = !self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let follow = |n: u16| {
+            if n > 0 {
+                usize::from(n) + usize::from(eof)
+            } else {
+                0
+            }
+        };
+        for _ in 0..follow(params) + follow(columns) {
+            let (seq, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            if p.first() == Some(&0xFF) {
+                return Err(ProtocolError::Malformed("error inside a prepare response").into());
+            }
+            put_packet(&mut response, seq, &p);
+        }
+        let meta = Arc::new(PrepareMeta {
+            response,
+            params,
+            columns,
+        });
+        Ok(Ok((server_id, meta)))
+    }
+
+    /// Closes a statement on the server (COM_STMT_CLOSE has no response).
+    pub async fn close_statement(&mut self, server_id: u32) -> Result<(), BackendError> {
+        let mut payload = [0u8; 5];
+        payload[0] = command::COM_STMT_CLOSE;
+        payload[1..].copy_from_slice(&server_id.to_le_bytes());
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        Ok(())
     }
 
     /// Sends a command answered by one OK, EOF or ERR and returns its status.
@@ -471,6 +614,8 @@ impl BackendConn {
     /// Clears all session state (COM_RESET_CONNECTION, which also rolls back) and sets up
     /// tracking again.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
+        self.statements.clear();
+        self.private_types.clear();
         self.simple_command(&[command::COM_RESET_CONNECTION], "COM_RESET_CONNECTION")
             .await?;
         self.prepare_session().await?;
@@ -481,6 +626,8 @@ impl BackendConn {
     /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
     /// session state. The only way to leave every schema once one was chosen.
     pub async fn change_user_no_schema(&mut self, password: &Secret) -> Result<(), BackendError> {
+        self.statements.clear();
+        self.private_types.clear();
         let plugin = self.plugin.clone();
         let response = auth::client_response(&plugin, &self.nonce, password.expose())?;
         let mut payload = vec![command::COM_CHANGE_USER];
@@ -503,6 +650,7 @@ impl BackendConn {
             auth_exchange(&mut self.stream, plugin, self.nonce.clone(), password).await?;
         self.plugin = plugin;
         self.status = status;
+        self.schema = None;
         self.prepare_session().await?;
         self.multi_statements = self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
         self.needs_reset = false;

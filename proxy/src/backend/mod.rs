@@ -3,6 +3,8 @@
 
 mod conn;
 mod pool;
+/// Server-side prepared statements cached per backend connection.
+pub mod statements;
 
 pub use conn::{BackendConn, BackendError, BackendId, Connector, KEY_CAPS};
 pub use pool::{BorrowError, Pool, PoolKey, PooledConn};

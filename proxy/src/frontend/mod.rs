@@ -3,6 +3,7 @@
 //! and gives the connection back as soon as no transaction is open and nothing pins it.
 
 mod handshake;
+mod prepared;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,13 +22,14 @@ use crate::errors::ClientError;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::{self, *};
 use crate::protocol::packets::{self, ChangeUser};
-use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
+use crate::protocol::relay::{RelayError, relay_response};
 use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary, TrackedChange};
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{ClientId, SessionHandle};
 use crate::server::Shared;
-use crate::session::{PinReason, SessionState, is_ignored, tracked_index};
-use crate::sql::{self, Kill};
+use crate::session::{PinEffect, PinReason, PinSet, SessionState, is_ignored, tracked_index};
+use crate::sql::{self, Classification, Kill};
+use prepared::SessionStatements;
 
 /// How long Sluice tries to deliver a final error to a client it is about to close.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -113,6 +115,11 @@ struct ClientSession {
     /// The last statement left warnings: keep the connection for the next command, so
     /// `SHOW WARNINGS` sees them.
     hold_for_warnings: bool,
+    /// The last statement was `SET TRANSACTION`, which applies to the next transaction on
+    /// this connection: keep it until that transaction ends.
+    hold_for_next_transaction: bool,
+    /// Prepared statements, with Sluice's ids.
+    stmts: SessionStatements,
 }
 
 impl ClientSession {
@@ -141,6 +148,8 @@ impl ClientSession {
             state,
             backend: None,
             hold_for_warnings: false,
+            hold_for_next_transaction: false,
+            stmts: SessionStatements::default(),
         }
     }
 
@@ -253,12 +262,12 @@ impl ClientSession {
                 }
                 flow
             }
-            COM_STMT_PREPARE => self.relay_and_track(Expect::Prepare).await,
-            COM_STMT_EXECUTE
-            | COM_STMT_FETCH
-            | COM_STMT_RESET
-            | COM_STMT_SEND_LONG_DATA
-            | COM_STMT_CLOSE => self.statement_command(cmd, len).await,
+            COM_STMT_PREPARE => self.stmt_prepare().await,
+            COM_STMT_EXECUTE => self.stmt_execute(len).await,
+            COM_STMT_FETCH => self.stmt_fetch(len).await,
+            COM_STMT_RESET => self.stmt_reset(len).await,
+            COM_STMT_SEND_LONG_DATA => self.stmt_long_data(len).await,
+            COM_STMT_CLOSE => self.stmt_close(len).await,
             COM_RESET_CONNECTION => self.reset_connection().await,
             COM_CHANGE_USER => self.change_user().await,
             COM_PROCESS_KILL => {
@@ -315,52 +324,87 @@ impl ClientSession {
             }
             return self.kill(kill, false).await;
         }
-        let (flow, summary) = self.relay_command(Some(Expect::ResultSets), SYNC_ALL).await;
+        let needs_session_counters = class.uses_last_insert_id || !class.counters.is_empty();
+        if !needs_session_counters {
+            let (flow, summary) = self.relay_command(Some(Expect::ResultSets), SYNC_ALL).await;
+            if let Some(s) = summary {
+                self.after_statement(&s, &class).await;
+            }
+            return flow;
+        }
+        if let Err(err) = self.acquire(SYNC_ALL).await {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.reply_error(&err).await;
+        }
+        // The backend connection may show another session's counters: give this session's.
+        if class.uses_last_insert_id
+            && let Err(e) = self.replay_last_insert_id().await
+        {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.backend_failed(e).await;
+        }
+        let sent = if !class.counters.is_empty()
+            && !self.state.counters_on_backend
+            && len <= INSPECT_WHOLE
+        {
+            self.send_with_counters(len, &class).await
+        } else {
+            self.send_command().await
+        };
+        if let Some(flow) = sent {
+            return flow;
+        }
+        let (flow, summary) = self.relay_reply(Expect::ResultSets).await;
         if let Some(s) = summary {
-            self.after_command(&s, &class.pins).await;
+            self.after_statement(&s, &class).await;
         }
         flow
+    }
+
+    /// Sends the client's query with `ROW_COUNT()` and `FOUND_ROWS()` replaced by the session's
+    /// values, which the borrowed connection does not have.
+    async fn send_with_counters(&mut self, len: usize, class: &Classification) -> Option<Flow> {
+        let sql = self.payload(len).get(1..).unwrap_or_default();
+        let mut payload = vec![COM_QUERY];
+        payload.extend(sql::substitute_counters(
+            sql,
+            &class.counters,
+            self.state.row_count,
+            self.state.found_rows,
+        ));
+        if self.skip_command().await == Flow::Close {
+            return Some(Flow::Close);
+        }
+        let b = self.backend.as_mut()?;
+        match b.stream.write_packet(0, &payload).await {
+            Ok(()) => None,
+            Err(e) => Some(self.backend_lost(e.into(), false).await),
+        }
+    }
+
+    /// Gives the borrowed connection the session's `LAST_INSERT_ID()`, unless it has it.
+    async fn replay_last_insert_id(&mut self) -> Result<(), BackendError> {
+        if self.state.counters_on_backend {
+            return Ok(());
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let sql = format!("DO LAST_INSERT_ID({})", self.state.last_insert_id);
+        b.query_row(&sql, "replaying LAST_INSERT_ID()").await?;
+        Ok(())
     }
 
     async fn relay_and_track(&mut self, expect: Expect) -> Flow {
         let (flow, summary) = self.relay_command(Some(expect), SYNC_ALL).await;
         if let Some(s) = summary {
-            self.after_command(&s, &Default::default()).await;
+            self.after_command(&s, &Classification::default()).await;
         }
         flow
-    }
-
-    /// Prepared-statement commands. Statements live on the backend connection the session is
-    /// pinned to; without one, the session has no statements and Sluice answers itself.
-    async fn statement_command(&mut self, cmd: u8, len: usize) -> Flow {
-        if self.state.pins.contains(PinReason::PreparedStatement) {
-            let expect = match cmd {
-                COM_STMT_EXECUTE => Some(Expect::ResultSets),
-                COM_STMT_FETCH => Some(Expect::Fetch),
-                COM_STMT_RESET => Some(Expect::Single),
-                _ => None,
-            };
-            let (flow, summary) = self.relay_command(expect, SYNC_ALL).await;
-            if let Some(s) = summary {
-                self.after_command(&s, &Default::default()).await;
-            }
-            return flow;
-        }
-        let id = self
-            .payload(len)
-            .get(1..5)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        if self.skip_command().await == Flow::Close {
-            return Flow::Close;
-        }
-        match cmd {
-            // No response is defined for these.
-            COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => Flow::Continue,
-            _ => {
-                self.reply_error(&ClientError::unknown_statement(id, command::name(cmd)))
-                    .await
-            }
-        }
     }
 
     /// Makes sure the session holds a backend connection in the session's state.
@@ -413,6 +457,7 @@ impl ClientSession {
                 .map(|sql| (sql, want.clone()))
         };
         if let Some((sql, want)) = replay {
+            self.state.counters_on_backend = false;
             b.query_row(&sql, "replaying session variables").await?;
             b.vars = want;
             b.autocommit = want_autocommit;
@@ -436,35 +481,20 @@ impl ClientSession {
             }
             return (self.reply_error(&err).await, None);
         }
+        if let Some(flow) = self.send_command().await {
+            return (flow, None);
+        }
+        match expect {
+            Some(expect) => self.relay_reply(expect).await,
+            None => (Flow::Continue, Some(Summary::default())),
+        }
+    }
+
+    /// Relays the backend's response to the command just sent.
+    async fn relay_reply(&mut self, expect: Expect) -> (Flow, Option<Summary>) {
         let max = self.shared.config.max_allowed_packet;
         let Some(backend) = self.backend.as_mut() else {
             return (Flow::Close, None);
-        };
-        match forward_packet(
-            &mut self.client,
-            &mut backend.stream,
-            max,
-            Direction::ToBackend,
-        )
-        .await
-        {
-            Ok(_) => {}
-            Err(RelayError::TooLarge { .. }) => {
-                backend.broken = true;
-                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
-                return (Flow::Close, None);
-            }
-            Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
-                return (self.backend_lost(e, false).await, None);
-            }
-            Err(RelayError::Client(_)) => {
-                backend.broken = true;
-                return (Flow::Close, None);
-            }
-        }
-        backend.last_used = std::time::Instant::now();
-        let Some(expect) = expect else {
-            return (Flow::Continue, Some(Summary::default()));
         };
         let deprecate_eof = backend.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         let untrack = !self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
@@ -511,9 +541,51 @@ impl ClientSession {
         self.reply_error(&err).await
     }
 
+    /// After a client statement (COM_QUERY, COM_STMT_EXECUTE): the session's counters, then
+    /// everything `after_command` does.
+    async fn after_statement(&mut self, summary: &Summary, class: &Classification) {
+        let st = &mut self.state;
+        if let Some(id) = summary.insert_id {
+            st.last_insert_id = id;
+        }
+        st.row_count = match (summary.error, summary.result_rows, summary.last_ok) {
+            (None, None, Some((affected, _))) => i64::try_from(affected).unwrap_or(i64::MAX),
+            _ => -1,
+        };
+        if let Some(rows) = summary.result_rows {
+            st.found_rows = rows;
+        }
+        st.counters_on_backend = true;
+        if class.calc_found_rows
+            && summary.error.is_none()
+            && let Some(b) = self.backend.as_mut()
+        {
+            // Only the server knows how many rows the query would have found without LIMIT.
+            self.state.counters_on_backend = false;
+            match b
+                .query_row("SELECT FOUND_ROWS()", "reading FOUND_ROWS()")
+                .await
+            {
+                Ok(row) => {
+                    if let Some(n) = row
+                        .and_then(|r| r.into_iter().next().flatten())
+                        .and_then(|v| v.parse().ok())
+                    {
+                        self.state.found_rows = n;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.handle.id, error = %e, "cannot read FOUND_ROWS()");
+                    b.broken = true;
+                }
+            }
+        }
+        self.after_command(summary, class).await;
+    }
+
     /// Brings the session up to date with what a response reported, then gives the backend
     /// back if nothing holds it.
-    async fn after_command(&mut self, summary: &Summary, statement_pins: &crate::session::PinSet) {
+    async fn after_command(&mut self, summary: &Summary, class: &Classification) {
         let Some(b) = self.backend.as_mut() else {
             return;
         };
@@ -522,11 +594,28 @@ impl ClientSession {
             b.autocommit = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
         }
         let autocommit = b.autocommit;
-        let mut pins = *statement_pins;
-        let mut explained = false;
+        let before = self.state.pins.reasons();
+        // What the statement created counts even if it failed part-way; what it cleared only
+        // if it succeeded.
+        let succeeded = summary.error.is_none();
+        for effect in &class.effects {
+            match effect {
+                PinEffect::Add(reason, name) => {
+                    let name = qualify(*reason, name.as_deref(), self.state.schema.as_deref());
+                    self.state.pins.add(*reason, name.as_deref());
+                }
+                PinEffect::Remove(reason, name) if succeeded => {
+                    let name = qualify(*reason, name.as_deref(), self.state.schema.as_deref());
+                    self.state.pins.remove(*reason, name.as_deref());
+                }
+                PinEffect::Remove(..) => {}
+            }
+        }
+        let mut explained = !class.effects.is_empty() || class.next_transaction;
         let mut charset_changed = false;
         let mut schema_change = None;
         let mut state_changed = summary.untold_state_change;
+        let mut unreplayable = None;
         for change in &summary.changes {
             match change {
                 TrackedChange::Schema(s) => {
@@ -538,43 +627,50 @@ impl ClientSession {
                         explained = true;
                     } else if let Some(i) = tracked_index(name) {
                         explained = true;
-                        charset_changed = true;
                         if let Some(v) = b.vars.0.get_mut(i) {
-                            v.clone_from(value);
+                            *v = Some(value.clone());
                         }
+                        charset_changed |= i < crate::session::CHARSET_VARS;
+                        self.state.vars = Some(b.vars.clone());
                     } else {
-                        if !self.state.pins.contains(PinReason::SessionVariable) {
-                            tracing::info!(client = %self.handle.id, variable = %name, "session variable outside the replayable set");
-                        }
-                        pins.insert(PinReason::SessionVariable);
+                        explained = true;
+                        unreplayable = Some(name.clone());
                     }
                 }
                 TrackedChange::StateChanged => state_changed = true,
             }
         }
-        if summary.prepared.is_some() {
-            pins.insert(PinReason::PreparedStatement);
+        if let Some(name) = unreplayable {
+            if !self
+                .state
+                .pins
+                .reasons()
+                .contains(PinReason::SessionVariable)
+            {
+                tracing::info!(client = %self.handle.id, variable = %name, "session variable outside the replayable set");
+            }
+            self.state.pins.add(PinReason::SessionVariable, None);
         }
-        if state_changed && !explained && pins.is_empty() {
-            pins.insert(PinReason::UnknownStateChange);
+        if state_changed && !explained && self.state.pins.is_empty() {
+            self.state.pins.add(PinReason::UnknownStateChange, None);
         }
         if charset_changed {
             // Tracking does not report collation_connection after SET NAMES ... COLLATE.
             if let Err(e) = b.read_tracked_state().await {
                 tracing::warn!(client = %self.handle.id, error = %e, "cannot read session state");
                 b.broken = true;
-                pins.insert(PinReason::UnknownStateChange);
+                self.state.pins.add(PinReason::UnknownStateChange, None);
             }
+            self.state.counters_on_backend = false;
             self.state.vars = Some(b.vars.clone());
         }
         self.state.autocommit = Some(autocommit);
         self.hold_for_warnings = summary.warnings > 0;
+        self.hold_for_next_transaction = class.next_transaction && succeeded;
         if let Some(schema) = schema_change {
             self.set_schema(schema);
         }
-        for reason in pins.iter() {
-            self.pin(reason);
-        }
+        self.note_pin_changes(before);
         self.release_if_free().await;
     }
 
@@ -588,18 +684,23 @@ impl ClientSession {
         self.state.schema = schema;
     }
 
-    fn pin(&mut self, reason: PinReason) {
-        if self.state.pins.insert(reason) {
+    /// Counts and logs the reasons that started or stopped holding the session.
+    fn note_pin_changes(&mut self, before: PinSet) {
+        let after = self.state.pins.reasons();
+        for reason in after.iter().filter(|r| !before.contains(*r)) {
             self.shared.stats.pinned(reason);
             tracing::info!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session pinned to its backend connection");
+        }
+        for reason in before.iter().filter(|r| !after.contains(*r)) {
+            self.shared.stats.unpinned(reason);
+            tracing::debug!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session state cleared; multiplexing again");
         }
     }
 
     fn unpin_all(&mut self) {
-        for r in self.state.pins.iter() {
-            self.shared.stats.unpinned(r);
-        }
+        let before = self.state.pins.reasons();
         self.state.pins = Default::default();
+        self.note_pin_changes(before);
     }
 
     async fn release_if_free(&mut self) {
@@ -607,7 +708,11 @@ impl ClientSession {
             return;
         };
         if b.broken
-            || (self.state.pins.is_empty() && !b.in_transaction() && !self.keep_for_warnings())
+            || (self.state.pins.is_empty()
+                && !b.in_transaction()
+                && !self.stmts.holds_backend()
+                && !self.hold_for_next_transaction
+                && !self.keep_for_warnings())
         {
             self.release().await;
         }
@@ -622,6 +727,14 @@ impl ClientSession {
     /// Gives the backend connection back. Takes the session's kill lock first, so a
     /// concurrent KILL QUERY finishes before the connection can pass to someone else.
     async fn release(&mut self) {
+        self.state.counters_on_backend = false;
+        if self.stmts.holds_backend() {
+            // Cursors or long data die with the connection's session state.
+            if let Some(b) = self.backend.as_mut() {
+                b.needs_reset = true;
+            }
+            self.stmts.drop_holds();
+        }
         if let Some(conn) = self.backend.take() {
             let mut slot = self.handle.backend_thread.lock().await;
             *slot = None;
@@ -688,8 +801,13 @@ impl ClientSession {
             b.broken = true;
         }
         self.unpin_all();
-        self.state.vars = None;
-        self.state.autocommit = None;
+        self.stmts.clear();
+        self.state = SessionState {
+            schema: self.state.schema.take(),
+            multi_statements: self.state.multi_statements,
+            ..SessionState::default()
+        };
+        self.hold_for_next_transaction = false;
         self.release().await;
         self.answer_locally(Some(1)).await
     }
@@ -778,6 +896,8 @@ impl ClientSession {
         }
         self.release().await;
         self.unpin_all();
+        self.stmts.clear();
+        self.hold_for_next_transaction = false;
         self.user = user;
         self.key = pool_key(&self.user.username, self.caps, collation);
         self.handle.set_user(self.user.username.clone());
@@ -877,7 +997,7 @@ impl ClientSession {
 
     /// Ends the session: a connection the session left state on is reset before reuse.
     async fn finish(&mut self) {
-        let dirty = !self.state.pins.is_empty();
+        let dirty = !self.state.pins.is_empty() || self.stmts.holds_backend();
         self.unpin_all();
         if let Some(b) = self.backend.as_mut()
             && (dirty || b.in_transaction())
@@ -886,5 +1006,15 @@ impl ClientSession {
         }
         self.release().await;
         tracing::debug!(client = %self.id(), "client session ended");
+    }
+}
+
+/// Temporary tables are per schema: an unqualified name means the current schema's table.
+fn qualify(reason: PinReason, name: Option<&str>, schema: Option<&str>) -> Option<String> {
+    match (reason, name, schema) {
+        (PinReason::TemporaryTable, Some(n), Some(s)) if !n.contains('.') => {
+            Some(format!("{s}.{n}"))
+        }
+        (_, name, _) => name.map(str::to_string),
     }
 }

@@ -56,6 +56,11 @@ impl PacketStream {
         &self.buf
     }
 
+    /// Bytes read but not yet consumed, for rewriting in place (a statement id, say).
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
     /// Drops `n` consumed bytes from the front of the buffer.
     pub fn consume(&mut self, n: usize) {
         self.buf.advance(n);

@@ -66,6 +66,10 @@ pub struct Summary {
     pub error: Option<u16>,
     /// Affected rows and last insert id of the last OK packet.
     pub last_ok: Option<(u64, u64)>,
+    /// The last non-zero last-insert-id of the response's OK packets.
+    pub insert_id: Option<u64>,
+    /// Rows of the last result set, when the response ended with one (not with an OK).
+    pub result_rows: Option<u64>,
     /// Warning count of the last OK or EOF packet.
     pub warnings: u16,
     /// Changes reported in session-state data, in order.
@@ -166,6 +170,7 @@ impl ResponseTracker {
                         .lenenc_int()
                         .filter(|&n| n > 0)
                         .ok_or(ProtocolError::Malformed("column count"))?;
+                    summary.result_rows = Some(0);
                     State::Columns { left: n }
                 }
             },
@@ -189,6 +194,9 @@ impl ResponseTracker {
                     let status = self.terminator(payload, complete, summary, &mut verdict)?;
                     self.after_result(status)
                 } else {
+                    if let Some(rows) = summary.result_rows.as_mut() {
+                        *rows += 1;
+                    }
                     State::Rows
                 }
             }
@@ -240,6 +248,9 @@ impl ResponseTracker {
                     self.terminator(payload, complete, summary, &mut verdict)?;
                     State::Done
                 } else {
+                    if let Some(rows) = summary.result_rows.as_mut() {
+                        *rows += 1;
+                    }
                     State::UntilTerminator
                 }
             }
@@ -339,6 +350,9 @@ impl ResponseTracker {
         summary.status = Some(okp.status);
         summary.warnings = okp.warnings;
         summary.last_ok = Some((okp.affected_rows, okp.last_insert_id));
+        if okp.last_insert_id != 0 {
+            summary.insert_id = Some(okp.last_insert_id);
+        }
         if !okp.session_state.is_empty() {
             let changes = ok::state_changes(okp.session_state)
                 .ok_or(ProtocolError::Malformed("session state data"))?;

@@ -1,0 +1,171 @@
+//! Server-side prepared statements cached on one backend connection. Client sessions see
+//! Sluice's own statement ids; each backend connection prepares a statement once and keeps it
+//! for every session that borrows the connection, up to a bound, least recently used first out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What identifies a statement on a server: its text and the schema it was prepared in (a
+/// statement resolves unqualified table names in the schema current at prepare time).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatementKey {
+    pub schema: Option<Arc<str>>,
+    pub sql: Arc<[u8]>,
+}
+
+/// A prepare response as the server sent it: what a client that prepares the same statement
+/// again is answered with, without asking the server.
+#[derive(Debug)]
+pub struct PrepareMeta {
+    /// Every packet of the response, framed, sequence ids from 1. The statement id in the
+    /// first packet is the server's and is replaced with the client's before sending.
+    pub response: Vec<u8>,
+    pub params: u16,
+    pub columns: u16,
+}
+
+/// Offset of the statement id in [`PrepareMeta::response`]: frame header, then the OK byte.
+pub const RESPONSE_ID_AT: usize = 5;
+
+/// One statement prepared on the server.
+#[derive(Debug)]
+pub struct CachedStatement {
+    /// The server's statement id.
+    pub server_id: u32,
+    pub meta: Arc<PrepareMeta>,
+    /// Parameter types the server holds for it from the last execute that sent types.
+    pub bound_types: Option<Arc<[u8]>>,
+    /// A session keeps a cursor or long data on it: not evicted meanwhile.
+    pub held: bool,
+    last_used: u64,
+}
+
+/// The statements prepared on one backend connection.
+#[derive(Debug)]
+pub struct StatementCache {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<StatementKey, CachedStatement>,
+}
+
+impl StatementCache {
+    /// An empty cache holding at most `capacity` statements.
+    pub fn new(capacity: usize) -> Self {
+        StatementCache {
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The statement for `key`, marked as just used.
+    pub fn get_mut(&mut self, key: &StatementKey) -> Option<&mut CachedStatement> {
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self.entries.get_mut(key)?;
+        entry.last_used = tick;
+        Some(entry)
+    }
+
+    /// Adds a statement the server just prepared; returns the server ids of statements evicted
+    /// to make room, which the caller closes on the server.
+    pub fn insert(
+        &mut self,
+        key: StatementKey,
+        server_id: u32,
+        meta: Arc<PrepareMeta>,
+    ) -> Vec<u32> {
+        let mut evicted = Vec::new();
+        while self.entries.len() >= self.capacity {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.held)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            match victim.and_then(|k| self.entries.remove(&k)) {
+                Some(e) => evicted.push(e.server_id),
+                // Everything is held: go over the bound rather than break a cursor.
+                None => break,
+            }
+        }
+        self.tick += 1;
+        if let Some(old) = self.entries.insert(
+            key,
+            CachedStatement {
+                server_id,
+                meta,
+                bound_types: None,
+                held: false,
+                last_used: self.tick,
+            },
+        ) {
+            evicted.push(old.server_id);
+        }
+        evicted
+    }
+
+    /// Forgets a statement (the caller closes it on the server).
+    pub fn remove(&mut self, key: &StatementKey) -> Option<CachedStatement> {
+        self.entries.remove(key)
+    }
+
+    /// Forgets everything: the server dropped its statements (reset, change user).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Statements cached now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no statement is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sql: &str) -> StatementKey {
+        StatementKey {
+            schema: None,
+            sql: Arc::from(sql.as_bytes()),
+        }
+    }
+
+    fn meta() -> Arc<PrepareMeta> {
+        Arc::new(PrepareMeta {
+            response: Vec::new(),
+            params: 0,
+            columns: 0,
+        })
+    }
+
+    #[test]
+    fn evicts_least_recently_used_but_never_held() {
+        let mut c = StatementCache::new(2);
+        assert!(c.insert(key("a"), 1, meta()).is_empty());
+        assert!(c.insert(key("b"), 2, meta()).is_empty());
+        c.get_mut(&key("a")).unwrap().held = true;
+        // "a" is older but held: "b" goes.
+        assert_eq!(c.insert(key("c"), 3, meta()), vec![2]);
+        c.get_mut(&key("a")).unwrap().held = false;
+        c.get_mut(&key("c"));
+        assert_eq!(c.insert(key("d"), 4, meta()), vec![1]);
+        assert_eq!(c.len(), 2);
+        assert!(c.get_mut(&key("c")).is_some() && c.get_mut(&key("d")).is_some());
+    }
+
+    #[test]
+    fn all_held_goes_over_the_bound() {
+        let mut c = StatementCache::new(1);
+        c.insert(key("a"), 1, meta());
+        c.get_mut(&key("a")).unwrap().held = true;
+        assert!(c.insert(key("b"), 2, meta()).is_empty());
+        assert_eq!(c.len(), 2);
+    }
+}

@@ -1,0 +1,699 @@
+//! Virtual prepared statements. A client's statement ids are Sluice's own; each execute runs on
+//! whichever backend connection the session borrows, where the statement is prepared once and
+//! cached (see `backend::statements`). A cursor or long data keeps the backend connection until
+//! the execute, the last fetch, a reset or a close.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{ClientSession, Flow, SYNC_ALL};
+use crate::backend::BackendError;
+use crate::backend::statements::{PrepareMeta, RESPONSE_ID_AT, StatementKey};
+use crate::errors::ClientError;
+use crate::protocol::codec::ProtocolError;
+use crate::protocol::command::*;
+use crate::protocol::relay::{Direction, RelayError, forward_packet};
+use crate::protocol::response::Expect;
+use crate::protocol::{HEADER_LEN, StatusFlags};
+use crate::sql::{self, Classification};
+
+/// Statements one session may hold, as MySQL's default `max_prepared_stmt_count`.
+pub const MAX_STATEMENTS_PER_SESSION: usize = 16_382;
+
+/// COM_STMT_EXECUTE flag: open a read-only cursor.
+const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
+
+/// Where the parameter block starts in COM_STMT_EXECUTE: command, id, flags, iteration count.
+const EXECUTE_PARAMS_AT: usize = 10;
+
+/// A statement as the client prepared it.
+#[derive(Debug, Clone)]
+pub struct StatementDef {
+    pub key: StatementKey,
+    pub params: u16,
+    /// Parameter types the client last sent (it sends them once and then only values).
+    pub types: Option<Arc<[u8]>>,
+    /// What the statement's text does to session state, applied at every execute.
+    pub class: Arc<Classification>,
+}
+
+/// A statement that holds the session's backend connection.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    server_id: u32,
+    /// Prepared for this hold alone (the cached one was held by another statement of the
+    /// session); closed when the hold ends.
+    private: bool,
+    cursor: bool,
+    long_data: bool,
+}
+
+/// The session's prepared statements.
+#[derive(Debug, Default)]
+pub struct SessionStatements {
+    next_id: u32,
+    defs: HashMap<u32, StatementDef>,
+    holds: HashMap<u32, Hold>,
+    /// Statements whose long data could not be delivered: their execute fails with this.
+    lost_long_data: HashMap<u32, ClientError>,
+}
+
+impl SessionStatements {
+    /// True while a cursor or long data keeps the backend connection.
+    pub fn holds_backend(&self) -> bool {
+        !self.holds.is_empty()
+    }
+
+    /// Forgets every statement (the client reset its session or changed user).
+    pub fn clear(&mut self) {
+        self.defs.clear();
+        self.holds.clear();
+        self.lost_long_data.clear();
+    }
+
+    /// Forgets the holds: the backend connection they were on is gone or reset.
+    pub fn drop_holds(&mut self) {
+        self.holds.clear();
+    }
+}
+
+/// The fixed part of a COM_STMT_EXECUTE.
+struct Execute {
+    id: u32,
+    flags: u8,
+    /// Offset of the new-params-bound flag in the payload, when the statement has parameters.
+    bound_flag_at: Option<usize>,
+}
+
+fn read_id(payload: &[u8]) -> Option<u32> {
+    let b = payload.get(1..5)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Why a statement could not be made ready on the backend.
+enum NotReady {
+    /// The server refused to prepare it: this ERR packet goes to the client.
+    Server(Vec<u8>),
+    Backend(BackendError),
+}
+
+impl From<BackendError> for NotReady {
+    fn from(e: BackendError) -> Self {
+        NotReady::Backend(e)
+    }
+}
+
+impl ClientSession {
+    /// COM_STMT_PREPARE: answered from the backend connection's cache when it has the
+    /// statement, else prepared there.
+    pub(super) async fn stmt_prepare(&mut self) -> Flow {
+        let max = self.shared.config.max_allowed_packet;
+        let payload = match self.client.read_packet(max).await {
+            Ok((_, p)) => p,
+            Err(ProtocolError::TooLarge { max, .. }) => {
+                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                return Flow::Close;
+            }
+            Err(_) => return Flow::Close,
+        };
+        if self.stmts.defs.len() >= MAX_STATEMENTS_PER_SESSION {
+            return self
+                .reply_error(&ClientError::too_many_statements(
+                    MAX_STATEMENTS_PER_SESSION,
+                ))
+                .await;
+        }
+        if let Err(err) = self.acquire(SYNC_ALL).await {
+            return self.reply_error(&err).await;
+        }
+        let sql = payload.get(1..).unwrap_or_default();
+        let key = StatementKey {
+            schema: self.state.schema.as_deref().map(Arc::from),
+            sql: Arc::from(sql),
+        };
+        let Some(b) = self.backend.as_mut() else {
+            return Flow::Close;
+        };
+        let cached = b.statements.get_mut(&key).map(|e| e.meta.clone());
+        let meta = match cached {
+            Some(meta) => meta,
+            None => match b.prepare(&key).await {
+                Ok(Ok((_, meta))) => meta,
+                Ok(Err(err_packet)) => {
+                    let flow = self.reply_raw_error(&err_packet).await;
+                    self.release_if_free().await;
+                    return flow;
+                }
+                Err(e) => return self.backend_failed(e).await,
+            },
+        };
+        self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
+        while self.stmts.defs.contains_key(&self.stmts.next_id) {
+            self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
+        }
+        let id = self.stmts.next_id;
+        let class = sql::classify(sql);
+        self.stmts.defs.insert(
+            id,
+            StatementDef {
+                key,
+                params: meta.params,
+                types: None,
+                class: Arc::new(class),
+            },
+        );
+        let flow = self.send_prepare_response(&meta, id).await;
+        self.release_if_free().await;
+        flow
+    }
+
+    async fn send_prepare_response(&mut self, meta: &PrepareMeta, id: u32) -> Flow {
+        let mut response = meta.response.clone();
+        if let Some(at) = response.get_mut(RESPONSE_ID_AT..RESPONSE_ID_AT + 4) {
+            at.copy_from_slice(&id.to_le_bytes());
+        }
+        match self.client.write_all(&response).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// Parses the fixed part of the COM_STMT_EXECUTE at the front of the client's buffer and
+    /// makes sure its parameter types (if any) are buffered too.
+    async fn read_execute_header(&mut self, len: usize) -> Option<(Execute, Option<Vec<u8>>)> {
+        let id = read_id(self.payload(len))?;
+        let flags = *self.payload(len).get(5)?;
+        let params = self
+            .stmts
+            .defs
+            .get(&id)
+            .map_or(0, |d| usize::from(d.params));
+        if params == 0 {
+            return Some((
+                Execute {
+                    id,
+                    flags,
+                    bound_flag_at: None,
+                },
+                None,
+            ));
+        }
+        let flag_at = EXECUTE_PARAMS_AT + params.div_ceil(8);
+        let types_end = flag_at + 1 + 2 * params;
+        let want = types_end.min(len);
+        if self.client.fill(HEADER_LEN + want).await.is_err() {
+            return None;
+        }
+        let payload = self.payload(len);
+        let bound = *payload.get(flag_at)? == 1;
+        let types = if bound {
+            Some(payload.get(flag_at + 1..types_end)?.to_vec())
+        } else {
+            None
+        };
+        Some((
+            Execute {
+                id,
+                flags,
+                bound_flag_at: Some(flag_at),
+            },
+            types,
+        ))
+    }
+
+    /// COM_STMT_EXECUTE.
+    pub(super) async fn stmt_execute(&mut self, len: usize) -> Flow {
+        let Some((exec, new_types)) = self.read_execute_header(len).await else {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self
+                .reply_error(&ClientError::malformed_packet("COM_STMT_EXECUTE"))
+                .await;
+        };
+        if let Some(err) = self.stmts.lost_long_data.remove(&exec.id) {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.reply_error(&err).await;
+        }
+        let Some(def) = self.stmts.defs.get_mut(&exec.id) else {
+            return self.unknown_statement(exec.id, COM_STMT_EXECUTE).await;
+        };
+        if let Some(types) = new_types {
+            def.types = Some(Arc::from(types));
+        }
+        let def = def.clone();
+        if let Err(err) = self.acquire(SYNC_ALL).await {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.reply_error(&err).await;
+        }
+        if def.class.uses_last_insert_id
+            && let Err(e) = self.replay_last_insert_id().await
+        {
+            return self.failed_before_relay(e.into()).await;
+        }
+        let (server_id, server_types) = match self.ready_statement(exec.id, &def).await {
+            Ok(ready) => ready,
+            Err(e) => return self.failed_before_relay(e).await,
+        };
+        // The server keeps the types of the last execute that sent them; this connection's copy
+        // of the statement may have other ones, or none.
+        let send_types = exec.bound_flag_at.is_some()
+            && def.types.is_some()
+            && def.types != server_types
+            && self.payload(len).get(exec.bound_flag_at.unwrap_or(0)) == Some(&0);
+        let sent = if send_types {
+            self.forward_execute_with_types(&exec, server_id, &def)
+                .await
+        } else {
+            self.forward_with_id(server_id).await
+        };
+        if let Some(flow) = sent {
+            return flow;
+        }
+        self.note_bound_types(exec.id, &def);
+        let (flow, summary) = self.relay_reply(Expect::ResultSets).await;
+        if let Some(s) = summary {
+            let cursor = exec.flags & CURSOR_TYPE_READ_ONLY != 0
+                && s.error.is_none()
+                && s.status
+                    .is_some_and(|st| st.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS));
+            self.update_hold(exec.id, |h| {
+                h.long_data = false;
+                h.cursor = cursor;
+            })
+            .await;
+            let class = def.class.clone();
+            self.after_statement(&s, &class).await;
+        }
+        flow
+    }
+
+    /// COM_STMT_FETCH: only on the backend connection that holds the statement's cursor.
+    pub(super) async fn stmt_fetch(&mut self, len: usize) -> Flow {
+        let id = read_id(self.payload(len)).unwrap_or(0);
+        if !self.stmts.defs.contains_key(&id) {
+            return self.unknown_statement(id, COM_STMT_FETCH).await;
+        }
+        let hold = self.stmts.holds.get(&id).copied().filter(|h| h.cursor);
+        let (Some(hold), true) = (hold, self.backend.is_some()) else {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.reply_error(&ClientError::no_open_cursor(id)).await;
+        };
+        if let Some(flow) = self.forward_with_id(hold.server_id).await {
+            return flow;
+        }
+        let (flow, summary) = self.relay_reply(Expect::Fetch).await;
+        if let Some(s) = summary {
+            // The server closes an exhausted cursor.
+            let done = s.error.is_some()
+                || s.status
+                    .is_some_and(|st| st.contains(StatusFlags::SERVER_STATUS_LAST_ROW_SENT));
+            if done {
+                self.update_hold(id, |h| h.cursor = false).await;
+            }
+            self.after_command(&s, &Classification::default()).await;
+        }
+        flow
+    }
+
+    /// COM_STMT_SEND_LONG_DATA: no response; the data stays on the backend statement, which
+    /// keeps the connection until the execute.
+    pub(super) async fn stmt_long_data(&mut self, len: usize) -> Flow {
+        let id = read_id(self.payload(len)).unwrap_or(0);
+        let Some(def) = self.stmts.defs.get(&id).cloned() else {
+            // The server answers nothing to this either; the execute will fail.
+            return self.skip_command().await;
+        };
+        // Nothing can be answered now; the execute reports lost data.
+        if let Err(err) = self.acquire(SYNC_ALL).await {
+            self.stmts.lost_long_data.insert(id, err);
+            return self.skip_command().await;
+        }
+        let server_id = match self.ready_statement(id, &def).await {
+            Ok((server_id, _)) => server_id,
+            Err(e) => {
+                let detail = match e {
+                    NotReady::Server(p) => crate::protocol::packets::Err::parse(&p)
+                        .map(|e| String::from_utf8_lossy(e.message).into_owned())
+                        .unwrap_or_default(),
+                    NotReady::Backend(e) => e.to_string(),
+                };
+                self.stmts
+                    .lost_long_data
+                    .insert(id, ClientError::backend_lost(&detail));
+                self.release_if_free().await;
+                return self.skip_command().await;
+            }
+        };
+        if let Some(flow) = self.forward_with_id(server_id).await {
+            return flow;
+        }
+        self.update_hold(id, |h| h.long_data = true).await;
+        Flow::Continue
+    }
+
+    /// COM_STMT_RESET: clears long data and closes the cursor, which only exist on a held
+    /// connection; otherwise there is nothing to reset.
+    pub(super) async fn stmt_reset(&mut self, len: usize) -> Flow {
+        let id = read_id(self.payload(len)).unwrap_or(0);
+        if !self.stmts.defs.contains_key(&id) {
+            return self.unknown_statement(id, COM_STMT_RESET).await;
+        }
+        let Some(hold) = self.stmts.holds.get(&id).copied() else {
+            return self.answer_locally(None).await;
+        };
+        if let Some(flow) = self.forward_with_id(hold.server_id).await {
+            return flow;
+        }
+        let (flow, summary) = self.relay_reply(Expect::Single).await;
+        if let Some(s) = summary {
+            self.update_hold(id, |h| {
+                h.cursor = false;
+                h.long_data = false;
+            })
+            .await;
+            self.after_command(&s, &Classification::default()).await;
+        }
+        flow
+    }
+
+    /// COM_STMT_CLOSE: no response. The statement stays cached on the backend for others.
+    pub(super) async fn stmt_close(&mut self, len: usize) -> Flow {
+        let id = read_id(self.payload(len)).unwrap_or(0);
+        if self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        self.stmts.defs.remove(&id);
+        if let Some(hold) = self.stmts.holds.get(&id).copied()
+            && let Some(b) = self.backend.as_mut()
+        {
+            let mut reset = [0u8; 5];
+            reset[0] = COM_STMT_RESET;
+            reset[1..].copy_from_slice(&hold.server_id.to_le_bytes());
+            let cleared = if hold.private {
+                b.close_statement(hold.server_id).await
+            } else {
+                b.simple_command(&reset, "COM_STMT_RESET").await.map(|_| ())
+            };
+            if let Err(e) = cleared {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot clear a closed statement's cursor");
+                b.broken = true;
+            }
+            self.update_hold(id, |h| {
+                h.cursor = false;
+                h.long_data = false;
+            })
+            .await;
+            self.release_if_free().await;
+        }
+        Flow::Continue
+    }
+
+    async fn unknown_statement(&mut self, id: u32, cmd: u8) -> Flow {
+        if self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        self.reply_error(&ClientError::unknown_statement(id, name(cmd)))
+            .await
+    }
+
+    /// The server id of statement `id` on the held backend connection, preparing it there if
+    /// needed, and the parameter types the server holds for it.
+    async fn ready_statement(
+        &mut self,
+        id: u32,
+        def: &StatementDef,
+    ) -> Result<(u32, Option<Arc<[u8]>>), NotReady> {
+        if let Some(h) = self.stmts.holds.get(&id).copied() {
+            let types = self.held_types(h.server_id, h.private, def);
+            return Ok((h.server_id, types));
+        }
+        let b = self
+            .backend
+            .as_mut()
+            .ok_or(NotReady::Backend(BackendError::Unsupported(
+                "a statement without a backend connection",
+            )))?;
+        let held_by_other = match b.statements.get_mut(&def.key) {
+            Some(e) if !e.held => return Ok((e.server_id, e.bound_types.clone())),
+            Some(_) => true,
+            None => false,
+        };
+        // Prepare in the schema the client prepared it in, then go back.
+        let back = b.schema.clone();
+        let switch = def.key.schema.is_some() && def.key.schema.as_deref() != back.as_deref();
+        if let (true, Some(schema)) = (switch, def.key.schema.as_deref()) {
+            b.init_db(schema).await?;
+        }
+        let prepared = if held_by_other {
+            b.prepare_private(&def.key).await?
+        } else {
+            b.prepare(&def.key).await?
+        };
+        if let (true, Some(schema)) = (switch, back.as_deref()) {
+            b.init_db(schema).await?;
+        }
+        self.state.counters_on_backend = false;
+        let (server_id, _) = prepared.map_err(NotReady::Server)?;
+        if held_by_other {
+            self.stmts.holds.insert(
+                id,
+                Hold {
+                    server_id,
+                    private: true,
+                    cursor: false,
+                    long_data: false,
+                },
+            );
+        }
+        Ok((server_id, None))
+    }
+
+    /// Types the server holds for a held statement: a private one gets them from its own
+    /// executes, which `note_bound_types` records in the hold's cache entry.
+    fn held_types(
+        &mut self,
+        server_id: u32,
+        private: bool,
+        def: &StatementDef,
+    ) -> Option<Arc<[u8]>> {
+        let b = self.backend.as_mut()?;
+        if private {
+            return b.private_types.get(&server_id).cloned();
+        }
+        b.statements
+            .get_mut(&def.key)
+            .and_then(|e| e.bound_types.clone())
+    }
+
+    /// After an execute that carried or was given the client's types, the server holds them.
+    fn note_bound_types(&mut self, id: u32, def: &StatementDef) {
+        let (Some(types), Some(b)) = (def.types.clone(), self.backend.as_mut()) else {
+            return;
+        };
+        match self.stmts.holds.get(&id) {
+            Some(h) if h.private => {
+                b.private_types.insert(h.server_id, types);
+            }
+            _ => {
+                if let Some(e) = b.statements.get_mut(&def.key) {
+                    e.bound_types = Some(types);
+                }
+            }
+        }
+    }
+
+    /// Changes statement `id`'s hold; a hold with neither cursor nor long data ends (a private
+    /// statement is closed then), and a new one marks the cached statement as held.
+    async fn update_hold(&mut self, id: u32, change: impl FnOnce(&mut Hold)) {
+        let Some(def) = self.stmts.defs.get(&id) else {
+            self.stmts.holds.remove(&id);
+            return;
+        };
+        let key = def.key.clone();
+        let Some(b) = self.backend.as_mut() else {
+            self.stmts.holds.remove(&id);
+            return;
+        };
+        let mut hold = match self.stmts.holds.get(&id) {
+            Some(h) => *h,
+            None => match b.statements.get_mut(&key) {
+                Some(e) => Hold {
+                    server_id: e.server_id,
+                    private: false,
+                    cursor: false,
+                    long_data: false,
+                },
+                None => return,
+            },
+        };
+        change(&mut hold);
+        let active = hold.cursor || hold.long_data;
+        if !hold.private
+            && let Some(e) = b.statements.get_mut(&key)
+        {
+            e.held = active;
+        }
+        if active {
+            self.stmts.holds.insert(id, hold);
+            return;
+        }
+        self.stmts.holds.remove(&id);
+        if hold.private {
+            b.private_types.remove(&hold.server_id);
+            if let Err(e) = b.close_statement(hold.server_id).await {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot close a private statement");
+                b.broken = true;
+            }
+        }
+    }
+
+    /// Forwards the client's command with its statement id replaced by the server's. Returns
+    /// the flow if the session cannot go on with the command.
+    async fn forward_with_id(&mut self, server_id: u32) -> Option<Flow> {
+        if let Some(id) = self
+            .client
+            .buffered_mut()
+            .get_mut(HEADER_LEN + 1..HEADER_LEN + 5)
+        {
+            id.copy_from_slice(&server_id.to_le_bytes());
+        }
+        self.send_command().await
+    }
+
+    /// Forwards a COM_STMT_EXECUTE that relies on types the server's statement lacks, with the
+    /// client's types put in.
+    async fn forward_execute_with_types(
+        &mut self,
+        exec: &Execute,
+        server_id: u32,
+        def: &StatementDef,
+    ) -> Option<Flow> {
+        let max = self.shared.config.max_allowed_packet;
+        let payload = match self.client.read_packet(max).await {
+            Ok((_, p)) => p,
+            Err(ProtocolError::TooLarge { max, .. }) => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.broken = true;
+                }
+                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                return Some(Flow::Close);
+            }
+            Err(_) => return Some(Flow::Close),
+        };
+        let (Some(at), Some(types)) = (exec.bound_flag_at, def.types.as_ref()) else {
+            return Some(Flow::Close);
+        };
+        let Some((head, values)) = payload
+            .split_at_checked(at)
+            .and_then(|(h, rest)| Some((h, rest.get(1..)?)))
+        else {
+            return Some(
+                self.reply_error(&ClientError::malformed_packet("COM_STMT_EXECUTE"))
+                    .await,
+            );
+        };
+        let mut rebuilt = Vec::with_capacity(payload.len() + types.len() + 1);
+        rebuilt.extend_from_slice(head);
+        rebuilt.push(1);
+        rebuilt.extend_from_slice(types);
+        rebuilt.extend_from_slice(values);
+        if let Some(id) = rebuilt.get_mut(1..5) {
+            id.copy_from_slice(&server_id.to_le_bytes());
+        }
+        let b = self.backend.as_mut()?;
+        match b.stream.write_packet(0, &rebuilt).await {
+            Ok(()) => {
+                b.last_used = std::time::Instant::now();
+                None
+            }
+            Err(e) => Some(self.backend_lost(e.into(), false).await),
+        }
+    }
+
+    /// Forwards the client's command packet as it is in the buffer.
+    pub(super) async fn send_command(&mut self) -> Option<Flow> {
+        let max = self.shared.config.max_allowed_packet;
+        let backend = self.backend.as_mut()?;
+        let result = forward_packet(
+            &mut self.client,
+            &mut backend.stream,
+            max,
+            Direction::ToBackend,
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                backend.last_used = std::time::Instant::now();
+                None
+            }
+            Err(RelayError::TooLarge { .. }) => {
+                backend.broken = true;
+                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                Some(Flow::Close)
+            }
+            Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
+                Some(self.backend_lost(e, false).await)
+            }
+            Err(RelayError::Client(_)) => {
+                backend.broken = true;
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    /// A statement could not be made ready: the command is dropped and the client told why.
+    async fn failed_before_relay(&mut self, e: NotReady) -> Flow {
+        if self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        match e {
+            NotReady::Server(packet) => {
+                let flow = self.reply_raw_error(&packet).await;
+                self.release_if_free().await;
+                flow
+            }
+            NotReady::Backend(e) => self.backend_failed(e).await,
+        }
+    }
+
+    /// Sluice's own command on the backend failed: a server error goes to the client as it is;
+    /// a broken connection is dropped.
+    pub(super) async fn backend_failed(&mut self, e: BackendError) -> Flow {
+        match e {
+            BackendError::Command { code, message, .. } => {
+                self.release_if_free().await;
+                self.reply_error(&ClientError {
+                    code,
+                    sql_state: *b"HY000",
+                    message,
+                })
+                .await
+            }
+            other => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.broken = true;
+                }
+                self.stmts.drop_holds();
+                self.unpin_all();
+                self.release().await;
+                self.reply_error(&ClientError::backend_lost(&other.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Relays an ERR packet the server sent to one of Sluice's own commands.
+    async fn reply_raw_error(&mut self, packet: &[u8]) -> Flow {
+        match self.client.write_packet(1, packet).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+}

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use mysql_async::prelude::Queryable;
-use sluice_testkit::process::{find_program, output_with_timeout};
+use sluice_testkit::process::find_program;
+use sluice_testkit::sysbench::{Run, Sample, Sysbench};
 use sluice_testkit::{
     MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess, free_port, spawn_tied,
 };
@@ -42,8 +43,6 @@ const IDLE_CLIENTS: usize = 5_000;
 const LOGIN_CONCURRENCY: usize = 64;
 /// Deadline for opening (or closing) all idle clients.
 const IDLE_DEADLINE: Duration = Duration::from_secs(180);
-/// Beyond `--time`: connecting 512 clients, sysbench's start-up and its report.
-const SYSBENCH_SLACK: Duration = Duration::from_secs(120);
 /// How long HAProxy may take to forward a first greeting, or to exit after SIGTERM.
 const HAPROXY_DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -62,7 +61,6 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let settings = Settings::from_env()?;
-    let sysbench = find_program("sysbench", INSTALL)?;
     let haproxy_bin = find_program("haproxy", INSTALL)?;
     let nofile = raise_nofile_limit()?;
     let started = Instant::now();
@@ -74,10 +72,7 @@ fn main() -> Result<()> {
     })?;
     let db_version = db.sql("SELECT VERSION()")?.trim().to_owned();
     db.sql("CREATE DATABASE sbtest")?;
-    let sysbench = Sysbench {
-        path: sysbench,
-        password: db.app_password().to_owned(),
-    };
+    let sysbench = Sysbench::new(db.app_password(), TABLES, TABLE_SIZE)?;
     sysbench.prepare(db.addr())?;
     let sluice_opts = SluiceOptions {
         max_connections: SLUICE_POOL,
@@ -139,7 +134,13 @@ fn main() -> Result<()> {
                     round + 1,
                     target.name()
                 );
-                match sysbench.run(addr, clients, settings.seconds) {
+                let run = Run {
+                    workload: "oltp_point_select".to_owned(),
+                    threads: clients,
+                    seconds: settings.seconds,
+                    prepared: false,
+                };
+                match sysbench.run(addr, &run).and_then(clean) {
                     Ok(sample) => {
                         eprintln!(
                             "{:>9.0} q/s  p50 {:>6.0} µs  p99 {:>7.0} µs",
@@ -277,14 +278,6 @@ impl Target {
     }
 }
 
-/// One sysbench run's figures.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    qps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
 /// Medians over the rounds, per target, at one concurrency.
 struct Point {
     clients: usize,
@@ -310,148 +303,25 @@ fn median_sample(samples: &[Sample]) -> Option<Sample> {
     let pick = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
     Some(Sample {
         qps: pick(|s| s.qps)?,
+        tps: pick(|s| s.tps)?,
         p50_us: pick(|s| s.p50_us)?,
         p99_us: pick(|s| s.p99_us)?,
+        ignored_errors: 0,
+        reconnects: 0,
     })
 }
 
-struct Sysbench {
-    path: PathBuf,
-    password: String,
-}
-
-impl Sysbench {
-    /// The options every invocation shares, as user `app` on `addr`.
-    fn command(&self, addr: SocketAddr) -> Command {
-        let mut cmd = Command::new(&self.path);
-        cmd.arg("oltp_point_select")
-            .arg("--db-driver=mysql")
-            .arg(format!("--mysql-host={}", addr.ip()))
-            .arg(format!("--mysql-port={}", addr.port()))
-            .arg("--mysql-user=app")
-            // A random password of a private, loopback-only sandbox.
-            .arg(format!("--mysql-password={}", self.password))
-            .arg("--mysql-db=sbtest")
-            .arg("--mysql-ssl=off")
-            .arg(format!("--tables={TABLES}"))
-            .arg(format!("--table-size={TABLE_SIZE}"));
-        cmd
+/// sysbench carries on past the errors it ignores (deadlocks and the like) and past
+/// reconnects; neither should happen on point selects, so either spoils the run.
+fn clean(s: Sample) -> Result<Sample> {
+    if s.ignored_errors > 0 || s.reconnects > 0 {
+        bail!(
+            "sysbench counted {} ignored errors and {} reconnects",
+            s.ignored_errors,
+            s.reconnects
+        );
     }
-
-    fn prepare(&self, addr: SocketAddr) -> Result<()> {
-        let mut cmd = self.command(addr);
-        cmd.arg("prepare");
-        let out = output_with_timeout(cmd, None, Duration::from_secs(300))?;
-        if !out.status.success() {
-            bail!(
-                "sysbench prepare failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    fn run(&self, addr: SocketAddr, clients: usize, seconds: u32) -> Result<Sample> {
-        let mut cmd = self.command(addr);
-        cmd.arg("--db-ps-mode=disable")
-            .arg(format!("--threads={clients}"))
-            .arg(format!("--time={seconds}"))
-            .arg("--histogram=on")
-            .arg("--report-interval=0")
-            .arg("run");
-        let timeout = Duration::from_secs(seconds.into()) + SYSBENCH_SLACK;
-        let out = output_with_timeout(cmd, None, timeout)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "sysbench exited with {}:\n{}{}",
-                out.status,
-                tail(&stdout, 15),
-                tail(&String::from_utf8_lossy(&out.stderr), 15)
-            );
-        }
-        parse_run(&stdout).with_context(|| format!("unexpected sysbench output:\n{stdout}"))
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    let mut out = all[all.len().saturating_sub(lines)..].join("\n");
-    out.push('\n');
-    out
-}
-
-/// Queries per second from the summary, p50 and p99 from the latency histogram.
-fn parse_run(stdout: &str) -> Result<Sample> {
-    // sysbench carries on past the errors it ignores (deadlocks and the like) and past
-    // reconnects; neither should happen on point selects, so either spoils the run.
-    for counter in ["ignored errors:", "reconnects:"] {
-        let count: u64 = stdout
-            .lines()
-            .find_map(|l| l.trim_start().strip_prefix(counter))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no `{counter}` line"))?;
-        if count > 0 {
-            bail!("sysbench counted {count} {}", counter.trim_end_matches(':'));
-        }
-    }
-    // "    queries:                             123456 (24680.12 per sec.)"
-    let qps = stdout
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("queries:"))
-        .and_then(|rest| {
-            rest.split_once('(')?
-                .1
-                .split_once(" per sec.")?
-                .0
-                .parse()
-                .ok()
-        })
-        .context("no `queries: N (X per sec.)` line")?;
-    let histogram = parse_histogram(stdout)?;
-    Ok(Sample {
-        qps,
-        p50_us: percentile(&histogram, 0.50)? * 1000.0,
-        p99_us: percentile(&histogram, 0.99)? * 1000.0,
-    })
-}
-
-/// The (bucket value in ms, count) lines that follow "Latency histogram", in rising order:
-/// "       0.087 |**********                               1234".
-fn parse_histogram(stdout: &str) -> Result<Vec<(f64, u64)>> {
-    let start = stdout
-        .find("Latency histogram")
-        .context("no latency histogram (--histogram=on)")?;
-    let buckets: Vec<(f64, u64)> = stdout[start..]
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let (value, rest) = line.split_once('|')?;
-            let value = value.trim().parse().ok()?;
-            let count = rest.split_whitespace().last()?.parse().ok()?;
-            Some((value, count))
-        })
-        .collect();
-    if buckets.is_empty() {
-        bail!("the latency histogram has no buckets");
-    }
-    Ok(buckets)
-}
-
-/// The smallest bucket value at or below which `q` of all events fall.
-fn percentile(buckets: &[(f64, u64)], q: f64) -> Result<f64> {
-    let total: u64 = buckets.iter().map(|(_, n)| n).sum();
-    let rank = (q * total as f64).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for &(value, count) in buckets {
-        seen += count;
-        if seen >= rank {
-            return Ok(value);
-        }
-    }
-    Err(anyhow!("empty latency histogram"))
+    Ok(s)
 }
 
 /// HAProxy as a plain TCP forwarder in front of `backend`; stopped and cleaned up on drop.

@@ -1,0 +1,134 @@
+/**
+ * Reads the app's settings from CDK context (`cdk synth -c taskCount=3`, or cdk.json), checking
+ * each value so a typo fails synth with the key's name instead of deploying something else.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { Duration } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { Node } from 'constructs';
+
+import type { SluiceStackProps } from './sluice-stack';
+
+/** The repository root: the Docker build context, and where cargo puts its output. */
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+/** What `cargo lambda build --release --arm64 --output-format zip` produces for function/. */
+export const DEFAULT_FUNCTION_ZIP = path.join(
+  REPO_ROOT,
+  'target',
+  'lambda',
+  'sluice-function',
+  'bootstrap.zip',
+);
+
+/** Every context key the app reads, with what it means (see infra/README.md). */
+export const CONTEXT_KEYS = {
+  stackName: 'name of the main stack (default Sluice)',
+  azCount: 'availability zones (default 2)',
+  availabilityZones: 'comma-separated zones, overrides azCount',
+  taskCount: 'Sluice tasks (default 2)',
+  taskCpu: 'Fargate CPU units per task (default 512)',
+  taskMemory: 'Fargate memory per task in MiB (default 1024)',
+  backendMaxConnections: 'backend connections per Sluice task (default 20)',
+  shutdownTimeoutSeconds: "Sluice's SIGTERM deadline (default 30)",
+  dbInstanceType: 'RDS instance type without "db." (default t4g.micro)',
+  dbStorageGiB: 'allocated storage (default 20)',
+  dbName: 'a database to create and pass to the Lambda as DB_NAME',
+  multiAz: 'true for a standby in a second zone (default false)',
+  deletionProtection: 'false to allow deleting the database (default true)',
+  functionZip: 'the Lambda package (default target/lambda/sluice-function/bootstrap.zip)',
+  sidecarExample: 'true to add the SluiceSidecar example stack',
+  sidecarAppRepository: "the example application's ECR repository (required with sidecarExample)",
+  sidecarAppTag: "the example application's image tag (default latest)",
+} as const;
+
+export type ContextKey = keyof typeof CONTEXT_KEYS;
+
+export class ContextReader {
+  constructor(private readonly node: Node) {}
+
+  string(key: ContextKey): string | undefined {
+    const value: unknown = this.node.tryGetContext(key);
+    if (value === undefined || value === null || value === '') return undefined;
+    if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
+      throw new Error(`context ${key}: expected a string, got ${JSON.stringify(value)}`);
+    }
+    return String(value);
+  }
+
+  integer(key: ContextKey): number | undefined {
+    const raw = this.string(key);
+    if (raw === undefined) return undefined;
+    if (!/^[0-9]+$/.test(raw.trim()) || Number(raw) < 1) {
+      throw new Error(`context ${key}: expected a positive integer, got ${JSON.stringify(raw)}`);
+    }
+    return Number(raw);
+  }
+
+  boolean(key: ContextKey): boolean | undefined {
+    const raw = this.string(key);
+    if (raw === undefined) return undefined;
+    if (raw === 'true') return true;
+    if (raw === 'false') return false;
+    throw new Error(`context ${key}: expected true or false, got ${JSON.stringify(raw)}`);
+  }
+
+  list(key: ContextKey): string[] | undefined {
+    const raw = this.string(key);
+    if (raw === undefined) return undefined;
+    const items = raw
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '');
+    return items.length > 0 ? items : undefined;
+  }
+}
+
+/** The stack's sizing and behaviour from context (everything but the image and the code). */
+export function stackSettingsFromContext(
+  node: Node,
+): Omit<SluiceStackProps, 'sluiceImage' | 'functionCode'> {
+  const ctx = new ContextReader(node);
+  const shutdown = ctx.integer('shutdownTimeoutSeconds');
+  const instanceType = ctx.string('dbInstanceType');
+  return {
+    azCount: ctx.integer('azCount'),
+    availabilityZones: ctx.list('availabilityZones'),
+    taskCount: ctx.integer('taskCount'),
+    taskCpu: ctx.integer('taskCpu'),
+    taskMemoryMiB: ctx.integer('taskMemory'),
+    backendMaxConnections: ctx.integer('backendMaxConnections'),
+    shutdownTimeout: shutdown === undefined ? undefined : Duration.seconds(shutdown),
+    databaseInstanceType:
+      instanceType === undefined
+        ? undefined
+        : new ec2.InstanceType(instanceType.replace(/^db\./, '')),
+    databaseStorageGiB: ctx.integer('dbStorageGiB'),
+    databaseName: ctx.string('dbName'),
+    multiAz: ctx.boolean('multiAz'),
+    deletionProtection: ctx.boolean('deletionProtection'),
+  };
+}
+
+/**
+ * The Lambda package: the zip cargo lambda builds (or a directory holding `bootstrap`). Fails
+ * with the command to run when it is missing, rather than deploying a stack without code.
+ */
+export function functionCodeFromContext(node: Node): lambda.Code {
+  const configured = new ContextReader(node).string('functionZip');
+  const location = configured ? path.resolve(configured) : DEFAULT_FUNCTION_ZIP;
+  if (!fs.existsSync(location)) {
+    throw new Error(
+      `The Lambda package ${location} does not exist. Build it from the repository root with\n` +
+        '    cargo lambda build --release --arm64 --output-format zip -p sluice-function\n' +
+        '(cargo-lambda and ziglang install from PyPI: pip install cargo-lambda ziglang), ' +
+        'or point -c functionZip=PATH at a zip or a directory containing bootstrap.',
+    );
+  }
+  if (fs.statSync(location).isDirectory() && !fs.existsSync(path.join(location, 'bootstrap'))) {
+    throw new Error(`functionZip ${location} is a directory without a bootstrap executable`);
+  }
+  return lambda.Code.fromAsset(location);
+}

@@ -1,0 +1,455 @@
+/**
+ * The seed's deployment with Sluice in place of RDS Proxy: an isolated VPC, RDS MySQL with a
+ * generated secret under a customer-managed key, Sluice on ECS Fargate (arm64) behind an
+ * internal Network Load Balancer, and the Rust Lambda that talks to the database through it.
+ *
+ * Traffic on 3306 follows one chain of security groups and nothing else may come in:
+ *
+ *   Lambda SG --3306--> NLB SG --3306 (+9090 health checks)--> Sluice SG --3306--> RDS SG
+ *
+ * The interface endpoints accept HTTPS from the two security groups whose workloads call AWS
+ * (Sluice and the Lambda), not from the whole VPC.
+ */
+import {
+  CfnOutput,
+  Duration,
+  RemovalPolicy,
+  Stack,
+  StackProps,
+  Token,
+  Validations,
+} from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as rds from 'aws-cdk-lib/aws-rds';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import { Construct } from 'constructs';
+
+import { grantSecretRead } from './grants';
+import { addSluiceContainer, HEALTH_PORT, MYSQL_PORT } from './sluice-container';
+
+/** The database's master user name, as in the seed (the password is generated). */
+export const DATABASE_USERNAME = 'admin';
+/** The VPC's address range. */
+export const VPC_CIDR = '10.0.0.0/16';
+/** The MySQL engine: a concrete version, so synth never picks one silently. */
+export const DEFAULT_ENGINE_VERSION = rds.MysqlEngineVersion.VER_8_4_8;
+
+export interface SluiceStackProps extends StackProps {
+  /** The Sluice image (the real app builds it from the repository's Dockerfile). */
+  readonly sluiceImage: ecs.ContainerImage;
+  /** The Lambda's code (the real app uses cargo lambda's bootstrap.zip). */
+  readonly functionCode: lambda.Code;
+  /** Number of availability zones (default 2; more needs a concrete region or `availabilityZones`). */
+  readonly azCount?: number;
+  /** Explicit availability zones (overrides `azCount`). */
+  readonly availabilityZones?: string[];
+  /** Sluice tasks; ECS spreads them across the zones (default 2). */
+  readonly taskCount?: number;
+  /** Fargate CPU units per Sluice task (default 512). */
+  readonly taskCpu?: number;
+  /** Fargate memory per Sluice task in MiB (default 1024). */
+  readonly taskMemoryMiB?: number;
+  /**
+   * Backend connections each Sluice task may open (default 20). The database sees at most
+   * taskCount x this many connections from Sluice: keep it under its max_connections.
+   */
+  readonly backendMaxConnections?: number;
+  /** How long Sluice lets transactions finish after SIGTERM (default 30 s, at most 115 s). */
+  readonly shutdownTimeout?: Duration;
+  /** Database instance type (default db.t4g.micro). */
+  readonly databaseInstanceType?: ec2.InstanceType;
+  /** MySQL version (default 8.4.8). */
+  readonly databaseEngineVersion?: rds.MysqlEngineVersion;
+  /** Allocated storage in GiB (default 20; autoscaling up to 5x). */
+  readonly databaseStorageGiB?: number;
+  /** A standby in a second zone (default false). */
+  readonly multiAz?: boolean;
+  /** Refuse to delete the database (default true). */
+  readonly deletionProtection?: boolean;
+  /** A database to create and to pass to the Lambda as DB_NAME (default none). */
+  readonly databaseName?: string;
+  /** Lambda memory in MiB (default 256). */
+  readonly functionMemoryMiB?: number;
+  /** Lambda timeout (default 10 s). */
+  readonly functionTimeout?: Duration;
+  /** Retention of the log groups this stack creates (default one month). */
+  readonly logRetention?: logs.RetentionDays;
+}
+
+export class SluiceStack extends Stack {
+  readonly vpc: ec2.Vpc;
+  readonly key: kms.Key;
+  /** The generated database secret as created (before RDS attaches host and port to it). */
+  readonly generatedSecret: secretsmanager.Secret;
+  /** The database secret once attached to the instance: what consumers are given. */
+  readonly secret: secretsmanager.ISecret;
+  readonly database: rds.DatabaseInstance;
+  readonly cluster: ecs.Cluster;
+  readonly service: ecs.FargateService;
+  readonly loadBalancer: elbv2.NetworkLoadBalancer;
+  readonly targetGroup: elbv2.NetworkTargetGroup;
+  readonly function: lambda.Function;
+  readonly lambdaSecurityGroup: ec2.SecurityGroup;
+  readonly loadBalancerSecurityGroup: ec2.SecurityGroup;
+  readonly sluiceSecurityGroup: ec2.SecurityGroup;
+  readonly databaseSecurityGroup: ec2.SecurityGroup;
+  readonly endpointSecurityGroup: ec2.SecurityGroup;
+
+  constructor(scope: Construct, id: string, props: SluiceStackProps) {
+    super(scope, id, props);
+    const taskCount = positiveInteger('taskCount', props.taskCount ?? 2);
+    const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
+    const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
+    const deletionProtection = props.deletionProtection ?? true;
+    const multiAz = props.multiAz ?? false;
+    const storageGiB = positiveInteger('databaseStorageGiB', props.databaseStorageGiB ?? 20);
+
+    // ---- Network: isolated subnets only, and the endpoints they need -----------------------
+    const azCount = positiveInteger('azCount', props.azCount ?? 2);
+    if (props.availabilityZones === undefined && azCount > 2 && Token.isUnresolved(this.region)) {
+      throw new Error(
+        `azCount=${azCount} needs a stack with a concrete region (set CDK_DEFAULT_REGION or ` +
+          'the "region" context) or an explicit availabilityZones list: an environment-agnostic ' +
+          'stack can only spread over 2 zones',
+      );
+    }
+    this.vpc = new ec2.Vpc(this, 'Vpc', {
+      ipAddresses: ec2.IpAddresses.cidr(VPC_CIDR),
+      ...(props.availabilityZones
+        ? { availabilityZones: props.availabilityZones }
+        : { maxAzs: azCount }),
+      natGateways: 0,
+      subnetConfiguration: [
+        { name: 'isolated', subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 },
+      ],
+      restrictDefaultSecurityGroup: true,
+      flowLogs: {
+        all: {
+          destination: ec2.FlowLogDestination.toCloudWatchLogs(
+            new logs.LogGroup(this, 'FlowLogs', { retention: logRetention }),
+          ),
+          trafficType: ec2.FlowLogTrafficType.ALL,
+        },
+      },
+    });
+    const isolated: ec2.SubnetSelection = { subnetType: ec2.SubnetType.PRIVATE_ISOLATED };
+    if (this.vpc.isolatedSubnets.length < 2) {
+      throw new Error('RDS and the load balancer need subnets in at least 2 availability zones');
+    }
+
+    this.endpointSecurityGroup = new ec2.SecurityGroup(this, 'EndpointSecurityGroup', {
+      vpc: this.vpc,
+      description: 'VPC interface endpoints: HTTPS from Sluice and the Lambda only',
+      allowAllOutbound: false,
+    });
+    const interfaceEndpoints: Record<string, ec2.InterfaceVpcEndpointAwsService> = {
+      SecretsManager: ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+      Kms: ec2.InterfaceVpcEndpointAwsService.KMS,
+      EcrApi: ec2.InterfaceVpcEndpointAwsService.ECR,
+      EcrDocker: ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+      Logs: ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    };
+    for (const [name, service] of Object.entries(interfaceEndpoints)) {
+      this.vpc.addInterfaceEndpoint(`${name}Endpoint`, {
+        service,
+        subnets: isolated,
+        privateDnsEnabled: true,
+        open: false,
+        securityGroups: [this.endpointSecurityGroup],
+      });
+    }
+    // ECR keeps image layers in S3: Fargate fetches them through this gateway.
+    this.vpc.addGatewayEndpoint('S3Endpoint', {
+      service: ec2.GatewayVpcEndpointAwsService.S3,
+      subnets: [isolated],
+    });
+
+    // ---- Security groups: the chain ------------------------------------------------------------
+    const securityGroup = (id: string, description: string) =>
+      new ec2.SecurityGroup(this, id, { vpc: this.vpc, description, allowAllOutbound: false });
+    this.lambdaSecurityGroup = securityGroup('FunctionSecurityGroup', 'Sluice demo Lambda');
+    this.loadBalancerSecurityGroup = securityGroup(
+      'LoadBalancerSecurityGroup',
+      'Sluice internal NLB: MySQL from the Lambda',
+    );
+    this.sluiceSecurityGroup = securityGroup(
+      'SluiceSecurityGroup',
+      'Sluice tasks: MySQL and health checks from the NLB',
+    );
+    this.databaseSecurityGroup = securityGroup('DatabaseSecurityGroup', 'RDS: MySQL from Sluice');
+
+    const mysql = ec2.Port.tcp(MYSQL_PORT);
+    this.lambdaSecurityGroup.connections.allowTo(
+      this.loadBalancerSecurityGroup,
+      mysql,
+      'Lambda to Sluice NLB',
+    );
+    this.loadBalancerSecurityGroup.connections.allowTo(
+      this.sluiceSecurityGroup,
+      mysql,
+      'NLB to Sluice',
+    );
+    this.loadBalancerSecurityGroup.connections.allowTo(
+      this.sluiceSecurityGroup,
+      ec2.Port.tcp(HEALTH_PORT),
+      'NLB health checks to Sluice /readyz',
+    );
+    this.sluiceSecurityGroup.connections.allowTo(
+      this.databaseSecurityGroup,
+      mysql,
+      'Sluice to RDS',
+    );
+    const https = ec2.Port.tcp(443);
+    this.lambdaSecurityGroup.connections.allowTo(
+      this.endpointSecurityGroup,
+      https,
+      'Lambda to VPC endpoints',
+    );
+    this.endpointSecurityGroup.addIngressRule(
+      this.sluiceSecurityGroup,
+      https,
+      'Sluice to VPC endpoints',
+    );
+    // Image layers come from S3 through the gateway endpoint, whose prefix list cannot be
+    // looked up offline; the isolated subnets have no route to anywhere else.
+    this.sluiceSecurityGroup.addEgressRule(
+      ec2.Peer.anyIpv4(),
+      https,
+      'HTTPS to the VPC endpoints and the S3 gateway (no internet route exists)',
+    );
+
+    // ---- Key and secret ---------------------------------------------------------------------------
+    this.key = new kms.Key(this, 'Key', {
+      description: 'Sluice: encrypts the database secret and the database storage',
+      enableKeyRotation: true,
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    this.generatedSecret = new secretsmanager.Secret(this, 'DatabaseSecret', {
+      description: 'RDS master credentials, read by Sluice and the Lambda',
+      encryptionKey: this.key,
+      generateSecretString: {
+        secretStringTemplate: JSON.stringify({ username: DATABASE_USERNAME }),
+        generateStringKey: 'password',
+        excludePunctuation: true,
+        passwordLength: 32,
+      },
+    });
+    Validations.of(this.generatedSecret).acknowledge({
+      id: 'AwsSolutions-SMG4',
+      reason:
+        'Rotation is not scheduled by this stack: the hosted rotation Lambda would need its own ' +
+        'path to the database outside the Lambda -> NLB -> Sluice -> RDS chain. Sluice re-reads ' +
+        'the secret periodically and when the database rejects a password, so rotation can be ' +
+        'added without restarting it.',
+    });
+
+    // ---- Database -------------------------------------------------------------------------------------
+    const engine = rds.DatabaseInstanceEngine.mysql({
+      version: props.databaseEngineVersion ?? DEFAULT_ENGINE_VERSION,
+    });
+    this.database = new rds.DatabaseInstance(this, 'Database', {
+      engine,
+      instanceType:
+        props.databaseInstanceType ??
+        ec2.InstanceType.of(ec2.InstanceClass.BURSTABLE4_GRAVITON, ec2.InstanceSize.MICRO),
+      vpc: this.vpc,
+      vpcSubnets: isolated,
+      securityGroups: [this.databaseSecurityGroup],
+      credentials: rds.Credentials.fromSecret(this.generatedSecret),
+      databaseName: props.databaseName,
+      port: MYSQL_PORT,
+      multiAz,
+      publiclyAccessible: false,
+      storageEncrypted: true,
+      storageEncryptionKey: this.key,
+      storageType: rds.StorageType.GP3,
+      allocatedStorage: storageGiB,
+      maxAllocatedStorage: storageGiB * 5,
+      backupRetention: Duration.days(7),
+      deletionProtection,
+      removalPolicy: deletionProtection ? RemovalPolicy.SNAPSHOT : RemovalPolicy.DESTROY,
+      autoMinorVersionUpgrade: true,
+      caCertificate: rds.CaCertificate.RDS_CA_RSA2048_G1,
+      parameterGroup: new rds.ParameterGroup(this, 'DatabaseParameters', {
+        engine,
+        description: 'Sluice: TLS required (Sluice verifies the server certificate)',
+        parameters: { require_secure_transport: '1' },
+      }),
+    });
+    this.secret = this.database.secret!;
+    Validations.of(this.database).acknowledge({
+      id: 'AwsSolutions-RDS11',
+      reason:
+        'MySQL clients and the seed expect 3306; the instance is reachable only from the Sluice ' +
+        'security group in isolated subnets, so a non-default port would hide nothing.',
+    });
+    if (!multiAz) {
+      Validations.of(this.database).acknowledge({
+        id: 'AwsSolutions-RDS3',
+        reason:
+          'Single-AZ by default to keep the demo deployment cheap, as in the seed; pass ' +
+          'multiAz (context multiAz=true) for a standby in a second zone.',
+      });
+    }
+    if (!deletionProtection) {
+      Validations.of(this.database).acknowledge({
+        id: 'AwsSolutions-RDS10',
+        reason: 'Deletion protection was turned off explicitly (context deletionProtection=false).',
+      });
+    }
+
+    // ---- Sluice on ECS Fargate behind an internal NLB --------------------------------------------
+    this.cluster = new ecs.Cluster(this, 'Cluster', {
+      vpc: this.vpc,
+      containerInsightsV2: ecs.ContainerInsights.ENABLED,
+    });
+    const taskDefinition = new ecs.FargateTaskDefinition(this, 'SluiceTask', {
+      cpu: props.taskCpu ?? 512,
+      memoryLimitMiB: props.taskMemoryMiB ?? 1024,
+      runtimePlatform: {
+        cpuArchitecture: ecs.CpuArchitecture.ARM64,
+        operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+      },
+    });
+    addSluiceContainer(this, taskDefinition, {
+      image: props.sluiceImage,
+      portMappings: true,
+      logging: ecs.LogDrivers.awsLogs({
+        streamPrefix: 'sluice',
+        logGroup: new logs.LogGroup(this, 'SluiceLogs', { retention: logRetention }),
+      }),
+      settings: {
+        listenHost: '0.0.0.0',
+        healthHost: '0.0.0.0',
+        backendAddress: `${this.database.dbInstanceEndpointAddress}:${this.database.dbInstanceEndpointPort}`,
+        backendMaxConnections: props.backendMaxConnections ?? 20,
+        secretArns: [this.secret.secretArn],
+        shutdownTimeout,
+      },
+    });
+    grantSecretRead(taskDefinition.taskRole, this.secret);
+    Validations.of(taskDefinition).acknowledge({
+      id: 'AwsSolutions-ECS2',
+      reason:
+        'The environment holds Sluice configuration only (addresses, limits, the secret ARN); ' +
+        'no secret value. Sluice fetches the credentials from Secrets Manager at run time.',
+    });
+
+    this.service = new ecs.FargateService(this, 'SluiceService', {
+      cluster: this.cluster,
+      taskDefinition,
+      desiredCount: taskCount,
+      vpcSubnets: isolated,
+      securityGroups: [this.sluiceSecurityGroup],
+      assignPublicIp: false,
+      minHealthyPercent: 100,
+      maxHealthyPercent: 200,
+      circuitBreaker: { enable: true, rollback: true },
+      healthCheckGracePeriod: Duration.seconds(60),
+      platformVersion: ecs.FargatePlatformVersion.LATEST,
+      propagateTags: ecs.PropagatedTagSource.SERVICE,
+      enableECSManagedTags: true,
+    });
+    // The task must not start before the database and its secret are complete.
+    this.service.node.addDependency(this.database);
+
+    this.loadBalancer = new elbv2.NetworkLoadBalancer(this, 'LoadBalancer', {
+      vpc: this.vpc,
+      vpcSubnets: isolated,
+      internetFacing: false,
+      crossZoneEnabled: true,
+      securityGroups: [this.loadBalancerSecurityGroup],
+    });
+    Validations.of(this.loadBalancer).acknowledge({
+      id: 'AwsSolutions-ELB2',
+      reason:
+        'NLB access logs record TLS listeners only; this internal TCP listener would log nothing. ' +
+        'VPC flow logs cover the connections.',
+    });
+    this.targetGroup = new elbv2.NetworkTargetGroup(this, 'SluiceTargets', {
+      vpc: this.vpc,
+      port: MYSQL_PORT,
+      protocol: elbv2.Protocol.TCP,
+      targetType: elbv2.TargetType.IP,
+      // Traffic reaches the tasks from the NLB's own addresses, so the Sluice security group
+      // admits the NLB's group rather than every client's.
+      preserveClientIp: false,
+      // While a task drains, its open sessions carry on and new ones go elsewhere; then ECS
+      // sends SIGTERM and Sluice gets the same time again to finish open transactions.
+      deregistrationDelay: shutdownTimeout,
+      healthCheck: {
+        protocol: elbv2.Protocol.HTTP,
+        port: String(HEALTH_PORT),
+        path: '/readyz',
+        healthyHttpCodes: '200',
+        interval: Duration.seconds(10),
+        timeout: Duration.seconds(5),
+        healthyThresholdCount: 2,
+        unhealthyThresholdCount: 2,
+      },
+      targets: [
+        this.service.loadBalancerTarget({ containerName: 'sluice', containerPort: MYSQL_PORT }),
+      ],
+    });
+    this.loadBalancer.addListener('Mysql', {
+      port: MYSQL_PORT,
+      protocol: elbv2.Protocol.TCP,
+      defaultTargetGroups: [this.targetGroup],
+    });
+
+    // ---- The Lambda ---------------------------------------------------------------------------------
+    this.function = new lambda.Function(this, 'Function', {
+      description: 'Sluice demo: queries MySQL through Sluice',
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      architecture: lambda.Architecture.ARM_64,
+      handler: 'bootstrap',
+      code: props.functionCode,
+      memorySize: props.functionMemoryMiB ?? 256,
+      timeout: props.functionTimeout ?? Duration.seconds(10),
+      vpc: this.vpc,
+      vpcSubnets: isolated,
+      securityGroups: [this.lambdaSecurityGroup],
+      environment: {
+        SECRET_ARN: this.secret.secretArn,
+        PROXY_ENDPOINT: this.loadBalancer.loadBalancerDnsName,
+        ...(props.databaseName ? { DB_NAME: props.databaseName } : {}),
+      },
+      logGroup: new logs.LogGroup(this, 'FunctionLogs', { retention: logRetention }),
+    });
+    grantSecretRead(this.function, this.secret);
+    for (const policy of ['AWSLambdaBasicExecutionRole', 'AWSLambdaVPCAccessExecutionRole']) {
+      Validations.of(this.function.role!).acknowledge({
+        id: `AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/${policy}]`,
+        reason:
+          'AWS-maintained policies a Lambda in a VPC needs: writing its logs and managing its ' +
+          'network interfaces (the task asks for AWSLambdaVPCAccessExecutionRole explicitly). ' +
+          'They grant nothing on the secret, the key or the database.',
+      });
+    }
+
+    new CfnOutput(this, 'ProxyEndpoint', {
+      description: 'Sluice (internal NLB) host name; clients connect on port 3306',
+      value: this.loadBalancer.loadBalancerDnsName,
+    });
+    new CfnOutput(this, 'SecretArn', {
+      description: 'Database credentials (RDS secret format)',
+      value: this.secret.secretArn,
+    });
+    new CfnOutput(this, 'FunctionName', {
+      description: 'The Lambda that queries through Sluice',
+      value: this.function.functionName,
+    });
+  }
+}
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) {
+    throw new Error(`${name} must be a positive integer, got ${value}`);
+  }
+  return value;
+}

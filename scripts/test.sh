@@ -10,6 +10,8 @@ ensure_apt mariadb mariadb-client
 ensure_apt sysbench sysbench
 ensure_apt haproxy haproxy
 ensure_pymysql
+ensure_moto
+ensure_cargo_lambda
 # MySQL 9 (caching_sha2_password backend) lives in a cached Debian sid chroot.
 as_root env SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}" scripts/mysql9-chroot.sh
 

@@ -4,6 +4,8 @@
 pub mod clients;
 /// Private MariaDB servers on loopback with real random passwords.
 pub mod mariadb;
+/// A local AWS (Secrets Manager, KMS) for tests: `moto_server` on loopback.
+pub mod moto;
 /// Private MySQL 9 servers (caching_sha2_password only) from a Debian sid chroot.
 pub mod mysql9;
 /// Free loopback ports.
@@ -14,11 +16,14 @@ pub mod process;
 mod sandbox;
 /// The real `sluice` binary as a child process.
 pub mod sluice;
+/// sysbench runs and their figures.
+pub mod sysbench;
 
 pub use clients::{
     client_opts, mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success,
 };
 pub use mariadb::{MariaDb, MariaDbOptions};
+pub use moto::Moto;
 pub use mysql9::{Mysql9, Mysql9Options, Sha2Auth};
 pub use ports::free_port;
 pub use process::spawn_tied;

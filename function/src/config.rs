@@ -1,0 +1,291 @@
+//! Configuration from the environment, parsed once at init into [`Config`].
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SECRET_ARN` | the Secrets Manager secret (RDS format: `username`, `password`, `dbname`...) |
+//! | `PROXY_ENDPOINT` | Sluice: `host`, `host:port` or `[ipv6]:port`; port 3306 by default |
+//! | `DB_NAME` | the database for the `Customer` table; default: the secret's `dbname` |
+//! | `DB_TLS` | `off` (default) or `required`: TLS to the proxy, certificate and name verified |
+//! | `DB_TLS_CA_FILE` | PEM bundle to trust instead of the built-in web roots (with `required`) |
+//!
+//! Tests build a [`Config`] directly or through [`Config::from_lookup`]; nothing here reads
+//! the process environment except [`Config::from_env`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// The MySQL port used when `PROXY_ENDPOINT` names none.
+pub const DEFAULT_PORT: u16 = 3306;
+/// How long the first connection to the proxy may take (TCP, TLS, login).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections each function instance may hold: Lambda runs one invocation at a time per
+/// instance, so one connection serves them all. With more, an invocation that follows the
+/// previous one closely opens a second connection while the first is still being reset.
+pub const DEFAULT_POOL_MAX: usize = 1;
+
+/// Everything the function needs besides the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// ARN (or name) of the database secret.
+    pub secret_arn: String,
+    /// Host name or IP address of the proxy.
+    pub proxy_host: String,
+    /// TCP port of the proxy.
+    pub proxy_port: u16,
+    /// Database for the `Customer` table; `None` takes the secret's `dbname`.
+    pub db_name: Option<String>,
+    /// TLS to the proxy.
+    pub tls: DbTls,
+    /// Limit for opening one connection (TCP connect, TLS and login).
+    pub connect_timeout: Duration,
+    /// Most connections the instance's pool opens.
+    pub pool_max: usize,
+}
+
+/// Whether and how the function speaks TLS to the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTls {
+    /// Plain TCP (`DB_TLS=off`, the default).
+    Off,
+    /// TLS is required; the proxy's certificate must chain to `ca_file` (or, without one, to
+    /// the built-in web PKI roots) and name the proxy's host.
+    Required {
+        /// PEM file with the certificates to trust (`DB_TLS_CA_FILE`).
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl Config {
+    /// A configuration with the defaults for everything but the secret and the proxy.
+    pub fn new(secret_arn: impl Into<String>, proxy_host: impl Into<String>, port: u16) -> Config {
+        Config {
+            secret_arn: secret_arn.into(),
+            proxy_host: proxy_host.into(),
+            proxy_port: port,
+            db_name: None,
+            tls: DbTls::Off,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool_max: DEFAULT_POOL_MAX,
+        }
+    }
+
+    /// Reads the process environment (see the module documentation).
+    pub fn from_env() -> Result<Config, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup`; an empty value counts as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let secret_arn =
+            get("SECRET_ARN").ok_or_else(|| Error::Config("SECRET_ARN is not set".to_owned()))?;
+        let endpoint = get("PROXY_ENDPOINT")
+            .ok_or_else(|| Error::Config("PROXY_ENDPOINT is not set".to_owned()))?;
+        let (proxy_host, proxy_port) = parse_endpoint(&endpoint)?;
+        let ca_file = get("DB_TLS_CA_FILE").map(PathBuf::from);
+        let tls = match get("DB_TLS").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("off") => {
+                if let Some(ca) = ca_file {
+                    return Err(Error::Config(format!(
+                        "DB_TLS_CA_FILE is set ({}) but DB_TLS is off; set DB_TLS=required",
+                        ca.display()
+                    )));
+                }
+                DbTls::Off
+            }
+            Some("required") => DbTls::Required { ca_file },
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "DB_TLS is `{other}`; expected `off` or `required`"
+                )));
+            }
+        };
+        Ok(Config {
+            db_name: get("DB_NAME"),
+            tls,
+            ..Config::new(secret_arn, proxy_host, proxy_port)
+        })
+    }
+
+    /// `host:port` of the proxy, for messages and logs (IPv6 addresses in brackets).
+    pub fn endpoint(&self) -> String {
+        if self.proxy_host.contains(':') {
+            format!("[{}]:{}", self.proxy_host, self.proxy_port)
+        } else {
+            format!("{}:{}", self.proxy_host, self.proxy_port)
+        }
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+fn parse_endpoint(endpoint: &str) -> Result<(String, u16), Error> {
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "PROXY_ENDPOINT `{endpoint}` {why}; expected host or host:port"
+        ))
+    };
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("has no closing `]`"))?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("has text after `]`"))?,
+                ),
+            ),
+        }
+    } else {
+        match endpoint.matches(':').count() {
+            0 => (endpoint, None),
+            1 => {
+                let (host, port) = endpoint.split_once(':').unwrap_or((endpoint, ""));
+                (host, Some(port))
+            }
+            // More than one colon and no brackets: an IPv6 address without a port.
+            _ => (endpoint, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(bad("is not a host name"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port != 0 => port,
+            _ => return Err(bad("has an invalid port")),
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    fn message(r: Result<Config, Error>) -> String {
+        match r {
+            Err(e @ Error::Config(_)) => e.to_string(),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_environment_gets_defaults() {
+        let c = parse(&[("SECRET_ARN", "arn:x"), ("PROXY_ENDPOINT", "proxy.local")]).unwrap();
+        assert_eq!(c, Config::new("arn:x", "proxy.local", 3306));
+        assert_eq!(c.tls, DbTls::Off);
+        assert_eq!(c.db_name, None);
+        assert_eq!(c.endpoint(), "proxy.local:3306");
+    }
+
+    #[test]
+    fn endpoints() {
+        for (text, host, port) in [
+            ("h:3307", "h", 3307),
+            ("10.0.0.1", "10.0.0.1", 3306),
+            ("[::1]:4000", "::1", 4000),
+            ("[fe80::1]", "fe80::1", 3306),
+            ("fe80::1", "fe80::1", 3306),
+            (
+                " nlb.elb.amazonaws.com:3306 ",
+                "nlb.elb.amazonaws.com",
+                3306,
+            ),
+        ] {
+            let c = parse(&[("SECRET_ARN", "a"), ("PROXY_ENDPOINT", text)]).unwrap();
+            assert_eq!(
+                (c.proxy_host.as_str(), c.proxy_port),
+                (host, port),
+                "{text}"
+            );
+        }
+        let c = parse(&[("SECRET_ARN", "a"), ("PROXY_ENDPOINT", "[::1]:4000")]).unwrap();
+        assert_eq!(c.endpoint(), "[::1]:4000");
+    }
+
+    #[test]
+    fn bad_endpoints_are_named() {
+        for text in [
+            "h:0", "h:x", "h:70000", ":3306", "[::1", "[::1]x", "a b", "h:",
+        ] {
+            let m = message(parse(&[("SECRET_ARN", "a"), ("PROXY_ENDPOINT", text)]));
+            assert!(
+                m.contains("PROXY_ENDPOINT") && m.contains(text),
+                "{text}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_variables_are_named() {
+        assert!(message(parse(&[("PROXY_ENDPOINT", "h")])).contains("SECRET_ARN"));
+        assert!(
+            message(parse(&[("SECRET_ARN", "a"), ("PROXY_ENDPOINT", " ")]))
+                .contains("PROXY_ENDPOINT")
+        );
+    }
+
+    #[test]
+    fn tls_settings() {
+        let base = [("SECRET_ARN", "a"), ("PROXY_ENDPOINT", "h")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars = base.to_vec();
+            vars.extend_from_slice(extra);
+            parse(&vars)
+        };
+        assert_eq!(with(&[("DB_TLS", "off")]).unwrap().tls, DbTls::Off);
+        assert_eq!(
+            with(&[("DB_TLS", "Required")]).unwrap().tls,
+            DbTls::Required { ca_file: None }
+        );
+        assert_eq!(
+            with(&[("DB_TLS", "required"), ("DB_TLS_CA_FILE", "/opt/ca.pem")])
+                .unwrap()
+                .tls,
+            DbTls::Required {
+                ca_file: Some(PathBuf::from("/opt/ca.pem"))
+            }
+        );
+        let m = message(with(&[("DB_TLS", "yes")]));
+        assert!(m.contains("DB_TLS") && m.contains("yes"), "{m}");
+        let m = message(with(&[("DB_TLS_CA_FILE", "/opt/ca.pem")]));
+        assert!(
+            m.contains("DB_TLS_CA_FILE") && m.contains("DB_TLS is off"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn db_name_is_optional() {
+        let c = parse(&[
+            ("SECRET_ARN", "a"),
+            ("PROXY_ENDPOINT", "h"),
+            ("DB_NAME", "shop"),
+        ])
+        .unwrap();
+        assert_eq!(c.db_name.as_deref(), Some("shop"));
+    }
+}

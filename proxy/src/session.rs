@@ -409,9 +409,15 @@ pub struct SessionState {
     pub row_count: i64,
     /// The session's `FOUND_ROWS()`.
     pub found_rows: u64,
-    /// The backend connection still shows this session's `ROW_COUNT()` and `FOUND_ROWS()`:
-    /// the session's last statement ran on it and nothing ran there since.
+    /// The backend connection still shows this session's `ROW_COUNT()`: the session's last
+    /// statement ran on it and nothing ran there since.
     pub counters_on_backend: bool,
+    /// The backend connection still shows this session's `FOUND_ROWS()`: the session's last
+    /// query with a result ran on it, and only the session's statements since.
+    pub found_rows_on_backend: bool,
+    /// The backend connection shows this session's `LAST_INSERT_ID()`: it was set there
+    /// (by an insert or by Sluice) since the session borrowed it.
+    pub insert_id_on_backend: bool,
 }
 
 #[cfg(test)]

@@ -70,9 +70,11 @@ pub fn substitute_counters(
             continue;
         };
         out.extend_from_slice(&sql[at..c.start]);
+        // IFNULL with a BIGINT makes the column BIGINT, as the functions' own are; a bare
+        // literal would be an INT.
         let value = match c.counter {
-            Counter::RowCount => format!("CAST({row_count} AS SIGNED)"),
-            Counter::FoundRows => format!("CAST({found_rows} AS UNSIGNED)"),
+            Counter::RowCount => format!("IFNULL({row_count}, {})", i64::MAX),
+            Counter::FoundRows => format!("IFNULL({found_rows}, {})", i64::MAX),
         };
         out.extend_from_slice(value.as_bytes());
         if c.alias {
@@ -839,19 +841,19 @@ mod tests {
         };
         assert_eq!(
             sub("SELECT ROW_COUNT()"),
-            "SELECT CAST(-1 AS SIGNED) AS `ROW_COUNT()`"
+            "SELECT IFNULL(-1, 9223372036854775807) AS `ROW_COUNT()`"
         );
         assert_eq!(
             sub("select found_rows() n, row_count ( ) + 1"),
-            "select CAST(7 AS UNSIGNED) n, CAST(-1 AS SIGNED) + 1"
+            "select IFNULL(7, 9223372036854775807) n, IFNULL(-1, 9223372036854775807) + 1"
         );
         assert_eq!(
             sub("SELECT a, FOUND_ROWS() FROM t WHERE b = ROW_COUNT()"),
-            "SELECT a, CAST(7 AS UNSIGNED) AS `FOUND_ROWS()` FROM t WHERE b = CAST(-1 AS SIGNED)"
+            "SELECT a, IFNULL(7, 9223372036854775807) AS `FOUND_ROWS()` FROM t WHERE b = IFNULL(-1, 9223372036854775807)"
         );
         assert_eq!(
             sub("INSERT INTO log VALUES (ROW_COUNT())"),
-            "INSERT INTO log VALUES (CAST(-1 AS SIGNED))"
+            "INSERT INTO log VALUES (IFNULL(-1, 9223372036854775807))"
         );
         assert_eq!(sub("SELECT 'ROW_COUNT()'"), "SELECT 'ROW_COUNT()'");
     }

@@ -347,11 +347,18 @@ impl ClientSession {
             }
             return self.backend_failed(e).await;
         }
-        let sent = if !class.counters.is_empty()
-            && !self.state.counters_on_backend
-            && len <= INSPECT_WHOLE
-        {
-            self.send_with_counters(len, &class).await
+        // Calls whose value the borrowed connection does not hold are answered by Sluice.
+        let stale: Vec<_> = class
+            .counters
+            .iter()
+            .filter(|c| match c.counter {
+                sql::Counter::RowCount => !self.state.counters_on_backend,
+                sql::Counter::FoundRows => !self.state.found_rows_on_backend,
+            })
+            .copied()
+            .collect();
+        let sent = if !stale.is_empty() && len <= INSPECT_WHOLE {
+            self.send_with_counters(len, &stale).await
         } else {
             self.send_command().await
         };
@@ -367,12 +374,12 @@ impl ClientSession {
 
     /// Sends the client's query with `ROW_COUNT()` and `FOUND_ROWS()` replaced by the session's
     /// values, which the borrowed connection does not have.
-    async fn send_with_counters(&mut self, len: usize, class: &Classification) -> Option<Flow> {
+    async fn send_with_counters(&mut self, len: usize, calls: &[sql::CounterCall]) -> Option<Flow> {
         let sql = self.payload(len).get(1..).unwrap_or_default();
         let mut payload = vec![COM_QUERY];
         payload.extend(sql::substitute_counters(
             sql,
-            &class.counters,
+            calls,
             self.state.row_count,
             self.state.found_rows,
         ));
@@ -388,7 +395,7 @@ impl ClientSession {
 
     /// Gives the borrowed connection the session's `LAST_INSERT_ID()`, unless it has it.
     async fn replay_last_insert_id(&mut self) -> Result<(), BackendError> {
-        if self.state.counters_on_backend {
+        if self.state.insert_id_on_backend {
             return Ok(());
         }
         let Some(b) = self.backend.as_mut() else {
@@ -396,6 +403,9 @@ impl ClientSession {
         };
         let sql = format!("DO LAST_INSERT_ID({})", self.state.last_insert_id);
         b.query_row(&sql, "replaying LAST_INSERT_ID()").await?;
+        self.state.counters_on_backend = false;
+        self.state.found_rows_on_backend = false;
+        self.state.insert_id_on_backend = true;
         Ok(())
     }
 
@@ -458,6 +468,7 @@ impl ClientSession {
         };
         if let Some((sql, want)) = replay {
             self.state.counters_on_backend = false;
+            self.state.found_rows_on_backend = false;
             b.query_row(&sql, "replaying session variables").await?;
             b.vars = want;
             b.autocommit = want_autocommit;
@@ -547,6 +558,7 @@ impl ClientSession {
         let st = &mut self.state;
         if let Some(id) = summary.insert_id {
             st.last_insert_id = id;
+            st.insert_id_on_backend = true;
         }
         st.row_count = match (summary.error, summary.result_rows, summary.last_ok) {
             (None, None, Some((affected, _))) => i64::try_from(affected).unwrap_or(i64::MAX),
@@ -554,6 +566,7 @@ impl ClientSession {
         };
         if let Some(rows) = summary.result_rows {
             st.found_rows = rows;
+            st.found_rows_on_backend = true;
         }
         st.counters_on_backend = true;
         if class.calc_found_rows
@@ -562,6 +575,7 @@ impl ClientSession {
         {
             // Only the server knows how many rows the query would have found without LIMIT.
             self.state.counters_on_backend = false;
+            self.state.found_rows_on_backend = false;
             match b
                 .query_row("SELECT FOUND_ROWS()", "reading FOUND_ROWS()")
                 .await
@@ -662,6 +676,7 @@ impl ClientSession {
                 self.state.pins.add(PinReason::UnknownStateChange, None);
             }
             self.state.counters_on_backend = false;
+            self.state.found_rows_on_backend = false;
             self.state.vars = Some(b.vars.clone());
         }
         self.state.autocommit = Some(autocommit);
@@ -728,6 +743,8 @@ impl ClientSession {
     /// concurrent KILL QUERY finishes before the connection can pass to someone else.
     async fn release(&mut self) {
         self.state.counters_on_backend = false;
+        self.state.found_rows_on_backend = false;
+        self.state.insert_id_on_backend = false;
         if self.stmts.holds_backend() {
             // Cursors or long data die with the connection's session state.
             if let Some(b) = self.backend.as_mut() {

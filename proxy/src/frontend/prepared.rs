@@ -460,6 +460,7 @@ impl ClientSession {
             b.init_db(schema).await?;
         }
         self.state.counters_on_backend = false;
+        self.state.found_rows_on_backend = false;
         let (server_id, _) = prepared.map_err(NotReady::Server)?;
         if held_by_other {
             self.stmts.holds.insert(

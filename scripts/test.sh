@@ -20,3 +20,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # The benchmarks are run by hand (cargo bench); here they only have to build.
 cargo bench --no-run
+infra/test.sh

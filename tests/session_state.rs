@@ -713,3 +713,47 @@ async fn randomized_sessions_see_what_a_dedicated_connection_would() {
     );
     proxy.stop().await;
 }
+
+/// Variables a stored procedure sets are reported by session tracking and replayed like any
+/// other: the session is not pinned, and its state follows it to the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_set_inside_procedures_are_replayed() {
+    let db = MariaDb::shared();
+    let s = schema(db, "proc");
+    // Through a client library: the CLI would split the body at its semicolons.
+    let mut root = db.root_conn().await.unwrap();
+    root.query_drop(format!(
+        "CREATE PROCEDURE `{s}`.configure() \
+         BEGIN SET SESSION sql_mode = 'ANSI_QUOTES'; SET time_zone = '+07:00'; END"
+    ))
+    .await
+    .unwrap();
+    drop(root);
+    let proxy = TestProxy::start(db, 1).await;
+    let mut a = proxy.app(Some(&s)).await;
+    let mut b = proxy.app(Some(&s)).await;
+    a.query_drop("CALL configure()").await.unwrap();
+    let probe = "SELECT @@sql_mode, @@time_zone";
+    let theirs: (String, String) = b.query_first(probe).await.unwrap().unwrap();
+    assert_ne!(theirs.1, "+07:00");
+    let mine: (String, String) = a.query_first(probe).await.unwrap().unwrap();
+    // A procedure runs with the sql_mode it was created with, and the server restores the
+    // caller's afterwards; time_zone stays. A dedicated connection shows the same.
+    let mut direct = mysql_async::Conn::new(db.opts("app", db.app_password(), Some(&s)))
+        .await
+        .unwrap();
+    direct.query_drop("CALL configure()").await.unwrap();
+    let want: (String, String) = direct.query_first(probe).await.unwrap().unwrap();
+    assert_eq!(mine, want);
+    assert_eq!(mine.1, "+07:00");
+    let again: (String, String) = b.query_first(probe).await.unwrap().unwrap();
+    assert_eq!(again, theirs);
+    assert_eq!(
+        proxy.snapshot().pins_all(),
+        0,
+        "{:?}",
+        proxy.snapshot().pins_total
+    );
+    drop((a, b, direct));
+    proxy.stop().await;
+}

@@ -22,6 +22,9 @@ pub struct Classification {
     pub calc_found_rows: bool,
     /// Calls of `ROW_COUNT()` and `FOUND_ROWS()`, which Sluice answers for the session.
     pub counters: Vec<CounterCall>,
+    /// A `CALL`: whatever state change it reports may include user variables or temporary
+    /// tables, which session tracking does not name.
+    pub is_call: bool,
 }
 
 impl Classification {
@@ -461,6 +464,8 @@ fn classify_statement(toks: &[Tok<'_>], spans: &[(usize, usize)], out: &mut Clas
         }
     } else if is(first, "KILL") {
         out.kill = Some(classify_kill(&toks[1..]));
+    } else if is(first, "CALL") {
+        out.is_call = true;
     }
     // Anywhere in a statement: user variable assignments, named locks, counter functions.
     let top_select = is(first, "SELECT");

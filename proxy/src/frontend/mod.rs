@@ -665,7 +665,9 @@ impl ClientSession {
             }
             self.state.pins.add(PinReason::SessionVariable, None);
         }
-        if state_changed && !explained && self.state.pins.is_empty() {
+        // A procedure's user variables and temporary tables show only as "state changed",
+        // whatever variables it also reports.
+        if state_changed && (!explained || class.is_call) {
             self.state.pins.add(PinReason::UnknownStateChange, None);
         }
         if charset_changed {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use mysql_async::prelude::Queryable;
 use sluice_testkit::process::find_program;
+use sluice_testkit::report::{median, write_markdown};
 use sluice_testkit::sysbench::{Run, Sample, Sysbench};
 use sluice_testkit::{
     MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess, free_port, spawn_tied,
@@ -195,7 +196,7 @@ fn main() -> Result<()> {
     };
     print!("\n{}", report.text());
     let markdown = report.markdown();
-    let path = write_markdown(&markdown)?;
+    let path = write_markdown("proxy", &markdown)?;
     println!(
         "\nMarkdown written to {}; total {:.0} s",
         path.display(),
@@ -285,22 +286,9 @@ struct Point {
     results: [Option<Sample>; 3],
 }
 
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    })
-}
-
 /// Each figure's median separately (the median run by q/s need not hold the median p99).
 fn median_sample(samples: &[Sample]) -> Option<Sample> {
-    let pick = |f: fn(&Sample) -> f64| median(&mut samples.iter().map(f).collect::<Vec<_>>());
+    let pick = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
     Some(Sample {
         qps: pick(|s| s.qps)?,
         tps: pick(|s| s.tps)?,
@@ -789,16 +777,4 @@ fn verdict(met: Option<bool>) -> &'static str {
         Some(false) => "missed",
         None => "not measured",
     }
-}
-
-/// Writes `markdown` to `target/bench/proxy.md` (under `CARGO_TARGET_DIR` when set).
-fn write_markdown(markdown: &str) -> Result<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
-    let dir = target.join("bench");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("proxy.md");
-    fs::write(&path, markdown).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
 }

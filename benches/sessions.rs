@@ -9,7 +9,6 @@
 //! `target/bench/sessions.md`.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mysql_async::prelude::Queryable;
+use sluice_testkit::report::{median, write_markdown};
 use sluice_testkit::sysbench::{Run, Sample, Sysbench};
 use sluice_testkit::{MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess};
 
@@ -140,7 +140,7 @@ fn main() -> Result<()> {
     }
     let markdown = report(&header, &results, &failures);
     print!("\n{markdown}");
-    let path = write_markdown(&markdown)?;
+    let path = write_markdown("sessions", &markdown)?;
     println!(
         "\nMarkdown written to {}; total {:.0} s",
         path.display(),
@@ -214,19 +214,6 @@ async fn statement_counters(root: &mut mysql_async::Conn) -> Result<(u64, u64)> 
     Ok((get("Com_stmt_prepare")?, get("Com_stmt_execute")?))
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
-}
-
 fn report(header: &str, results: &[Vec<Measured>; 3], failures: &[String]) -> String {
     let qps = |t: Target| median(results[t as usize].iter().map(|m| m.sample.qps).collect());
     let mut out = format!("{header}\n\n");
@@ -289,15 +276,4 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
             .with_context(|| format!("{name}={v} is not a number")),
         Err(_) => Ok(default),
     }
-}
-
-fn write_markdown(markdown: &str) -> Result<std::path::PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| manifest.join("target"), |dir| manifest.join(dir));
-    let dir = target.join("bench");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("sessions.md");
-    fs::write(&path, markdown).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
 }

@@ -12,6 +12,8 @@ pub mod mysql9;
 pub mod ports;
 /// Child processes: finding programs, tying children to this process, bounded waits.
 pub mod process;
+/// Benchmark reports: medians and the Markdown file under `target/bench`.
+pub mod report;
 /// Where sandbox servers live: private directories, leftovers, exit-time cleanup, passwords.
 mod sandbox;
 /// The real `sluice` binary as a child process.

@@ -994,23 +994,7 @@ impl ClientSession {
                 self.release_if_free().await;
                 self.answer_locally(Some(1)).await
             }
-            Err(BackendError::Command { code, message, .. }) => {
-                self.release_if_free().await;
-                self.reply_error(&ClientError {
-                    code,
-                    sql_state: *b"HY000",
-                    message,
-                })
-                .await
-            }
-            Err(e) => {
-                if let Some(b) = self.backend.as_mut() {
-                    b.broken = true;
-                }
-                self.release().await;
-                self.reply_error(&ClientError::backend_lost(&e.to_string()))
-                    .await
-            }
+            Err(e) => self.backend_failed(e).await,
         }
     }
 

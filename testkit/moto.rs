@@ -56,8 +56,7 @@ impl Moto {
 
     /// Starts a server on a free loopback port and waits until it answers.
     pub fn start() -> Result<Moto> {
-        let program = find_program("moto_server", INSTALL)
-            .or_else(|e| venv_program("moto_server").ok_or(e))?;
+        let program = find_pypi_program("moto_server", INSTALL)?;
         let dir = create_private_dir(sandbox_root()?, "moto-")?;
         register(&dir, None);
         let mut moto = Moto {
@@ -300,13 +299,21 @@ impl SecretText for Value {
     }
 }
 
-/// `moto_server` in the virtualenv that scripts/setup.sh falls back to on a system Python.
-fn venv_program(name: &str) -> Option<PathBuf> {
-    let cache = std::env::var_os("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/sluice")))?;
-    let path = cache.join("venv/bin").join(name);
-    path.is_file().then_some(path)
+/// A command installed from PyPI (`moto_server`, `cargo-lambda`): on `PATH`, in `/usr/sbin`
+/// or `/usr/bin`, or in the virtualenv that scripts/setup.sh uses when pip refuses a system
+/// Python (`${SLUICE_CACHE:-$HOME/.cache/sluice}/venv/bin`). The error names `install`.
+pub fn find_pypi_program(name: &str, install: &str) -> Result<PathBuf> {
+    find_program(name, install).or_else(|e| {
+        let cache = std::env::var_os("SLUICE_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/sluice"))
+            });
+        cache
+            .map(|cache| cache.join("venv/bin").join(name))
+            .filter(|path| path.is_file())
+            .ok_or(e)
+    })
 }
 
 fn string_field(reply: &Value, name: &str) -> Result<String> {
@@ -425,6 +432,12 @@ mod tests {
         drop(moto);
         assert!(!crate::process::pid_running(pid));
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn missing_pypi_program_names_install_command() {
+        let err = find_pypi_program("no-such-pypi-tool", "pip install nothing").unwrap_err();
+        assert!(err.to_string().contains("pip install nothing"), "{err}");
     }
 
     #[test]

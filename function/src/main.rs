@@ -1,10 +1,14 @@
 //! The Lambda binary: init once, then serve invocations through the Lambda Runtime API.
-
-use std::sync::Arc;
+//!
+//! A failed init (secret unreadable, bad configuration) does not end the process: each
+//! invocation tries the init again and, while it keeps failing, answers with its error. So
+//! the caller sees why (`SecretError`, `ConfigurationError`) instead of a bare runtime exit,
+//! and a transient failure heals without a new instance.
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
-use sluice_function::{Config, Function, SecretsClient};
+use sluice_function::{Config, Error, Function, SecretsClient};
+use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 // One thread: Lambda runs one invocation at a time per instance, and a small function gets a
@@ -12,23 +16,24 @@ use tracing::Instrument;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     sluice_function::init_logging();
-    let function = match init().await {
-        Ok(function) => Arc::new(function),
-        Err(e) => {
-            tracing::error!(error_type = e.error_type(), error = %e, "init failed");
-            return Err(e.into());
-        }
-    };
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let function = Arc::clone(&function);
+    // The init phase proper, before the first event.
+    let _ = ready().await;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
-        async move { function.handle(event.payload).await }.instrument(span)
+        async move { ready().await?.handle(event.payload).await }.instrument(span)
     }))
     .await
 }
 
-async fn init() -> Result<Function, sluice_function::Error> {
-    let config = Config::from_env()?;
-    let secrets = SecretsClient::from_env().await;
-    Function::init(config, secrets).await
+/// The initialised function, initialising it now if that has not succeeded yet.
+async fn ready() -> Result<&'static Function, Error> {
+    static FUNCTION: OnceCell<Function> = OnceCell::const_new();
+    FUNCTION
+        .get_or_try_init(|| async {
+            let config = Config::from_env()?;
+            let secrets = SecretsClient::from_env().await;
+            Function::init(config, secrets).await
+        })
+        .await
+        .inspect_err(|e| tracing::error!(error_type = e.error_type(), error = %e, "init failed"))
 }

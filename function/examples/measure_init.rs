@@ -6,10 +6,16 @@
 //! cargo run --release -p sluice-function --example measure_init [-- ROUNDS]
 //! ```
 //!
-//! Each round is a cold init of a new function instance in this process (the process itself
-//! is not restarted: Lambda's reported "Init Duration" adds the start of the binary, a few
-//! milliseconds). The first round also pays for first-use costs in the process.
+//! Each round is a cold init of a new function instance in this process; the first round also
+//! pays for first-use costs in the process. Then, if the release binary `sluice-function` is
+//! next to this example's directory (`cargo build --release -p sluice-function` builds it),
+//! the real binary is started a few times to time it from `exec` to its "init done" log line:
+//! process start, reading the environment and the AWS configuration, the secret, the first
+//! connection (it then fails to reach the Lambda Runtime API, which is not there, and exits).
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -65,7 +71,52 @@ async fn main() -> anyhow::Result<()> {
         summary(&mut inits)
     );
     println!("of which the secret read: {}", summary(&mut fetches));
+
+    let Some(binary) = release_binary() else {
+        println!("(build the binary with `cargo build --release -p sluice-function` to time it)");
+        return Ok(());
+    };
+    let mut starts = Vec::new();
+    for _ in 0..rounds.min(10) {
+        let mut cmd = Command::new(&binary);
+        cmd.env_clear()
+            .env("SECRET_ARN", &arn)
+            .env("PROXY_ENDPOINT", proxy.addr().to_string())
+            // Nothing listens there: the binary exits after init.
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .envs(moto.sdk_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let started = Instant::now();
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut ready = None;
+        for line in BufReader::new(stdout).lines() {
+            if line?.contains("\"init done\"") {
+                ready = Some(started.elapsed());
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        starts.push(
+            ready.ok_or_else(|| anyhow::anyhow!("{} logged no \"init done\"", binary.display()))?,
+        );
+    }
+    println!(
+        "the release binary from exec to \"init done\", {} runs: {}",
+        starts.len(),
+        summary(&mut starts)
+    );
     Ok(())
+}
+
+/// `target/release/sluice-function`, next to `target/release/examples/`.
+fn release_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("sluice-function");
+    path.is_file().then_some(path)
 }
 
 fn ms(d: Duration) -> String {

@@ -286,7 +286,7 @@ impl Function {
                 return Ok((state, conn));
             }
             Err(ConnectFailure::Driver(e)) if db::is_access_denied(&e) => e,
-            Err(failure) => return Err(self.connect_error(&state, &failure)),
+            Err(failure) => return Err(failure.classify(&self.config, &state.secret.username)),
         };
         warn!(
             user = %state.secret.username,
@@ -315,10 +315,6 @@ impl Function {
                 },
             ),
         }
-    }
-
-    fn connect_error(&self, state: &DbState, failure: &ConnectFailure) -> Error {
-        failure.classify(&self.config, &state.secret.username)
     }
 
     fn log_connected(&self, state: &DbState, started: Instant) {

@@ -14,7 +14,8 @@ use sluice_testkit::MariaDb;
 use sluice_testkit::sysbench::{Run, Sysbench};
 
 /// sysbench oltp_read_write with its server-side prepared statements, 64 threads over a pool
-/// of 8: no errors, no pins.
+/// of 8: no errors but the deadlocks InnoDB itself detects between the workload's transactions
+/// (sysbench retries those; they happen directly too), no pins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sysbench_read_write_with_prepared_statements_never_pins() {
     let db = MariaDb::shared();
@@ -34,14 +35,20 @@ async fn sysbench_read_write_with_prepared_statements_never_pins() {
         seconds: 8,
         prepared: true,
     };
+    let deadlocks = global_status(db, "Innodb_deadlocks").await;
     let sample = tokio::task::spawn_blocking(move || sysbench.run(addr, &run))
         .await
         .unwrap()
         .unwrap();
+    let deadlocks = global_status(db, "Innodb_deadlocks").await - deadlocks;
     let snap = proxy.snapshot();
     println!("{sample:?} pins {}", snap.pins_all());
     assert!(sample.tps > 0.0, "{sample:?}");
-    assert_eq!(sample.ignored_errors, 0, "{sample:?}");
+    // Any other error would have been fatal to sysbench (run() fails on a non-zero exit).
+    assert!(
+        sample.ignored_errors <= deadlocks,
+        "{sample:?}: more ignored errors than the server's {deadlocks} deadlocks"
+    );
     assert_eq!(sample.reconnects, 0, "{sample:?}");
     assert_eq!(snap.pins_all(), 0, "{:?}", snap.pins_total);
     let (open, _, _) = proxy.pool.counts();

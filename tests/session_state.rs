@@ -765,3 +765,62 @@ async fn procedures_that_change_state_pin_and_keep_their_variables() {
     drop((a, b));
     proxy.stop().await;
 }
+
+/// Two statements of one session with the same text, each with an open cursor: the second gets
+/// its own server statement, so fetching from one does not disturb the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cursors_on_the_same_text_stay_apart() {
+    let db = MariaDb::shared();
+    let proxy = TestProxy::start(db, 2).await;
+    let mut raw = proxy
+        .raw_app(Some("mysql"), common::raw::default_caps())
+        .await;
+    async fn prepare(raw: &mut common::raw::Raw) -> [u8; 4] {
+        raw.write(0, b"\x16SELECT seq FROM seq_1_to_10").await;
+        let id = stmt_id(&raw.read().await.unwrap().payload);
+        raw.read().await.unwrap(); // column definition
+        assert!(raw.read().await.unwrap().is_eof());
+        id
+    }
+    let a = prepare(&mut raw).await;
+    let b = prepare(&mut raw).await;
+    assert_ne!(a, b);
+    let open = |id: [u8; 4]| {
+        let mut exec = vec![0x17];
+        exec.extend_from_slice(&id);
+        exec.extend_from_slice(&[1, 1, 0, 0, 0]); // CURSOR_TYPE_READ_ONLY
+        exec
+    };
+    let fetch = |id: [u8; 4], n: u32| {
+        let mut p = vec![0x1c];
+        p.extend_from_slice(&id);
+        p.extend_from_slice(&n.to_le_bytes());
+        p
+    };
+    // Binary rows of one BIGINT column: 0x00, null bitmap, 8 bytes.
+    async fn rows(raw: &mut common::raw::Raw) -> Vec<u64> {
+        let mut out = Vec::new();
+        loop {
+            let p = raw.read().await.unwrap();
+            assert_eq!(p.err_code(), None, "{}", p.err_message());
+            if p.is_eof() {
+                return out;
+            }
+            out.push(u64::from_le_bytes(p.payload[2..10].try_into().unwrap()));
+        }
+    }
+    for id in [a, b] {
+        raw.write(0, &open(id)).await;
+        assert_eq!(raw.read().await.unwrap().payload, vec![1]);
+        raw.read().await.unwrap();
+        assert!(raw.read().await.unwrap().is_eof());
+    }
+    raw.write(0, &fetch(a, 3)).await;
+    assert_eq!(rows(&mut raw).await, vec![1, 2, 3]);
+    raw.write(0, &fetch(b, 2)).await;
+    assert_eq!(rows(&mut raw).await, vec![1, 2]);
+    raw.write(0, &fetch(a, 3)).await;
+    assert_eq!(rows(&mut raw).await, vec![4, 5, 6]);
+    assert_eq!(proxy.snapshot().pins_all(), 0);
+    proxy.stop().await;
+}

@@ -420,6 +420,21 @@ pub struct SessionState {
     pub insert_id_on_backend: bool,
 }
 
+impl SessionState {
+    /// Sluice ran a statement of its own on the borrowed connection: the connection's
+    /// `ROW_COUNT()` and `FOUND_ROWS()` are no longer the session's.
+    pub fn own_statement_ran(&mut self) {
+        self.counters_on_backend = false;
+        self.found_rows_on_backend = false;
+    }
+
+    /// The session gave its connection back: nothing on the next one is the session's.
+    pub fn connection_released(&mut self) {
+        self.own_statement_ran();
+        self.insert_id_on_backend = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

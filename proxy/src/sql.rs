@@ -69,10 +69,11 @@ pub fn substitute_counters(
     let mut out = Vec::with_capacity(sql.len() + 48 * calls.len());
     let mut at = 0;
     for c in calls {
-        let Some(text) = sql.get(c.start..c.end) else {
+        // Calls come in text order; anything else is skipped rather than trusted.
+        let (Some(text), Some(before)) = (sql.get(c.start..c.end), sql.get(at..c.start)) else {
             continue;
         };
-        out.extend_from_slice(&sql[at..c.start]);
+        out.extend_from_slice(before);
         // IFNULL with a BIGINT makes the column BIGINT, as the functions' own are; a bare
         // literal would be an INT.
         let value = match c.counter {

@@ -1,7 +1,6 @@
 //! One connection to the backend server: how it is opened and logged in, the session-tracking
 //! setup Sluice depends on, and the few commands Sluice sends on its own account.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +17,7 @@ use crate::config::Secret;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::lenenc::Reader;
 use crate::protocol::packets::{self, HandshakeResponse};
+use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, StatusFlags, command, ok, put_packet};
 use crate::session::{CHARSET_VARS, TRACKED_VARS, VarValues, tracked_index};
 use crate::stats::Stats;
@@ -235,8 +235,6 @@ pub struct BackendConn {
     pub broken: bool,
     /// Statements prepared on the server for the sessions that borrow this connection.
     pub statements: StatementCache,
-    /// Parameter types bound to private statements (see `StatementCache` for cached ones).
-    pub private_types: HashMap<u32, Arc<[u8]>>,
 }
 
 impl BackendConn {
@@ -332,7 +330,6 @@ impl BackendConn {
             needs_reset: false,
             broken: false,
             statements: StatementCache::new(1),
-            private_types: HashMap::new(),
         })
     }
 
@@ -478,7 +475,7 @@ impl BackendConn {
         &mut self,
         key: &StatementKey,
     ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
-        let prepared = self.prepare_uncached(key).await?;
+        let prepared = self.prepare_private(key).await?;
         if let Ok((server_id, meta)) = &prepared {
             for evicted in self
                 .statements
@@ -495,13 +492,6 @@ impl BackendConn {
         &mut self,
         key: &StatementKey,
     ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
-        self.prepare_uncached(key).await
-    }
-
-    async fn prepare_uncached(
-        &mut self,
-        key: &StatementKey,
-    ) -> Result<Result<(u32, Arc<PrepareMeta>), Vec<u8>>, BackendError> {
         let mut payload = Vec::with_capacity(1 + key.sql.len());
         payload.push(command::COM_STMT_PREPARE);
         payload.extend_from_slice(&key.sql);
@@ -509,41 +499,28 @@ impl BackendConn {
             .write_packet(0, &payload)
             .await
             .map_err(ProtocolError::from)?;
-        let (seq, first) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
-        if first.first() == Some(&0xFF) {
-            return Ok(Err(first));
-        }
-        let mut r = Reader::new(&first);
-        let header = (|| {
-            if r.u8()? != 0 {
-                return None;
-            }
-            Some((r.u32()?, r.u16()?, r.u16()?))
-        })();
-        let (server_id, columns, params) = header.ok_or(ProtocolError::Malformed("prepare OK"))?;
+        // The response is kept whole, to answer later prepares of the same text.
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let mut tracker = ResponseTracker::new(Expect::Prepare, deprecate_eof, true, false);
+        let mut summary = Summary::default();
         let mut response = Vec::with_capacity(256);
-        put_packet(&mut response, seq, &first);
-        let eof = !self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
-        let follow = |n: u16| {
-            if n > 0 {
-                usize::from(n) + usize::from(eof)
-            } else {
-                0
-            }
-        };
-        for _ in 0..follow(params) + follow(columns) {
+        while !tracker.is_done() {
             let (seq, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
-            if p.first() == Some(&0xFF) {
-                return Err(ProtocolError::Malformed("error inside a prepare response").into());
+            tracker.on_packet(&p, p.len(), &mut summary)?;
+            if summary.error.is_some() {
+                return Ok(Err(p));
             }
             put_packet(&mut response, seq, &p);
         }
+        let prepared = summary
+            .prepared
+            .ok_or(ProtocolError::Malformed("prepare OK"))?;
         let meta = Arc::new(PrepareMeta {
             response,
-            params,
-            columns,
+            params: prepared.params,
+            columns: prepared.columns,
         });
-        Ok(Ok((server_id, meta)))
+        Ok(Ok((prepared.statement_id, meta)))
     }
 
     /// Closes a statement on the server (COM_STMT_CLOSE has no response).
@@ -615,7 +592,6 @@ impl BackendConn {
     /// tracking again.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
         self.statements.clear();
-        self.private_types.clear();
         self.simple_command(&[command::COM_RESET_CONNECTION], "COM_RESET_CONNECTION")
             .await?;
         self.prepare_session().await?;
@@ -627,7 +603,6 @@ impl BackendConn {
     /// session state. The only way to leave every schema once one was chosen.
     pub async fn change_user_no_schema(&mut self, password: &Secret) -> Result<(), BackendError> {
         self.statements.clear();
-        self.private_types.clear();
         let plugin = self.plugin.clone();
         let response = auth::client_response(&plugin, &self.nonce, password.expose())?;
         let mut payload = vec![command::COM_CHANGE_USER];

@@ -22,7 +22,7 @@ use crate::errors::ClientError;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::{self, *};
 use crate::protocol::packets::{self, ChangeUser};
-use crate::protocol::relay::{RelayError, relay_response};
+use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
 use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary, TrackedChange};
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{ClientId, SessionHandle};
@@ -403,8 +403,7 @@ impl ClientSession {
         };
         let sql = format!("DO LAST_INSERT_ID({})", self.state.last_insert_id);
         b.query_row(&sql, "replaying LAST_INSERT_ID()").await?;
-        self.state.counters_on_backend = false;
-        self.state.found_rows_on_backend = false;
+        self.state.own_statement_ran();
         self.state.insert_id_on_backend = true;
         Ok(())
     }
@@ -467,8 +466,7 @@ impl ClientSession {
                 .map(|sql| (sql, want.clone()))
         };
         if let Some((sql, want)) = replay {
-            self.state.counters_on_backend = false;
-            self.state.found_rows_on_backend = false;
+            self.state.own_statement_ran();
             b.query_row(&sql, "replaying session variables").await?;
             b.vars = want;
             b.autocommit = want_autocommit;
@@ -501,6 +499,70 @@ impl ClientSession {
         }
     }
 
+    /// Forwards the client's command packet as it is in the buffer.
+    async fn send_command(&mut self) -> Option<Flow> {
+        let max = self.shared.config.max_allowed_packet;
+        let backend = self.backend.as_mut()?;
+        let result = forward_packet(
+            &mut self.client,
+            &mut backend.stream,
+            max,
+            Direction::ToBackend,
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                backend.last_used = std::time::Instant::now();
+                None
+            }
+            Err(RelayError::TooLarge { .. }) => {
+                backend.broken = true;
+                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                Some(Flow::Close)
+            }
+            Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
+                Some(self.backend_lost(e, false).await)
+            }
+            Err(RelayError::Client(_)) => {
+                backend.broken = true;
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    /// Sluice's own command on the backend failed: a server error goes to the client as it is;
+    /// a broken connection is dropped.
+    async fn backend_failed(&mut self, e: BackendError) -> Flow {
+        match e {
+            BackendError::Command { code, message, .. } => {
+                self.release_if_free().await;
+                self.reply_error(&ClientError {
+                    code,
+                    sql_state: *b"HY000",
+                    message,
+                })
+                .await
+            }
+            other => {
+                if let Some(b) = self.backend.as_mut() {
+                    b.broken = true;
+                }
+                self.stmts.drop_holds();
+                self.unpin_all();
+                self.release().await;
+                self.reply_error(&ClientError::backend_lost(&other.to_string()))
+                    .await
+            }
+        }
+    }
+
+    /// Relays an ERR packet the server sent to one of Sluice's own commands.
+    async fn reply_raw_error(&mut self, packet: &[u8]) -> Flow {
+        match self.client.write_packet(1, packet).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
     /// Relays the backend's response to the command just sent.
     async fn relay_reply(&mut self, expect: Expect) -> (Flow, Option<Summary>) {
         let max = self.shared.config.max_allowed_packet;
@@ -574,8 +636,7 @@ impl ClientSession {
             && let Some(b) = self.backend.as_mut()
         {
             // Only the server knows how many rows the query would have found without LIMIT.
-            self.state.counters_on_backend = false;
-            self.state.found_rows_on_backend = false;
+            self.state.own_statement_ran();
             match b
                 .query_row("SELECT FOUND_ROWS()", "reading FOUND_ROWS()")
                 .await
@@ -630,6 +691,7 @@ impl ClientSession {
         let mut schema_change = None;
         let mut state_changed = summary.untold_state_change;
         let mut unreplayable = None;
+        let mut vars_changed = false;
         for change in &summary.changes {
             match change {
                 TrackedChange::Schema(s) => {
@@ -645,7 +707,7 @@ impl ClientSession {
                             *v = Some(value.clone());
                         }
                         charset_changed |= i < crate::session::CHARSET_VARS;
-                        self.state.vars = Some(b.vars.clone());
+                        vars_changed = true;
                     } else {
                         explained = true;
                         unreplayable = Some(name.clone());
@@ -677,8 +739,9 @@ impl ClientSession {
                 b.broken = true;
                 self.state.pins.add(PinReason::UnknownStateChange, None);
             }
-            self.state.counters_on_backend = false;
-            self.state.found_rows_on_backend = false;
+            self.state.own_statement_ran();
+        }
+        if vars_changed {
             self.state.vars = Some(b.vars.clone());
         }
         self.state.autocommit = Some(autocommit);
@@ -744,9 +807,7 @@ impl ClientSession {
     /// Gives the backend connection back. Takes the session's kill lock first, so a
     /// concurrent KILL QUERY finishes before the connection can pass to someone else.
     async fn release(&mut self) {
-        self.state.counters_on_backend = false;
-        self.state.found_rows_on_backend = false;
-        self.state.insert_id_on_backend = false;
+        self.state.connection_released();
         if self.stmts.holds_backend() {
             // Cursors or long data die with the connection's session state.
             if let Some(b) = self.backend.as_mut() {

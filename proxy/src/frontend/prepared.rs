@@ -12,7 +12,6 @@ use crate::backend::statements::{PrepareMeta, RESPONSE_ID_AT, StatementKey};
 use crate::errors::ClientError;
 use crate::protocol::codec::ProtocolError;
 use crate::protocol::command::*;
-use crate::protocol::relay::{Direction, RelayError, forward_packet};
 use crate::protocol::response::Expect;
 use crate::protocol::{HEADER_LEN, StatusFlags};
 use crate::sql::{self, Classification};
@@ -38,7 +37,7 @@ pub struct StatementDef {
 }
 
 /// A statement that holds the session's backend connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Hold {
     server_id: u32,
     /// Prepared for this hold alone (the cached one was held by another statement of the
@@ -46,6 +45,9 @@ struct Hold {
     private: bool,
     cursor: bool,
     long_data: bool,
+    /// Parameter types a private statement holds from its last execute (a cached one keeps
+    /// them in its cache entry).
+    types: Option<Arc<[u8]>>,
 }
 
 /// The session's prepared statements.
@@ -298,7 +300,7 @@ impl ClientSession {
         if !self.stmts.defs.contains_key(&id) {
             return self.unknown_statement(id, COM_STMT_FETCH).await;
         }
-        let hold = self.stmts.holds.get(&id).copied().filter(|h| h.cursor);
+        let hold = self.stmts.holds.get(&id).cloned().filter(|h| h.cursor);
         let (Some(hold), true) = (hold, self.backend.is_some()) else {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
@@ -365,7 +367,7 @@ impl ClientSession {
         if !self.stmts.defs.contains_key(&id) {
             return self.unknown_statement(id, COM_STMT_RESET).await;
         }
-        let Some(hold) = self.stmts.holds.get(&id).copied() else {
+        let Some(hold) = self.stmts.holds.get(&id).cloned() else {
             return self.answer_locally(None).await;
         };
         if let Some(flow) = self.forward_with_id(hold.server_id).await {
@@ -390,7 +392,7 @@ impl ClientSession {
             return Flow::Close;
         }
         self.stmts.defs.remove(&id);
-        if let Some(hold) = self.stmts.holds.get(&id).copied()
+        if let Some(hold) = self.stmts.holds.get(&id).cloned()
             && let Some(b) = self.backend.as_mut()
         {
             let mut reset = [0u8; 5];
@@ -430,8 +432,8 @@ impl ClientSession {
         id: u32,
         def: &StatementDef,
     ) -> Result<(u32, Option<Arc<[u8]>>), NotReady> {
-        if let Some(h) = self.stmts.holds.get(&id).copied() {
-            let types = self.held_types(h.server_id, h.private, def);
+        if let Some(h) = self.stmts.holds.get(&id).cloned() {
+            let types = self.held_types(&h, def);
             return Ok((h.server_id, types));
         }
         let b = self
@@ -459,8 +461,7 @@ impl ClientSession {
         if let (true, Some(schema)) = (switch, back.as_deref()) {
             b.init_db(schema).await?;
         }
-        self.state.counters_on_backend = false;
-        self.state.found_rows_on_backend = false;
+        self.state.own_statement_ran();
         let (server_id, _) = prepared.map_err(NotReady::Server)?;
         if held_by_other {
             self.stmts.holds.insert(
@@ -470,25 +471,21 @@ impl ClientSession {
                     private: true,
                     cursor: false,
                     long_data: false,
+                    types: None,
                 },
             );
         }
         Ok((server_id, None))
     }
 
-    /// Types the server holds for a held statement: a private one gets them from its own
-    /// executes, which `note_bound_types` records in the hold's cache entry.
-    fn held_types(
-        &mut self,
-        server_id: u32,
-        private: bool,
-        def: &StatementDef,
-    ) -> Option<Arc<[u8]>> {
-        let b = self.backend.as_mut()?;
-        if private {
-            return b.private_types.get(&server_id).cloned();
+    /// Types the server holds for a held statement (see `note_bound_types`).
+    fn held_types(&mut self, hold: &Hold, def: &StatementDef) -> Option<Arc<[u8]>> {
+        if hold.private {
+            return hold.types.clone();
         }
-        b.statements
+        self.backend
+            .as_mut()?
+            .statements
             .get_mut(&def.key)
             .and_then(|e| e.bound_types.clone())
     }
@@ -498,10 +495,8 @@ impl ClientSession {
         let (Some(types), Some(b)) = (def.types.clone(), self.backend.as_mut()) else {
             return;
         };
-        match self.stmts.holds.get(&id) {
-            Some(h) if h.private => {
-                b.private_types.insert(h.server_id, types);
-            }
+        match self.stmts.holds.get_mut(&id) {
+            Some(h) if h.private => h.types = Some(types),
             _ => {
                 if let Some(e) = b.statements.get_mut(&def.key) {
                     e.bound_types = Some(types);
@@ -523,13 +518,14 @@ impl ClientSession {
             return;
         };
         let mut hold = match self.stmts.holds.get(&id) {
-            Some(h) => *h,
+            Some(h) => h.clone(),
             None => match b.statements.get_mut(&key) {
                 Some(e) => Hold {
                     server_id: e.server_id,
                     private: false,
                     cursor: false,
                     long_data: false,
+                    types: None,
                 },
                 None => return,
             },
@@ -546,12 +542,11 @@ impl ClientSession {
             return;
         }
         self.stmts.holds.remove(&id);
-        if hold.private {
-            b.private_types.remove(&hold.server_id);
-            if let Err(e) = b.close_statement(hold.server_id).await {
-                tracing::warn!(client = %self.handle.id, error = %e, "cannot close a private statement");
-                b.broken = true;
-            }
+        if hold.private
+            && let Err(e) = b.close_statement(hold.server_id).await
+        {
+            tracing::warn!(client = %self.handle.id, error = %e, "cannot close a private statement");
+            b.broken = true;
         }
     }
 
@@ -618,37 +613,6 @@ impl ClientSession {
         }
     }
 
-    /// Forwards the client's command packet as it is in the buffer.
-    pub(super) async fn send_command(&mut self) -> Option<Flow> {
-        let max = self.shared.config.max_allowed_packet;
-        let backend = self.backend.as_mut()?;
-        let result = forward_packet(
-            &mut self.client,
-            &mut backend.stream,
-            max,
-            Direction::ToBackend,
-        )
-        .await;
-        match result {
-            Ok(_) => {
-                backend.last_used = std::time::Instant::now();
-                None
-            }
-            Err(RelayError::TooLarge { .. }) => {
-                backend.broken = true;
-                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
-                Some(Flow::Close)
-            }
-            Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
-                Some(self.backend_lost(e, false).await)
-            }
-            Err(RelayError::Client(_)) => {
-                backend.broken = true;
-                Some(Flow::Close)
-            }
-        }
-    }
-
     /// A statement could not be made ready: the command is dropped and the client told why.
     async fn failed_before_relay(&mut self, e: NotReady) -> Flow {
         if self.skip_command().await == Flow::Close {
@@ -661,40 +625,6 @@ impl ClientSession {
                 flow
             }
             NotReady::Backend(e) => self.backend_failed(e).await,
-        }
-    }
-
-    /// Sluice's own command on the backend failed: a server error goes to the client as it is;
-    /// a broken connection is dropped.
-    pub(super) async fn backend_failed(&mut self, e: BackendError) -> Flow {
-        match e {
-            BackendError::Command { code, message, .. } => {
-                self.release_if_free().await;
-                self.reply_error(&ClientError {
-                    code,
-                    sql_state: *b"HY000",
-                    message,
-                })
-                .await
-            }
-            other => {
-                if let Some(b) = self.backend.as_mut() {
-                    b.broken = true;
-                }
-                self.stmts.drop_holds();
-                self.unpin_all();
-                self.release().await;
-                self.reply_error(&ClientError::backend_lost(&other.to_string()))
-                    .await
-            }
-        }
-    }
-
-    /// Relays an ERR packet the server sent to one of Sluice's own commands.
-    async fn reply_raw_error(&mut self, packet: &[u8]) -> Flow {
-        match self.client.write_packet(1, packet).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close,
         }
     }
 }

@@ -33,10 +33,92 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `sluice=debug`.
     pub log_level: String,
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz; empty turns it off.
+    pub http_listen: String,
+    /// Address of the admin console (MySQL protocol); empty turns it off.
+    pub admin_listen: String,
+    /// Client sessions Sluice accepts at once; the next one gets ERR 1040.
+    pub max_client_connections: usize,
+    /// A client idle (between commands, outside a transaction) for this long is disconnected.
+    #[serde(with = "duration")]
+    pub idle_client_timeout: Duration,
+    /// The admin console's own login.
+    pub admin: AdminConfig,
+    /// TLS between clients and Sluice.
+    pub tls: TlsConfig,
+    /// Users whose credentials come from AWS Secrets Manager.
+    pub secrets_manager: SecretsManagerConfig,
     /// The database Sluice fronts and its connection pool.
     pub backend: BackendConfig,
-    /// Database users clients may log in as.
+    /// Database users clients may log in as (the static source, for local use).
     pub users: Vec<UserConfig>,
+}
+
+/// The admin console's login (its own, not a database user's).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub username: String,
+    /// Empty: the console refuses every login.
+    pub password: Secret,
+}
+
+/// Client-side TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Whether clients may, or must, upgrade to TLS.
+    pub mode: TlsMode,
+    /// PEM certificate chain presented to clients.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+    /// How often the two files are checked for changes (a renewed certificate is picked up
+    /// without a restart).
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+}
+
+/// Whether clients may or must use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS is not offered.
+    #[default]
+    Disabled,
+    /// TLS is offered; plain clients are accepted too.
+    Preferred,
+    /// Clients that do not upgrade are refused with ERR 3159.
+    Required,
+}
+
+/// AWS Secrets Manager as the source of database users (one RDS-format secret per user).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsManagerConfig {
+    /// Secret ARNs or names; empty means Secrets Manager is not used.
+    pub secret_ids: Vec<String>,
+    /// How often every secret is read again.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// After a rotation, how long clients may still log in with the previous password.
+    #[serde(with = "duration")]
+    pub rotation_window: Duration,
+}
+
+/// TLS between Sluice and the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Never use TLS.
+    Disabled,
+    /// Use TLS when the server offers it, without checking its certificate.
+    #[default]
+    Preferred,
+    /// Require TLS and a certificate signed by `tls_ca_file`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host Sluice connects to.
+    VerifyIdentity,
 }
 
 /// The backend server and the bounded pool of connections to it.
@@ -67,6 +149,13 @@ pub struct BackendConfig {
     /// Prepared statements each backend connection keeps; the least recently used is closed
     /// on the server to make room.
     pub max_prepared_statements_per_connection: usize,
+    /// Whether and how strictly backend connections use TLS.
+    pub tls: BackendTlsMode,
+    /// PEM bundle of the CAs that may sign the database's certificate (the RDS bundle).
+    pub tls_ca_file: String,
+    /// Name checked against the certificate under `verify-identity`; empty means the host of
+    /// `address`.
+    pub tls_server_name: String,
 }
 
 /// A database user: the name and password clients log in with, which Sluice also uses to log
@@ -161,8 +250,45 @@ impl Default for Config {
             worker_threads: 0,
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
+            http_listen: "127.0.0.1:9090".into(),
+            admin_listen: "127.0.0.1:6032".into(),
+            max_client_connections: 10_000,
+            idle_client_timeout: Duration::from_secs(1800),
+            admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
+            secrets_manager: SecretsManagerConfig::default(),
             backend: BackendConfig::default(),
             users: Vec::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            username: "admin".into(),
+            password: Secret::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            mode: TlsMode::Disabled,
+            cert_file: String::new(),
+            key_file: String::new(),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for SecretsManagerConfig {
+    fn default() -> Self {
+        SecretsManagerConfig {
+            secret_ids: Vec::new(),
+            refresh_interval: Duration::from_secs(300),
+            rotation_window: Duration::from_secs(600),
         }
     }
 }
@@ -179,6 +305,9 @@ impl Default for BackendConfig {
             connect_timeout: Duration::from_secs(5),
             liveness_check_after: Duration::from_secs(30),
             max_prepared_statements_per_connection: 256,
+            tls: BackendTlsMode::Preferred,
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
         }
     }
 }
@@ -204,6 +333,8 @@ pub enum ConfigError {
 enum Kind {
     Text,
     Integer,
+    /// Comma-separated, into an array of strings.
+    List,
 }
 
 /// Environment variables that override file values, for containers.
@@ -270,6 +401,49 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
         &["backend", "max_prepared_statements_per_connection"],
         Kind::Integer,
     ),
+    ("SLUICE_BACKEND_TLS", &["backend", "tls"], Kind::Text),
+    (
+        "SLUICE_BACKEND_TLS_CA_FILE",
+        &["backend", "tls_ca_file"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_TLS_SERVER_NAME",
+        &["backend", "tls_server_name"],
+        Kind::Text,
+    ),
+    ("SLUICE_HTTP_LISTEN", &["http_listen"], Kind::Text),
+    ("SLUICE_ADMIN_LISTEN", &["admin_listen"], Kind::Text),
+    (
+        "SLUICE_MAX_CLIENT_CONNECTIONS",
+        &["max_client_connections"],
+        Kind::Integer,
+    ),
+    (
+        "SLUICE_IDLE_CLIENT_TIMEOUT",
+        &["idle_client_timeout"],
+        Kind::Text,
+    ),
+    ("SLUICE_ADMIN_USERNAME", &["admin", "username"], Kind::Text),
+    ("SLUICE_ADMIN_PASSWORD", &["admin", "password"], Kind::Text),
+    ("SLUICE_TLS_MODE", &["tls", "mode"], Kind::Text),
+    ("SLUICE_TLS_CERT_FILE", &["tls", "cert_file"], Kind::Text),
+    ("SLUICE_TLS_KEY_FILE", &["tls", "key_file"], Kind::Text),
+    (
+        "SLUICE_SECRETS_MANAGER_SECRET_IDS",
+        &["secrets_manager", "secret_ids"],
+        Kind::List,
+    ),
+    (
+        "SLUICE_SECRETS_MANAGER_REFRESH_INTERVAL",
+        &["secrets_manager", "refresh_interval"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_SECRETS_MANAGER_ROTATION_WINDOW",
+        &["secrets_manager", "rotation_window"],
+        Kind::Text,
+    ),
 ];
 
 /// The environment variables [`Config::load`] reads, for documentation and `--help`.
@@ -308,6 +482,13 @@ impl Config {
                         reason: format!("expected an integer, got {raw:?}"),
                     })?)
                 }
+                Kind::List => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                ),
             };
             set_path(&mut table, path, value);
         }
@@ -370,8 +551,63 @@ impl Config {
                 "must be between 1024 and 1073741824 bytes",
             );
         }
-        if self.users.is_empty() {
-            return invalid("users", "no users configured: add a [[users]] table");
+        for (key, addr) in [
+            ("http_listen", &self.http_listen),
+            ("admin_listen", &self.admin_listen),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return invalid(
+                    key,
+                    "must be an IP address and port, or empty to turn it off",
+                );
+            }
+        }
+        if self.max_client_connections == 0 {
+            return invalid("max_client_connections", "must be at least 1");
+        }
+        if self.idle_client_timeout.is_zero() {
+            return invalid("idle_client_timeout", "must be longer than zero");
+        }
+        if self.admin.username.is_empty() {
+            return invalid("admin.username", "must not be empty");
+        }
+        if self.tls.mode != TlsMode::Disabled
+            && (self.tls.cert_file.is_empty() || self.tls.key_file.is_empty())
+        {
+            return invalid(
+                "tls.cert_file",
+                "tls.mode preferred or required needs tls.cert_file and tls.key_file",
+            );
+        }
+        if self.tls.reload_interval.is_zero() {
+            return invalid("tls.reload_interval", "must be longer than zero");
+        }
+        if matches!(
+            self.backend.tls,
+            BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity
+        ) && self.backend.tls_ca_file.is_empty()
+        {
+            return invalid(
+                "backend.tls_ca_file",
+                "backend.tls verify-ca and verify-identity need a CA bundle (for RDS: \
+                 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem)",
+            );
+        }
+        let sm = &self.secrets_manager;
+        if sm.refresh_interval < Duration::from_secs(1) {
+            return invalid("secrets_manager.refresh_interval", "must be at least 1s");
+        }
+        if sm.rotation_window > Duration::from_secs(24 * 3600) {
+            return invalid("secrets_manager.rotation_window", "must be at most 24h");
+        }
+        if sm.secret_ids.iter().any(|id| id.trim().is_empty()) {
+            return invalid("secrets_manager.secret_ids", "contains an empty id");
+        }
+        if self.users.is_empty() && sm.secret_ids.is_empty() {
+            return invalid(
+                "users",
+                "no users configured: add a [[users]] table or [secrets_manager] secret_ids",
+            );
         }
         let mut seen = HashSet::new();
         for u in &self.users {
@@ -526,9 +762,41 @@ mod tests {
     }
 
     #[test]
+    fn new_sections_parse_and_validate() {
+        let env = |k: &str| match k {
+            "SLUICE_SECRETS_MANAGER_SECRET_IDS" => Some(" app-db, arn:aws:x ,".to_string()),
+            "SLUICE_BACKEND_TLS" => Some("verify-identity".to_string()),
+            "SLUICE_BACKEND_TLS_CA_FILE" => Some("/etc/sluice/rds-ca.pem".to_string()),
+            "SLUICE_HTTP_LISTEN" => Some("0.0.0.0:9090".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml("", "test", env).unwrap();
+        assert_eq!(c.secrets_manager.secret_ids, ["app-db", "arn:aws:x"]);
+        assert_eq!(c.backend.tls, BackendTlsMode::VerifyIdentity);
+        assert_eq!(c.http_listen, "0.0.0.0:9090");
+        assert!(c.users.is_empty());
+
+        let err = Config::from_toml("", "test", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret_ids"), "{err}");
+        let tls = format!("{MINIMAL}\n[tls]\nmode = \"required\"\n");
+        let err = Config::from_toml(&tls, "test", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
+        let verify = MINIMAL.replace("min_idle = 0", "min_idle = 0\ntls = \"verify-ca\"");
+        let err = Config::from_toml(&verify, "test", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend.tls_ca_file"), "{err}");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::from_toml(MINIMAL, "test", no_env).unwrap();
         let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());
-        assert!(!shown.contains("secret"), "{shown}");
+        assert!(!shown.contains("\"secret\""), "{shown}");
+        assert!(shown.contains("\"***\""), "{shown}");
     }
 }

@@ -52,6 +52,14 @@ impl Credentials {
             .cloned()
     }
 
+    /// True while no user is known (Secrets Manager not read yet, say): /readyz says not ready.
+    pub fn is_empty(&self) -> bool {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The plugin to announce in the handshake: native unless every user uses caching_sha2,
     /// so most logins need no auth switch.
     pub fn greeting_plugin(&self) -> AuthPluginName {

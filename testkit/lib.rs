@@ -8,6 +8,8 @@ pub mod mariadb;
 pub mod moto;
 /// Private MySQL 9 servers (caching_sha2_password only) from a Debian sid chroot.
 pub mod mysql9;
+/// Test certificates (rcgen): CAs and server certificates as PEM files.
+pub mod pki;
 /// Free loopback ports.
 pub mod ports;
 /// Child processes: finding programs, tying children to this process, bounded waits.
@@ -27,6 +29,7 @@ pub use clients::{
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use moto::Moto;
 pub use mysql9::{Mysql9, Mysql9Options, Sha2Auth};
+pub use pki::Pki;
 pub use ports::free_port;
 pub use process::spawn_tied;
 pub use sluice::{SluiceOptions, SluiceProcess};

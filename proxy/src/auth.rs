@@ -2,7 +2,14 @@
 //! backends): scrambles for mysql_native_password and caching_sha2_password, and the RSA step of
 //! caching_sha2's full authentication.
 
-use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
+    PrivateDecryptingKey, PublicEncryptingKey,
+};
 use base64::Engine as _;
 use mysql_common::scramble::{scramble_native, scramble_sha256};
 
@@ -117,6 +124,109 @@ pub fn encrypt_password(
     Ok(out)
 }
 
+/// The RSA key pair Sluice shows caching_sha2 clients that ask for a public key to send their
+/// password under, when they have no TLS (MySQL's `caching_sha2_password_public_key_path`).
+pub struct ServerRsaKey {
+    private: OaepPrivateDecryptingKey,
+    public_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerRsaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerRsaKey")
+    }
+}
+
+impl ServerRsaKey {
+    /// A fresh 2048-bit key, made at start and never written anywhere.
+    pub fn generate() -> Result<ServerRsaKey, AuthError> {
+        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048)
+            .map_err(|_| AuthError::NoRandomness)?;
+        let der = private
+            .public_key()
+            .as_der()
+            .map_err(|_| AuthError::BadPublicKey)?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        let private =
+            OaepPrivateDecryptingKey::new(private).map_err(|_| AuthError::BadPublicKey)?;
+        Ok(ServerRsaKey {
+            private,
+            public_pem: pem.into_bytes(),
+        })
+    }
+
+    /// The public key in PEM, as clients expect it.
+    pub fn public_pem(&self) -> &[u8] {
+        &self.public_pem
+    }
+
+    /// The password a client encrypted with [`encrypt_password`]'s scheme, if it decrypts.
+    pub fn decrypt_password(&self, cipher: &[u8], scramble: &[u8]) -> Option<Vec<u8>> {
+        if scramble.is_empty() {
+            return None;
+        }
+        let mut out = vec![0u8; self.private.min_output_size()];
+        let plain = self
+            .private
+            .decrypt(&OAEP_SHA1_MGF1SHA1, cipher, &mut out, None)
+            .ok()?;
+        let mut clear: Vec<u8> = plain
+            .iter()
+            .zip(scramble.iter().cycle())
+            .map(|(b, s)| b ^ s)
+            .collect();
+        (clear.pop() == Some(0)).then_some(clear)
+    }
+}
+
+/// Checks a password a client sent in full (caching_sha2 full authentication).
+pub fn verify_cleartext(password: &str, sent: &[u8]) -> bool {
+    constant_time_eq(password.as_bytes(), sent)
+}
+
+/// The users whose current password passed a caching_sha2 full authentication since start,
+/// like MySQL's server-side cache: until then, a login must send the password in full.
+#[derive(Debug, Default)]
+pub struct Sha2Cache {
+    // (user, SHA-256 of the password): a rotated password is a different entry.
+    entries: Mutex<HashSet<(String, [u8; 32])>>,
+}
+
+/// Entries kept before the cache starts over.
+const SHA2_CACHE_MAX: usize = 100_000;
+
+impl Sha2Cache {
+    fn entry(user: &str, password: &str) -> (String, [u8; 32]) {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+        let mut h = [0u8; 32];
+        h.copy_from_slice(d.as_ref());
+        (user.to_string(), h)
+    }
+
+    /// True if `user` with `password` passed a full authentication.
+    pub fn contains(&self, user: &str, password: &str) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&Self::entry(user, password))
+    }
+
+    /// Records a full authentication.
+    pub fn insert(&self, user: &str, password: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= SHA2_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(Self::entry(user, password));
+    }
+}
+
 /// Decodes the body of a PEM `PUBLIC KEY` block.
 fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(pem).ok()?;
@@ -156,6 +266,30 @@ mod tests {
             assert!(verify(plugin, &s, "", b""));
             assert!(!verify(plugin, &s, "", &good));
         }
+    }
+
+    #[test]
+    fn server_key_decrypts_what_clients_encrypt() {
+        let key = ServerRsaKey::generate().unwrap();
+        let nonce = b"01234567890123456789";
+        let cipher = encrypt_password("s3cret", nonce, key.public_pem()).unwrap();
+        assert_eq!(key.decrypt_password(&cipher, nonce).unwrap(), b"s3cret");
+        assert!(
+            key.decrypt_password(&cipher, b"another nonce 123456")
+                .is_none()
+        );
+        assert!(key.decrypt_password(b"garbage", nonce).is_none());
+        assert!(key.decrypt_password(&cipher, b"").is_none());
+    }
+
+    #[test]
+    fn sha2_cache_tracks_user_and_password() {
+        let c = Sha2Cache::default();
+        assert!(!c.contains("app", "pw"));
+        c.insert("app", "pw");
+        assert!(c.contains("app", "pw"));
+        assert!(!c.contains("app", "new"));
+        assert!(!c.contains("other", "pw"));
     }
 
     #[test]

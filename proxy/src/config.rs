@@ -42,6 +42,8 @@ pub struct Config {
     /// A client idle (between commands, outside a transaction) for this long is disconnected.
     #[serde(with = "duration")]
     pub idle_client_timeout: Duration,
+    /// When caching_sha2_password clients must send their password in full.
+    pub caching_sha2_full_auth: FullAuth,
     /// The admin console's own login.
     pub admin: AdminConfig,
     /// TLS between clients and Sluice.
@@ -52,6 +54,18 @@ pub struct Config {
     pub backend: BackendConfig,
     /// Database users clients may log in as (the static source, for local use).
     pub users: Vec<UserConfig>,
+}
+
+/// When Sluice asks caching_sha2_password clients for a full authentication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullAuth {
+    /// Never: Sluice knows every password, so the fast path (a scramble) always suffices.
+    #[default]
+    Never,
+    /// Like MySQL's server cache: a user's first login after start, or after a password
+    /// change, sends the password in full (over TLS, or RSA-encrypted without it).
+    FirstLogin,
 }
 
 /// The admin console's login (its own, not a database user's).
@@ -254,6 +268,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:6032".into(),
             max_client_connections: 10_000,
             idle_client_timeout: Duration::from_secs(1800),
+            caching_sha2_full_auth: FullAuth::Never,
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
             secrets_manager: SecretsManagerConfig::default(),
@@ -422,6 +437,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     (
         "SLUICE_IDLE_CLIENT_TIMEOUT",
         &["idle_client_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_CACHING_SHA2_FULL_AUTH",
+        &["caching_sha2_full_auth"],
         Kind::Text,
     ),
     ("SLUICE_ADMIN_USERNAME", &["admin", "username"], Kind::Text),

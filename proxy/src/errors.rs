@@ -20,6 +20,8 @@ pub struct ClientError {
 pub const ER_ACCESS_DENIED: u16 = 1045;
 /// `Bad handshake` (1043, 08S01).
 pub const ER_HANDSHAKE: u16 = 1043;
+/// `Connections using insecure transport are prohibited` (3159, HY000).
+pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 /// `Unknown command` (1047, 08S01).
 pub const ER_UNKNOWN_COM: u16 = 1047;
 /// `Unknown thread id` (1094).
@@ -80,6 +82,16 @@ impl ClientError {
     /// A login packet that cannot be parsed.
     pub fn bad_handshake(why: &str) -> Self {
         Self::new(ER_HANDSHAKE, b"08S01", format!("Bad handshake: {why}"))
+    }
+
+    /// A plain-text login while `tls.mode` is `required`, worded as MySQL words it.
+    pub fn tls_required() -> Self {
+        Self::new(
+            ER_SECURE_TRANSPORT_REQUIRED,
+            b"HY000",
+            "Connections using insecure transport are prohibited while \
+             --require_secure_transport=ON.",
+        )
     }
 
     /// A client too old to speak protocol 4.1 with plugin authentication.

@@ -11,7 +11,8 @@
 //! - [`auth`], [`credentials`]: passwords and scrambles;
 //! - [`errors`]: every error Sluice sends, with its code;
 //! - [`server`]: the listener and graceful shutdown;
-//! - [`stats`], [`registry`]: counters and live sessions.
+//! - [`stats`], [`registry`]: counters and live sessions;
+//! - [`tls`]: the certificates Sluice shows clients and how it checks the database's.
 
 pub mod auth;
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod stats;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{Proxy, ShutdownHandle, StartError};

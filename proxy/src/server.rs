@@ -9,13 +9,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::auth::{ServerRsaKey, Sha2Cache};
 use crate::backend::{BackendError, BorrowError, Connector, Pool, PoolKey};
-use crate::config::Config;
+use crate::config::{Config, FullAuth};
 use crate::credentials::Credentials;
 use crate::errors::ClientError;
 use crate::protocol::CapabilityFlags;
 use crate::registry::Registry;
 use crate::stats::Stats;
+use crate::tls::{BackendTls, ClientTls};
 
 /// Capabilities Sluice offers clients (before removing what the backend lacks).
 const OFFERED_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
@@ -58,6 +60,12 @@ pub struct Shared {
     pub collation: u8,
     /// Flips to true when Sluice starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Client TLS, unless `tls.mode` is disabled.
+    pub tls: Option<Arc<ClientTls>>,
+    /// caching_sha2 users who passed a full authentication (`caching_sha2_full_auth`).
+    pub sha2_cache: Sha2Cache,
+    /// The key caching_sha2 clients without TLS encrypt their password with.
+    pub rsa_key: Option<ServerRsaKey>,
     /// (user, schema) pairs the backend accepted recently, so logins naming a schema need no
     /// round trip.
     known_schemas: Mutex<HashSet<(Arc<str>, String)>>,
@@ -157,6 +165,13 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    #[error("{setting}: {source}")]
+    Tls {
+        setting: &'static str,
+        source: crate::tls::TlsError,
+    },
+    #[error("cannot make the RSA key for caching_sha2 full authentication: {0}")]
+    RsaKey(crate::auth::AuthError),
 }
 
 /// A bound, not yet running proxy.
@@ -186,6 +201,19 @@ impl Proxy {
                 address: config.listen.clone(),
                 source,
             })?;
+        let tls = ClientTls::from_config(&config.tls).map_err(|source| StartError::Tls {
+            setting: "tls",
+            source,
+        })?;
+        let backend_tls =
+            BackendTls::from_config(&config.backend).map_err(|source| StartError::Tls {
+                setting: "backend.tls",
+                source,
+            })?;
+        let rsa_key = match config.caching_sha2_full_auth {
+            FullAuth::Never => None,
+            FullAuth::FirstLogin => Some(ServerRsaKey::generate().map_err(StartError::RsaKey)?),
+        };
         let stats = Arc::new(Stats::default());
         let credentials = Arc::new(Credentials::from_config(&config.users));
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
@@ -195,7 +223,8 @@ impl Proxy {
             max_packet,
             config.backend.max_prepared_statements_per_connection,
             stats.clone(),
-        );
+        )
+        .with_tls(backend_tls);
         let (version, caps, collation) = match connector.probe().await {
             Ok((version, caps)) => (version, caps, 45),
             Err(e) => {
@@ -212,6 +241,9 @@ impl Proxy {
         let mut capabilities = OFFERED_CAPS;
         if !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
             capabilities.remove(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        }
+        if tls.is_some() {
+            capabilities.insert(CapabilityFlags::CLIENT_SSL);
         }
         let pool = Pool::new(
             &config.backend,
@@ -230,6 +262,9 @@ impl Proxy {
             capabilities,
             collation,
             shutdown,
+            tls,
+            sha2_cache: Sha2Cache::default(),
+            rsa_key,
             known_schemas: Mutex::new(HashSet::new()),
         };
         Ok(Proxy {
@@ -269,6 +304,9 @@ impl Proxy {
             shutdown_tx,
         } = self;
         shared.pool.spawn_maintenance();
+        if let Some(tls) = &shared.tls {
+            tls.spawn_watch(shared.config.tls.reload_interval, shutdown_tx.subscribe());
+        }
         let mut shutdown = shutdown_tx.subscribe();
         tracing::info!(listen = %shared.config.listen, backend = %shared.config.backend.address,
             version = %shared.server_version, "sluice is accepting clients");

@@ -12,6 +12,8 @@ pub struct Stats {
     pub client_connections_total: AtomicU64,
     pub client_auth_failures: AtomicU64,
     pub client_handshake_failures: AtomicU64,
+    pub client_tls_logins: AtomicU64,
+    pub client_full_auths: AtomicU64,
     pub backend_connections: AtomicU64,
     pub backend_connections_peak: AtomicU64,
     pub backend_connections_opened: AtomicU64,
@@ -32,6 +34,10 @@ pub struct Snapshot {
     pub client_connections_total: u64,
     pub client_auth_failures: u64,
     pub client_handshake_failures: u64,
+    /// Logins completed over TLS.
+    pub client_tls_logins: u64,
+    /// caching_sha2 logins that sent the password in full.
+    pub client_full_auths: u64,
     pub backend_connections: u64,
     pub backend_connections_peak: u64,
     pub backend_connections_opened: u64,
@@ -85,6 +91,8 @@ impl Stats {
             client_connections_total: g(&self.client_connections_total),
             client_auth_failures: g(&self.client_auth_failures),
             client_handshake_failures: g(&self.client_handshake_failures),
+            client_tls_logins: g(&self.client_tls_logins),
+            client_full_auths: g(&self.client_full_auths),
             backend_connections: g(&self.backend_connections),
             backend_connections_peak: g(&self.backend_connections_peak),
             backend_connections_opened: g(&self.backend_connections_opened),

@@ -21,6 +21,7 @@ use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, StatusFlags, command, ok, put_packet};
 use crate::session::{CHARSET_VARS, TRACKED_VARS, VarValues, tracked_index};
 use crate::stats::Stats;
+use crate::tls::BackendTls;
 
 /// Capabilities that change what the server does or sends, so a client may only use backend
 /// connections opened with the same ones. They are part of the pool key.
@@ -77,6 +78,13 @@ pub enum BackendError {
         code: u16,
         message: String,
     },
+    #[error("the database at {address} does not offer TLS, which backend.tls requires")]
+    TlsUnavailable { address: String },
+    #[error("TLS handshake with {address} failed: {source}")]
+    Tls {
+        address: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -98,6 +106,8 @@ pub struct Connector {
     pub max_packet: u32,
     /// `max_prepared_statements_per_connection`.
     pub statement_cache: usize,
+    /// Whether and how connections start TLS.
+    pub tls: BackendTls,
     stats: Arc<Stats>,
     next_id: AtomicU64,
 }
@@ -116,9 +126,16 @@ impl Connector {
             connect_timeout,
             max_packet,
             statement_cache,
+            tls: BackendTls::disabled(),
             stats,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Uses `tls` for every connection opened from now on.
+    pub fn with_tls(mut self, tls: BackendTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Opens, logs in and prepares a connection for `key`, starting in `schema`.
@@ -132,8 +149,7 @@ impl Connector {
             .within_timeout(async {
                 let stream = self.dial().await?;
                 let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
-                let mut conn =
-                    BackendConn::login(stream, id, key, password, schema, self.max_packet).await?;
+                let mut conn = BackendConn::login(stream, id, key, password, schema, self).await?;
                 conn.statements = StatementCache::new(self.statement_cache);
                 conn.prepare_session().await?;
                 Ok(conn)
@@ -244,8 +260,9 @@ impl BackendConn {
         key: &PoolKey,
         password: &Secret,
         schema: Option<&str>,
-        max_packet: u32,
+        connector: &Connector,
     ) -> Result<BackendConn, BackendError> {
+        let max_packet = connector.max_packet;
         let (seq, payload) = stream.read_packet(CONTROL_PACKET_MAX).await?;
         let hs = parse_greeting(&payload)?;
         let server_caps = hs.capabilities();
@@ -287,6 +304,30 @@ impl BackendConn {
             plugin = auth::NATIVE.as_bytes().to_vec();
         }
         let response = auth::client_response(&plugin, &nonce, password.expose())?;
+        let mut seq = seq.wrapping_add(1);
+        match connector.tls.connector() {
+            Some((tls, name)) if server_caps.contains(CapabilityFlags::CLIENT_SSL) => {
+                caps |= CapabilityFlags::CLIENT_SSL;
+                stream
+                    .write_packet(seq, &packets::ssl_request(caps, max_packet, key.collation))
+                    .await
+                    .map_err(ProtocolError::from)?;
+                stream
+                    .connect_tls(tls, name)
+                    .await
+                    .map_err(|source| BackendError::Tls {
+                        address: connector.address.clone(),
+                        source,
+                    })?;
+                seq = seq.wrapping_add(1);
+            }
+            _ if connector.tls.required() => {
+                return Err(BackendError::TlsUnavailable {
+                    address: connector.address.clone(),
+                });
+            }
+            _ => {}
+        }
         let version = env!("CARGO_PKG_VERSION");
         let attrs = [
             ("_client_name", "sluice"),
@@ -305,7 +346,7 @@ impl BackendConn {
         }
         .encode();
         stream
-            .write_packet(seq.wrapping_add(1), &hello)
+            .write_packet(seq, &hello)
             .await
             .map_err(ProtocolError::from)?;
         let (status, plugin) = auth_exchange(&mut stream, plugin, nonce.clone(), password).await?;
@@ -685,6 +726,15 @@ async fn auth_exchange(
             }
             Some(0x01) if plugin == auth::CACHING_SHA2.as_bytes() => match p.get(1) {
                 Some(&auth::FAST_AUTH_OK) => {}
+                Some(&auth::PERFORM_FULL_AUTH) if stream.is_tls() => {
+                    // Over TLS the password itself goes, NUL-terminated, as MySQL's clients do.
+                    let mut clear = password.expose().as_bytes().to_vec();
+                    clear.push(0);
+                    stream
+                        .write_packet(seq, &clear)
+                        .await
+                        .map_err(ProtocolError::from)?;
+                }
                 Some(&auth::PERFORM_FULL_AUTH) => {
                     // No TLS: ask for the server's RSA key and send the password encrypted.
                     stream

@@ -401,10 +401,7 @@ impl Pool {
     /// Closes a connection (politely: COM_QUIT if the socket takes it without waiting). The
     /// caller decides what happens to its place under the cap.
     fn close_conn(&self, conn: BackendConn) {
-        let _ = conn
-            .stream
-            .socket()
-            .try_write(&[1, 0, 0, 0, crate::protocol::command::COM_QUIT]);
+        conn.stream.try_quit();
         self.inner.stats.backend_closed();
         drop(conn);
     }

@@ -9,7 +9,7 @@ use mysql_common::packets::HandshakeResponse;
 
 use crate::auth;
 use crate::backend::PoolKey;
-use crate::config::AuthPluginName;
+use crate::config::{AuthPluginName, TlsMode};
 use crate::credentials::Credential;
 use crate::errors::ClientError;
 use crate::protocol::codec::{PacketStream, ProtocolError};
@@ -96,6 +96,87 @@ impl From<ProtocolError> for LoginFailure {
     }
 }
 
+/// Reads the client's login packet (or its SSL request) and its capability flags, checking
+/// the sequence id against `seq`, which then moves past it.
+async fn read_login_packet(
+    client: &mut PacketStream,
+    seq: &mut u8,
+) -> Result<(Vec<u8>, CapabilityFlags), LoginFailure> {
+    let (rseq, payload) = client.read_packet(MAX_LOGIN_PACKET).await?;
+    if rseq != *seq {
+        return Err(LoginFailure::with(
+            rseq.wrapping_add(1),
+            ClientError::out_of_order(),
+            "login packet out of order",
+        ));
+    }
+    *seq = rseq.wrapping_add(1);
+    let caps = payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(|b| CapabilityFlags::from_bits_truncate(u32::from_le_bytes(b)))
+        .ok_or_else(|| {
+            LoginFailure::with(
+                *seq,
+                ClientError::bad_handshake("login packet too short"),
+                "malformed login packet",
+            )
+        })?;
+    Ok((payload, caps))
+}
+
+/// caching_sha2_password full authentication: asks for the password itself, which comes in
+/// clear over TLS, or RSA-encrypted under Sluice's key (sent first if the client asks).
+/// Returns what the client sent, or `None` if it sent nothing usable.
+async fn full_authentication(
+    client: &mut PacketStream,
+    shared: &Shared,
+    scramble: &[u8; 20],
+    seq: &mut u8,
+) -> Result<Option<Vec<u8>>, LoginFailure> {
+    let reply = exchange(
+        client,
+        seq,
+        &packets::auth_more_data(&[auth::PERFORM_FULL_AUTH]),
+    )
+    .await?;
+    if client.is_tls() {
+        let mut sent = reply;
+        return Ok((sent.pop() == Some(0)).then_some(sent));
+    }
+    let Some(key) = &shared.rsa_key else {
+        return Ok(None);
+    };
+    if reply != [auth::REQUEST_PUBLIC_KEY] {
+        // A password in clear over plain TCP is refused, as MySQL refuses it.
+        return Ok(None);
+    }
+    let cipher = exchange(client, seq, &packets::auth_more_data(key.public_pem())).await?;
+    Ok(key.decrypt_password(&cipher, scramble))
+}
+
+/// Sends one login-phase packet and reads the client's answer, keeping `seq` in step.
+async fn exchange(
+    client: &mut PacketStream,
+    seq: &mut u8,
+    payload: &[u8],
+) -> Result<Vec<u8>, LoginFailure> {
+    client
+        .write_packet(*seq, payload)
+        .await
+        .map_err(ProtocolError::from)?;
+    let (rseq, reply) = client.read_packet(MAX_LOGIN_PACKET).await?;
+    if rseq != seq.wrapping_add(1) {
+        return Err(LoginFailure::with(
+            rseq.wrapping_add(1),
+            ClientError::out_of_order(),
+            "authentication reply out of order",
+        ));
+    }
+    *seq = rseq.wrapping_add(1);
+    Ok(reply)
+}
+
 /// Runs the login. `seq` tracks the next sequence id Sluice would send, so a caller that gives
 /// up (handshake timeout) can still answer in order.
 pub async fn login(
@@ -124,44 +205,44 @@ pub async fn login(
         .map_err(ProtocolError::from)?;
     *seq = 1;
 
-    let (rseq, payload) = client.read_packet(MAX_LOGIN_PACKET).await?;
-    if rseq != 1 {
-        return Err(LoginFailure::with(
-            rseq.wrapping_add(1),
-            ClientError::out_of_order(),
-            "login packet out of order",
-        ));
-    }
-    *seq = 2;
-    let client_caps = payload
-        .get(..4)
-        .map(|b| CapabilityFlags::from_bits_truncate(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-        .ok_or_else(|| {
-            LoginFailure::with(
-                2,
-                ClientError::bad_handshake("login packet too short"),
-                "malformed login packet",
-            )
-        })?;
+    let (mut payload, mut client_caps) = read_login_packet(client, seq).await?;
     if client_caps.contains(CapabilityFlags::CLIENT_SSL) && payload.len() == 32 {
+        let Some(tls) = &shared.tls else {
+            return Err(LoginFailure::with(
+                *seq,
+                ClientError::bad_handshake("TLS was requested but Sluice has no TLS configured"),
+                "TLS requested",
+            ));
+        };
+        if let Err(e) = client.accept_tls(&tls.acceptor()).await {
+            tracing::info!(client = %session.id, %peer, error = %e, "TLS handshake failed");
+            return Err(LoginFailure::silent("TLS handshake failed"));
+        }
+        (payload, client_caps) = read_login_packet(client, seq).await?;
+    } else if shared
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.mode() == TlsMode::Required)
+    {
+        tracing::info!(client = %session.id, %peer, "plain-text client refused: tls.mode is required");
         return Err(LoginFailure::with(
-            2,
-            ClientError::bad_handshake("TLS was requested but Sluice has no TLS configured"),
-            "TLS requested",
+            *seq,
+            ClientError::tls_required(),
+            "plain-text client refused",
         ));
     }
     if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41)
         || !client_caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION)
     {
         return Err(LoginFailure::with(
-            2,
+            *seq,
             ClientError::unsupported_client(),
             "pre-4.1 client",
         ));
     }
     let response: HandshakeResponse<'_> = ParseBuf(&payload).parse(()).map_err(|_| {
         LoginFailure::with(
-            2,
+            *seq,
             ClientError::bad_handshake("cannot parse the login packet"),
             "malformed login packet",
         )
@@ -188,26 +269,35 @@ pub async fn login(
                 "client cannot switch plugins",
             ));
         }
-        client
-            .write_packet(
-                *seq,
-                &packets::auth_switch_request(plugin.as_str(), &scramble),
-            )
-            .await
-            .map_err(ProtocolError::from)?;
-        let (rseq, data) = client.read_packet(MAX_LOGIN_PACKET).await?;
-        if rseq != seq.wrapping_add(1) {
-            return Err(LoginFailure::with(
-                rseq.wrapping_add(1),
-                ClientError::out_of_order(),
-                "auth switch reply out of order",
-            ));
-        }
-        *seq = rseq.wrapping_add(1);
-        auth_data = data;
+        let switch = packets::auth_switch_request(plugin.as_str(), &scramble);
+        auth_data = exchange(client, seq, &switch).await?;
     }
+    // caching_sha2 with `caching_sha2_full_auth = "first-login"`: like MySQL with a cold
+    // cache, a user's first login with this password sends it in full.
+    let full_auth = plugin == AuthPluginName::CachingSha2Password
+        && !auth_data.is_empty()
+        && shared.rsa_key.is_some()
+        && !known
+            .as_ref()
+            .is_some_and(|u| shared.sha2_cache.contains(&u.username, u.password.expose()));
+    let verified = if full_auth {
+        let sent = full_authentication(client, shared, &scramble, seq).await?;
+        shared
+            .stats
+            .client_full_auths
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ok = matches!((&known, &sent), (Some(u), Some(sent)) if auth::verify_cleartext(u.password.expose(), sent));
+        if let (true, Some(u)) = (ok, &known) {
+            shared.sha2_cache.insert(&u.username, u.password.expose());
+        }
+        ok
+    } else {
+        known
+            .as_ref()
+            .is_some_and(|u| auth::verify(plugin, &scramble, u.password.expose(), &auth_data))
+    };
     let user = match known {
-        Some(u) if auth::verify(plugin, &scramble, u.password.expose(), &auth_data) => u,
+        Some(u) if verified => u,
         _ => {
             shared
                 .stats
@@ -221,7 +311,7 @@ pub async fn login(
             ));
         }
     };
-    if plugin == AuthPluginName::CachingSha2Password && !auth_data.is_empty() {
+    if plugin == AuthPluginName::CachingSha2Password && !auth_data.is_empty() && !full_auth {
         client
             .write_packet(*seq, &packets::auth_more_data(&[auth::FAST_AUTH_OK]))
             .await
@@ -252,5 +342,11 @@ pub async fn login(
         )
         .await
         .map_err(ProtocolError::from)?;
+    if client.is_tls() {
+        shared
+            .stats
+            .client_tls_logins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(logged_in)
 }

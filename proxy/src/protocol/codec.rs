@@ -6,6 +6,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::transport::Transport;
 use super::{HEADER_LEN, MAX_FRAME, frame_len, put_packet};
 
 /// How much spare room a read asks for; large results are relayed in chunks of about this size.
@@ -29,10 +30,11 @@ pub enum ProtocolError {
     OutOfOrder { expected: u8, got: u8 },
 }
 
-/// A TCP connection speaking the MySQL protocol, with its read buffer.
+/// A connection speaking the MySQL protocol (over TCP, or TLS after an upgrade), with its
+/// read buffer.
 #[derive(Debug)]
 pub struct PacketStream {
-    stream: TcpStream,
+    stream: Transport,
     buf: BytesMut,
 }
 
@@ -41,14 +43,49 @@ impl PacketStream {
     pub fn new(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         Ok(PacketStream {
-            stream,
+            stream: Transport::Plain(stream),
             buf: BytesMut::new(),
         })
     }
 
-    /// The socket, for addresses and readiness checks.
-    pub fn socket(&self) -> &TcpStream {
+    /// The stream underneath, for its TLS state.
+    pub fn transport(&self) -> &Transport {
         &self.stream
+    }
+
+    /// True once the connection upgraded to TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Accepts a client's TLS handshake; bytes the client sent ahead are handed to it.
+    pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        let ahead = self.buf.split();
+        self.buf = BytesMut::new();
+        self.stream.accept_tls(ahead, acceptor).await
+    }
+
+    /// Starts TLS towards a server after Sluice's SSL request.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server sent data before the TLS handshake",
+            ));
+        }
+        self.stream.connect_tls(connector, name).await
+    }
+
+    /// Sends COM_QUIT if the socket takes it at once; a TLS connection is just closed, since
+    /// its records cannot be written without waiting.
+    pub fn try_quit(&self) {
+        if let Transport::Plain(tcp) = &self.stream {
+            let _ = tcp.try_write(&[1, 0, 0, 0, super::command::COM_QUIT]);
+        }
     }
 
     /// Bytes read but not yet consumed.
@@ -163,27 +200,29 @@ impl PacketStream {
 
     /// Writes bytes that are already framed.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.write_all(bytes).await?;
+        self.flush_tls().await
     }
 
     /// Frames and writes one packet.
     pub async fn write_packet(&mut self, seq: u8, payload: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(payload.len() + HEADER_LEN);
         put_packet(&mut out, seq, payload);
-        self.stream.write_all(&out).await
+        self.write_all(&out).await
+    }
+
+    /// TLS may keep records back when the socket is full; everything written must leave.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        if self.stream.is_tls() {
+            self.stream.flush().await?;
+        }
+        Ok(())
     }
 
     /// True if the peer has closed the connection or sent something unasked; checked without
     /// waiting, before an idle backend connection is handed out.
     pub fn is_stale(&self) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-        }
+        !self.buf.is_empty() || self.stream.has_unread_or_closed()
     }
 
     /// Gives back read-buffer memory once nothing is buffered: idle connections keep none.

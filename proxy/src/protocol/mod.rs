@@ -10,6 +10,7 @@ pub mod ok;
 pub mod packets;
 pub mod relay;
 pub mod response;
+pub mod transport;
 
 pub use mysql_common::constants::{CapabilityFlags, StatusFlags};
 

@@ -97,6 +97,18 @@ pub struct HandshakeResponse<'a> {
     pub connect_attributes: &'a [(&'a str, &'a str)],
 }
 
+/// The SSL request a client sends instead of its login when it wants TLS first: the first 32
+/// bytes of a login packet, with `CLIENT_SSL` set.
+pub fn ssl_request(capabilities: CapabilityFlags, max_packet_size: u32, collation: u8) -> Vec<u8> {
+    let caps = capabilities | CapabilityFlags::CLIENT_SSL;
+    let mut out = Vec::with_capacity(32);
+    out.extend_from_slice(&caps.bits().to_le_bytes());
+    out.extend_from_slice(&max_packet_size.to_le_bytes());
+    out.push(collation);
+    out.extend_from_slice(&[0; 23]);
+    out
+}
+
 impl HandshakeResponse<'_> {
     /// Encodes the payload; capability bits for the optional parts are set from what is given.
     pub fn encode(&self) -> Vec<u8> {

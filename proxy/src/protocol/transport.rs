@@ -1,0 +1,226 @@
+//! The byte stream under a MySQL connection: plain TCP, or TLS once the connection upgraded
+//! in-protocol (after the SSL request packet, on either side of Sluice).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A TCP stream with bytes already read from it put back in front: a client may send its TLS
+/// hello right behind the SSL request, before Sluice has looked at either.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: BytesMut,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// The stream a [`super::codec::PacketStream`] reads and writes.
+#[derive(Debug)]
+pub enum Transport {
+    Plain(TcpStream),
+    /// A client connection Sluice accepted TLS on.
+    ServerTls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
+    /// A backend connection Sluice started TLS on.
+    ClientTls(Box<tokio_rustls::client::TlsStream<Prefixed>>),
+    /// Between taking the plain stream and finishing a TLS handshake that failed.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost in a TLS upgrade",
+    )
+}
+
+impl Transport {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Plain(t) => Some(t),
+            Transport::ServerTls(t) => Some(&t.get_ref().0.tcp),
+            Transport::ClientTls(t) => Some(&t.get_ref().0.tcp),
+            Transport::Gone => None,
+        }
+    }
+
+    /// True once TLS is on.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::ServerTls(_) | Transport::ClientTls(_))
+    }
+
+    /// The negotiated TLS version, for logs and metrics.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        let v = match self {
+            Transport::ServerTls(t) => t.get_ref().1.protocol_version(),
+            Transport::ClientTls(t) => t.get_ref().1.protocol_version(),
+            _ => None,
+        }?;
+        Some(match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        })
+    }
+
+    /// Takes the plain stream out for an upgrade, with `prefix` put back in front of it.
+    fn take_plain(&mut self, prefix: BytesMut) -> io::Result<Prefixed> {
+        match std::mem::replace(self, Transport::Gone) {
+            Transport::Plain(tcp) => Ok(Prefixed { prefix, tcp }),
+            other => {
+                *self = other;
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS is already on for this connection",
+                ))
+            }
+        }
+    }
+
+    /// Accepts TLS from a client on what was a plain connection.
+    pub async fn accept_tls(
+        &mut self,
+        prefix: BytesMut,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> io::Result<()> {
+        let io = self.take_plain(prefix)?;
+        *self = Transport::ServerTls(Box::new(acceptor.accept(io).await?));
+        Ok(())
+    }
+
+    /// Starts TLS towards a server on what was a plain connection.
+    pub async fn connect_tls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        let io = self.take_plain(BytesMut::new())?;
+        *self = Transport::ClientTls(Box::new(connector.connect(name, io).await?));
+        Ok(())
+    }
+
+    /// Waits until a read would find data, without allocating a buffer for it.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        // TLS may hold decrypted bytes already, which the socket no longer shows.
+        fn pending(plaintext: Result<rustls::IoState, rustls::Error>) -> io::Result<bool> {
+            plaintext
+                .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        }
+        match self {
+            Transport::Plain(t) => t.readable().await,
+            Transport::ServerTls(t) => {
+                let (io, conn) = t.get_mut();
+                if !io.prefix.is_empty() || pending(conn.process_new_packets())? {
+                    return Ok(());
+                }
+                io.tcp.readable().await
+            }
+            Transport::ClientTls(t) => {
+                let (io, conn) = t.get_mut();
+                if !io.prefix.is_empty() || pending(conn.process_new_packets())? {
+                    return Ok(());
+                }
+                io.tcp.readable().await
+            }
+            Transport::Gone => Err(gone()),
+        }
+    }
+
+    /// True if the peer closed or sent bytes nobody asked for; looks without waiting or
+    /// consuming anything.
+    pub fn has_unread_or_closed(&self) -> bool {
+        let Some(tcp) = self.tcp() else {
+            return true;
+        };
+        if let Transport::ServerTls(t) = self
+            && !t.get_ref().0.prefix.is_empty()
+        {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        match tcp.poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(_)) => true,
+            Poll::Ready(Err(_)) => true,
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Transport::Plain($s) => $e,
+            Transport::ServerTls($s) => $e,
+            Transport::ClientTls($s) => $e,
+            Transport::Gone => Poll::Ready(Err(gone())),
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}

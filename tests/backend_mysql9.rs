@@ -37,17 +37,31 @@ impl Running {
     /// Starts Sluice in front of `backend` with one user, `app`, whose password Sluice knows as
     /// `password` and whose clients authenticate with `plugin`.
     async fn start(backend: SocketAddr, password: &str, plugin: &str) -> Result<Running> {
+        // Plain TCP, so the tap between Sluice and the server can read the login.
+        Self::start_with(backend, password, plugin, "tls = \"disabled\"", "").await
+    }
+
+    /// As [`Running::start`], with more `[backend]` lines and top-level settings.
+    async fn start_with(
+        backend: SocketAddr,
+        password: &str,
+        plugin: &str,
+        backend_extra: &str,
+        top_extra: &str,
+    ) -> Result<Running> {
         let text = format!(
             r#"
 listen = "127.0.0.1:0"
 handshake_timeout = "10s"
 shutdown_timeout = "5s"
+{top_extra}
 
 [backend]
 address = "{backend}"
 max_connections = 4
 borrow_timeout = "20s"
 connect_timeout = "10s"
+{backend_extra}
 
 [[users]]
 username = "app"
@@ -457,6 +471,70 @@ async fn wrong_backend_password_is_error_9502() {
         );
     }
     conn.disconnect().await.unwrap();
+    sluice.stop().await;
+}
+
+/// caching_sha2 end to end over TLS: clients log in to Sluice over TLS with caching_sha2 (the
+/// first login in full), and Sluice logs in to MySQL 9 over TLS, checking the server's
+/// auto-generated certificate against its CA: the first backend login sends the password in
+/// full inside TLS (no RSA), the next takes the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_end_to_end_over_tls() {
+    // Its own server, whose credential cache starts empty.
+    let db = Mysql9::start().unwrap();
+    let pki = sluice_testkit::Pki::generate().unwrap();
+    let ca = db.dir().join("data").join("ca.pem");
+    assert!(
+        ca.is_file(),
+        "MySQL's auto-generated CA is at {}",
+        ca.display()
+    );
+    let backend_tls = format!("tls = \"verify-ca\"\ntls_ca_file = \"{}\"", ca.display());
+    let client_tls = format!(
+        "caching_sha2_full_auth = \"first-login\"\n[tls]\nmode = \"required\"\n\
+         cert_file = \"{}\"\nkey_file = \"{}\"",
+        pki.path("server.pem").display(),
+        pki.path("server-key.pem").display()
+    );
+    let sluice = Running::start_with(
+        db.addr(),
+        db.app_password(),
+        "caching_sha2_password",
+        &backend_tls,
+        &client_tls,
+    )
+    .await
+    .unwrap();
+    let tls_client = || {
+        client_opts(sluice.addr, db.app_password()).ssl_opts(
+            mysql_async::SslOpts::default().with_root_certs(vec![pki.path("ca.pem").into()]),
+        )
+    };
+    let mut a = Conn::new(tls_client()).await.unwrap();
+    a.query_drop("BEGIN").await.unwrap();
+    let (id, tls): (u32, String) = a
+        .query_first(
+            "SELECT CONNECTION_ID(), VARIABLE_VALUE FROM performance_schema.session_status \
+             WHERE VARIABLE_NAME = 'Ssl_version'",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tls.starts_with("TLSv1."), "backend TLS version {tls:?}");
+    assert_eq!(db.sha2_auth(id).unwrap(), Sha2Auth::Full);
+    // a's transaction holds its connection: b's query logs in again, on the fast path.
+    let mut b = Conn::new(tls_client()).await.unwrap();
+    let id_b = backend_id(&mut b).await;
+    assert_ne!(id_b, id);
+    assert_eq!(db.sha2_auth(id_b).unwrap(), Sha2Auth::Fast);
+    a.query_drop("COMMIT").await.unwrap();
+    let s = sluice.stats.snapshot();
+    assert_eq!((s.client_tls_logins, s.client_full_auths), (2, 1));
+    // A plain client is refused; the process goes on.
+    let e = server_error(sluice.connect(db.app_password()).await);
+    assert_eq!(e.code, 3159, "{e:?}");
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
     sluice.stop().await;
 }
 

@@ -1,73 +1,15 @@
-//! `DB_TLS=required` with `DB_TLS_CA_FILE`: the server's certificate must chain to the bundle.
-//!
-//! Sluice does not speak TLS to clients yet, so the TLS path is exercised against a MariaDB
-//! with TLS directly (PROXY_ENDPOINT pointing at it); against today's Sluice, `required` must
-//! refuse to go on in plain text.
+//! `DB_TLS=required` with `DB_TLS_CA_FILE`: the server's certificate must chain to the bundle,
+//! against a MariaDB with TLS directly and through a Sluice with client TLS; against a Sluice
+//! that offers no TLS, `required` must refuse to go on in plain text.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{config, create_secret, db, moto, schema, secrets_client, sluice};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::json;
 use sluice_function::{Customer, DbTls, Function};
-use sluice_testkit::{MariaDb, MariaDbOptions, Moto};
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, plus an unrelated CA.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn generate() -> Pki {
-        let dir = std::env::temp_dir().join(Moto::unique_name("sluice-fn-tls"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (params, key, cert)
-        };
-        let (ca_params, ca_key, ca_cert) = ca("sluice test CA");
-        let (_, _, other_cert) = ca("some other CA");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "127.0.0.1");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        for (name, pem) in [
-            ("ca.pem", ca_cert.pem()),
-            ("other-ca.pem", other_cert.pem()),
-            ("server.pem", cert.pem()),
-            ("server-key.pem", key.serialize_pem()),
-        ] {
-            std::fs::write(dir.join(name), pem).unwrap();
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use sluice_testkit::{MariaDb, MariaDbOptions, Moto, Pki, SluiceOptions, SluiceProcess};
 
 fn arg(name: &str, path: &Path) -> String {
     format!("--{name}={}", path.display())
@@ -75,7 +17,7 @@ fn arg(name: &str, path: &Path) -> String {
 
 #[tokio::test]
 async fn required_tls_verifies_the_server_against_the_ca_bundle() {
-    let pki = Pki::generate();
+    let pki = Pki::generate().unwrap();
     let tls_db = MariaDb::start_with(MariaDbOptions {
         extra_args: vec![
             arg("ssl-cert", &pki.path("server.pem")),
@@ -147,9 +89,64 @@ async fn required_tls_verifies_the_server_against_the_ca_bundle() {
 }
 
 #[tokio::test]
+async fn required_tls_through_sluice() {
+    // Sluice with client TLS required, in front of the plain shared MariaDB.
+    let pki = Pki::generate().unwrap();
+    let proxy = SluiceProcess::start(SluiceOptions {
+        extra_toml: format!(
+            "[tls]\nmode = \"required\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            pki.path("server.pem").display(),
+            pki.path("server-key.pem").display()
+        ),
+        ..SluiceOptions::for_mariadb(db())
+    })
+    .unwrap();
+    let schema = schema("fn_tls_through");
+    let arn = create_secret(db().app_password(), &schema);
+    let event = json!({"customers": [{"id": 7, "name": "through sluice"}]});
+    let with_ca = |ca: &str| {
+        let mut c = config(&arn, proxy.addr());
+        c.tls = DbTls::Required {
+            ca_file: Some(pki.path(ca)),
+        };
+        c
+    };
+
+    let function = Function::init(with_ca("ca.pem"), secrets_client())
+        .await
+        .unwrap();
+    let response = function.handle(event.clone()).await.unwrap();
+    assert_eq!(
+        response.customers,
+        vec![Customer {
+            id: 7,
+            name: Some("through sluice".to_owned())
+        }]
+    );
+    function.shutdown().await;
+
+    // Sluice's certificate is checked like a database's.
+    let untrusted = Function::init(with_ca("other-ca.pem"), secrets_client())
+        .await
+        .unwrap();
+    let err = untrusted.handle(event.clone()).await.unwrap_err();
+    assert_eq!(err.error_type(), "ConnectionError", "{err}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    untrusted.shutdown().await;
+
+    // Without TLS the function is refused (ERR 3159), not served in plain text.
+    let plain = Function::init(config(&arn, proxy.addr()), secrets_client())
+        .await
+        .unwrap();
+    let err = plain.handle(event).await.unwrap_err();
+    assert!(err.to_string().contains("3159"), "{err}");
+    plain.shutdown().await;
+}
+
+#[tokio::test]
 async fn required_tls_never_falls_back_to_plain_text() {
-    // Today's Sluice offers no TLS: `required` must fail, not carry on unencrypted.
-    let pki = Pki::generate();
+    // The shared Sluice offers no TLS: `required` must fail, not carry on unencrypted.
+    let pki = Pki::generate().unwrap();
     let schema = schema("fn_tls_sluice");
     let arn = create_secret(db().app_password(), &schema);
     let mut config = config(&arn, sluice().addr());

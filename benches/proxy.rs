@@ -140,6 +140,7 @@ fn main() -> Result<()> {
                     threads: clients,
                     seconds: settings.seconds,
                     prepared: false,
+                    tls_dir: None,
                 };
                 match sysbench.run(addr, &run).and_then(clean) {
                     Ok(sample) => {

@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         threads: CLIENTS,
         seconds,
         prepared: true,
+        tls_dir: None,
     };
     let proxy = |pool: usize| {
         SluiceProcess::start(SluiceOptions {

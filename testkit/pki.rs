@@ -13,7 +13,9 @@ use rcgen::{
 /// - `ca.pem` (the test CA) and `other-ca.pem` (an unrelated CA);
 /// - `server.pem` / `server-key.pem`: for `127.0.0.1` and `localhost`, signed by `ca.pem`;
 /// - `wrong-name.pem` / `wrong-name-key.pem`: for `db.invalid` only, signed by `ca.pem`;
-/// - `other-server.pem` / `other-server-key.pem`: for `127.0.0.1`, signed by `other-ca.pem`.
+/// - `other-server.pem` / `other-server-key.pem`: for `127.0.0.1`, signed by `other-ca.pem`;
+/// - `cacert.pem`, `client-cert.pem`, `client-key.pem`: the CA again and a client certificate,
+///   under the names sysbench's `--mysql-ssl=on` reads from its working directory.
 #[derive(Debug)]
 pub struct Pki {
     dir: PathBuf,
@@ -31,14 +33,18 @@ fn ca(name: &str) -> Result<(CertificateParams, KeyPair, rcgen::Certificate)> {
     Ok((params, key, cert))
 }
 
-fn server(names: &[&str], issuer: &Issuer<'_, KeyPair>) -> Result<(String, String)> {
+fn leaf(
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(String, String)> {
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
         names.first().copied().unwrap_or("server"),
     );
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![usage];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -52,9 +58,15 @@ impl Pki {
         let (other_params, other_key, other_cert) = ca("some other CA")?;
         let issuer = Issuer::new(ca_params, ca_key);
         let other_issuer = Issuer::new(other_params, other_key);
-        let (server_pem, server_key) = server(&["127.0.0.1", "localhost"], &issuer)?;
-        let (wrong_pem, wrong_key) = server(&["db.invalid"], &issuer)?;
-        let (other_pem, other_key) = server(&["127.0.0.1", "localhost"], &other_issuer)?;
+        let server = ExtendedKeyUsagePurpose::ServerAuth;
+        let (server_pem, server_key) = leaf(&["127.0.0.1", "localhost"], server.clone(), &issuer)?;
+        let (wrong_pem, wrong_key) = leaf(&["db.invalid"], server.clone(), &issuer)?;
+        let (other_pem, other_key) = leaf(&["127.0.0.1", "localhost"], server, &other_issuer)?;
+        let (client_pem, client_key) = leaf(
+            &["sluice-client"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &issuer,
+        )?;
         for (name, pem) in [
             ("ca.pem", ca_cert.pem()),
             ("other-ca.pem", other_cert.pem()),
@@ -64,6 +76,9 @@ impl Pki {
             ("wrong-name-key.pem", wrong_key),
             ("other-server.pem", other_pem),
             ("other-server-key.pem", other_key),
+            ("cacert.pem", ca_cert.pem()),
+            ("client-cert.pem", client_pem),
+            ("client-key.pem", client_key),
         ] {
             std::fs::write(dir.join(name), pem).with_context(|| format!("writing {name}"))?;
         }

@@ -33,6 +33,9 @@ pub struct Run {
     pub seconds: u32,
     /// Server-side prepared statements (sysbench's default) or the text protocol.
     pub prepared: bool,
+    /// TLS (`--mysql-ssl=on`), run in this directory, which holds the files sysbench reads
+    /// (see [`crate::Pki`]); `None` for plain TCP.
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// sysbench as user `app` on the `sbtest` schema, with its tables of a fixed shape.
@@ -101,8 +104,11 @@ impl Sysbench {
         .arg(format!("--threads={}", run.threads))
         .arg(format!("--time={}", run.seconds))
         .arg("--histogram=on")
-        .arg("--report-interval=0")
-        .arg("run");
+        .arg("--report-interval=0");
+        if let Some(dir) = &run.tls_dir {
+            cmd.arg("--mysql-ssl=on").current_dir(dir);
+        }
+        cmd.arg("run");
         let timeout = Duration::from_secs(run.seconds.into()) + SLACK;
         let out = output_with_timeout(cmd, None, timeout)?;
         let stdout = String::from_utf8_lossy(&out.stdout);

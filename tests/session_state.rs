@@ -34,6 +34,7 @@ async fn sysbench_read_write_with_prepared_statements_never_pins() {
         threads: 64,
         seconds: 8,
         prepared: true,
+        tls_dir: None,
     };
     let deadlocks = global_status(db, "Innodb_deadlocks").await;
     let sample = tokio::task::spawn_blocking(move || sysbench.run(addr, &run))

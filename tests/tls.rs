@@ -381,3 +381,76 @@ async fn backend_tls_modes_against_a_tls_mariadb() {
     let config = backend_tls_config(plain, Preferred, None, "");
     assert_eq!(backend_tls_version(plain, config).await.unwrap(), "");
 }
+
+/// Logs in over TLS with a bare client that keeps `config` (and its session cache) across
+/// connections; returns how the TLS handshake went.
+async fn raw_tls_login(
+    proxy: &TestProxy,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    use sluice::protocol::packets::{HandshakeResponse, ssl_request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = common::raw::Raw::connect(proxy.addr).await;
+    let scramble = raw.scramble();
+    let mut raw = raw;
+    let caps = common::raw::default_caps();
+    raw.write(1, &ssl_request(caps, 1 << 24, 45)).await;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, raw.stream)
+        .await
+        .expect("TLS handshake");
+    let auth =
+        sluice::auth::client_response(b"mysql_native_password", &scramble, &proxy.app_password)
+            .unwrap();
+    let hello = HandshakeResponse {
+        capabilities: caps | sluice::protocol::CapabilityFlags::CLIENT_SSL,
+        max_packet_size: 1 << 24,
+        collation: 45,
+        user: b"app",
+        auth_response: &auth,
+        database: None,
+        auth_plugin: b"mysql_native_password",
+        connect_attributes: &[],
+    }
+    .encode();
+    let mut out = sluice::protocol::frame_header(hello.len(), 2).to_vec();
+    out.extend_from_slice(&hello);
+    tls.write_all(&out).await.unwrap();
+    // Reading the reply also takes in the session tickets the server sent.
+    let mut header = [0u8; 4];
+    tls.read_exact(&mut header).await.unwrap();
+    let mut reply = vec![0u8; sluice::protocol::frame_len(&header)];
+    tls.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply.as_slice().first(), Some(&0x00), "login over TLS: {reply:?}");
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    let _ = tls.shutdown().await;
+    kind
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume() {
+    let db = MariaDb::shared();
+    let pki = Pki::generate().unwrap();
+    let proxy = TestProxy::start_with(db, tls_config(db, &pki, TlsMode::Required)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        );
+        let first = raw_tls_login(&proxy, &config).await;
+        assert_eq!(first, rustls::HandshakeKind::Full, "{version:?}");
+        let second = raw_tls_login(&proxy, &config).await;
+        assert_eq!(second, rustls::HandshakeKind::Resumed, "{version:?}");
+    }
+    proxy.stop().await;
+}

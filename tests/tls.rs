@@ -422,7 +422,11 @@ async fn raw_tls_login(
     tls.read_exact(&mut header).await.unwrap();
     let mut reply = vec![0u8; sluice::protocol::frame_len(&header)];
     tls.read_exact(&mut reply).await.unwrap();
-    assert_eq!(reply.as_slice().first(), Some(&0x00), "login over TLS: {reply:?}");
+    assert_eq!(
+        reply.as_slice().first(),
+        Some(&0x00),
+        "login over TLS: {reply:?}"
+    );
     let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
     let _ = tls.shutdown().await;
     kind
@@ -452,5 +456,38 @@ async fn tls_sessions_resume() {
         let second = raw_tls_login(&proxy, &config).await;
         assert_eq!(second, rustls::HandshakeKind::Resumed, "{version:?}");
     }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_for_tls_then_sends_garbage_is_closed() {
+    use sluice::protocol::packets::ssl_request;
+    let db = MariaDb::shared();
+    let pki = Pki::generate().unwrap();
+    let proxy = TestProxy::start_with(db, tls_config(db, &pki, TlsMode::Required)).await;
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0][..],
+    ] {
+        let mut raw = common::raw::Raw::connect(proxy.addr).await;
+        raw.write(1, &ssl_request(common::raw::default_caps(), 1 << 24, 45))
+            .await;
+        raw.write_bytes(junk).await;
+        assert!(
+            raw.closed().await,
+            "{junk:?}: the connection must be closed"
+        );
+    }
+    // Nothing else noticed.
+    let mut conn = connect(tls_opts(
+        &proxy,
+        "app",
+        &proxy.app_password,
+        &pki.path("ca.pem"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer(&mut conn).await, 42);
+    conn.disconnect().await.unwrap();
     proxy.stop().await;
 }

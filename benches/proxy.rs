@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use mysql_async::prelude::Queryable;
 use sluice_testkit::process::find_program;
-use sluice_testkit::report::{median, write_markdown};
-use sluice_testkit::sysbench::{Run, Sample, Sysbench};
-use sluice_testkit::{
-    MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess, free_port, spawn_tied,
-};
+use sluice_testkit::report::{env_number, median, write_markdown};
+use sluice_testkit::sysbench::{Run, Sample, bench_server};
+use sluice_testkit::{MariaDb, SluiceOptions, SluiceProcess, free_port, spawn_tied};
 
 const INSTALL: &str = "apt-get install -y sysbench haproxy";
 /// Client concurrencies measured, in this order.
@@ -66,15 +64,8 @@ fn main() -> Result<()> {
     let nofile = raise_nofile_limit()?;
     let started = Instant::now();
 
-    let db = MariaDb::start_with(MariaDbOptions {
-        max_connections: 1000,
-        small_memory: false,
-        ..MariaDbOptions::default()
-    })?;
+    let (db, sysbench) = bench_server(TABLES, TABLE_SIZE)?;
     let db_version = db.sql("SELECT VERSION()")?.trim().to_owned();
-    db.sql("CREATE DATABASE sbtest")?;
-    let sysbench = Sysbench::new(db.app_password(), TABLES, TABLE_SIZE)?;
-    sysbench.prepare(db.addr())?;
     let sluice_opts = SluiceOptions {
         max_connections: SLUICE_POOL,
         extra_toml: format!("worker_threads = {}", settings.worker_threads),
@@ -233,19 +224,6 @@ impl Settings {
 
 fn cpus() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn env_number<T>(key: &str, default: T, min: T) -> Result<T>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let Ok(value) = std::env::var(key) else {
-        return Ok(default);
-    };
-    match value.trim().parse::<T>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => bail!("{key}={value:?}: expected a whole number of at least {min}"),
-    }
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit (children inherit it); returns it.

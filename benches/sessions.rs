@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mysql_async::prelude::Queryable;
-use sluice_testkit::report::{median, write_markdown};
-use sluice_testkit::sysbench::{Run, Sample, Sysbench};
-use sluice_testkit::{MariaDb, MariaDbOptions, SluiceOptions, SluiceProcess};
+use sluice_testkit::report::{env_number, median, write_markdown};
+use sluice_testkit::sysbench::{Run, Sample, Sysbench, bench_server};
+use sluice_testkit::{MariaDb, SluiceOptions, SluiceProcess};
 
 const CLIENTS: usize = 64;
 const TABLES: u32 = 8;
@@ -65,17 +65,10 @@ fn main() -> Result<()> {
         println!("sessions bench: skipped (run it with `cargo bench --bench sessions`)");
         return Ok(());
     }
-    let seconds: u32 = env_number("SLUICE_BENCH_SECONDS", 10)?;
-    let rounds: usize = env_number("SLUICE_BENCH_ROUNDS", 3)?;
+    let seconds: u32 = env_number("SLUICE_BENCH_SECONDS", 10, 1)?;
+    let rounds: usize = env_number("SLUICE_BENCH_ROUNDS", 3, 1)?;
     let started = Instant::now();
-    let db = MariaDb::start_with(MariaDbOptions {
-        max_connections: 1000,
-        small_memory: false,
-        ..MariaDbOptions::default()
-    })?;
-    db.sql("CREATE DATABASE sbtest")?;
-    let sysbench = Sysbench::new(db.app_password(), TABLES, TABLE_SIZE)?;
-    sysbench.prepare(db.addr())?;
+    let (db, sysbench) = bench_server(TABLES, TABLE_SIZE)?;
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sysbench/oltp_read_write_sets.lua");
     let run = Run {
@@ -266,14 +259,4 @@ fn report(header: &str, results: &[Vec<Measured>; 3], failures: &[String]) -> St
         let _ = writeln!(out, "\nFAILED: {f}");
     }
     out
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .with_context(|| format!("{name}={v} is not a number")),
-        Err(_) => Ok(default),
-    }
 }

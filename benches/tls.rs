@@ -12,9 +12,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use sluice_testkit::report::{median, write_markdown};
-use sluice_testkit::sysbench::{Run, Sample, Sysbench};
-use sluice_testkit::{MariaDb, MariaDbOptions, Pki, SluiceOptions, SluiceProcess};
+use sluice_testkit::report::{env_number, median, write_markdown};
+use sluice_testkit::sysbench::{Run, Sample, bench_server};
+use sluice_testkit::{Pki, SluiceOptions, SluiceProcess};
 
 const CLIENTS: usize = 64;
 const SETUP_CLIENTS: usize = 8;
@@ -35,16 +35,9 @@ fn main() -> Result<()> {
         println!("tls bench: skipped (run it with `cargo bench --bench tls`)");
         return Ok(());
     }
-    let seconds: u32 = env_or("SLUICE_BENCH_SECONDS", 10)?;
-    let rounds: usize = env_or("SLUICE_BENCH_ROUNDS", 3)?;
-    let db = MariaDb::start_with(MariaDbOptions {
-        max_connections: 1000,
-        small_memory: false,
-        ..MariaDbOptions::default()
-    })?;
-    db.sql("CREATE DATABASE sbtest")?;
-    let sysbench = Sysbench::new(db.app_password(), TABLES, TABLE_SIZE)?;
-    sysbench.prepare(db.addr())?;
+    let seconds: u32 = env_number("SLUICE_BENCH_SECONDS", 10, 1)?;
+    let rounds: usize = env_number("SLUICE_BENCH_ROUNDS", 3, 1)?;
+    let (db, sysbench) = bench_server(TABLES, TABLE_SIZE)?;
     let pki = Pki::generate()?;
     let base = SluiceOptions {
         max_connections: SLUICE_POOL,
@@ -215,13 +208,4 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf only reads a system constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T> {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{key}: cannot parse {v:?}")),
-        Err(_) => Ok(default),
-    }
 }

@@ -30,6 +30,20 @@ pub fn write_markdown(name: &str, markdown: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A number from the environment variable `key`, `default` when unset; at least `min`.
+pub fn env_number<T>(key: &str, default: T, min: T) -> Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Ok(value) = std::env::var(key) else {
+        return Ok(default);
+    };
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => anyhow::bail!("{key}={value:?}: expected a whole number of at least {min}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

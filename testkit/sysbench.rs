@@ -205,6 +205,20 @@ fn percentile(buckets: &[(f64, u64)], q: f64) -> Result<f64> {
     Err(anyhow!("empty latency histogram"))
 }
 
+/// A private MariaDB sized for benchmarks (max_connections 1000, full-size buffers) with
+/// sysbench's `sbtest` schema and tables prepared.
+pub fn bench_server(tables: u32, table_size: u32) -> Result<(crate::MariaDb, Sysbench)> {
+    let db = crate::MariaDb::start_with(crate::MariaDbOptions {
+        max_connections: 1000,
+        small_memory: false,
+        ..crate::MariaDbOptions::default()
+    })?;
+    db.sql("CREATE DATABASE sbtest")?;
+    let sysbench = Sysbench::new(db.app_password(), tables, table_size)?;
+    sysbench.prepare(db.addr())?;
+    Ok((db, sysbench))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

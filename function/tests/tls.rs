@@ -11,6 +11,25 @@ use serde_json::json;
 use sluice_function::{Customer, DbTls, Function};
 use sluice_testkit::{MariaDb, MariaDbOptions, Moto, Pki, SluiceOptions, SluiceProcess};
 
+/// A function with `config` handles `event`, which upserts one customer, and answers with it.
+async fn assert_upserts(
+    config: sluice_function::Config,
+    event: &serde_json::Value,
+    id: i32,
+    name: &str,
+) {
+    let function = Function::init(config, secrets_client()).await.unwrap();
+    let response = function.handle(event.clone()).await.unwrap();
+    assert_eq!(
+        response.customers,
+        vec![Customer {
+            id,
+            name: Some(name.to_owned())
+        }]
+    );
+    function.shutdown().await;
+}
+
 fn arg(name: &str, path: &Path) -> String {
     format!("--{name}={}", path.display())
 }
@@ -47,23 +66,10 @@ async fn required_tls_verifies_the_server_against_the_ca_bundle() {
         c
     };
 
-    let function = Function::init(
-        with_tls(DbTls::Required {
-            ca_file: Some(pki.path("ca.pem")),
-        }),
-        secrets_client(),
-    )
-    .await
-    .unwrap();
-    let response = function.handle(event.clone()).await.unwrap();
-    assert_eq!(
-        response.customers,
-        vec![Customer {
-            id: 1,
-            name: Some("encrypted".to_owned())
-        }]
-    );
-    function.shutdown().await;
+    let tls = with_tls(DbTls::Required {
+        ca_file: Some(pki.path("ca.pem")),
+    });
+    assert_upserts(tls, &event, 1, "encrypted").await;
 
     // The same account in plain text is refused: the success above really used TLS.
     let plain = Function::init(with_tls(DbTls::Off), secrets_client())
@@ -112,18 +118,7 @@ async fn required_tls_through_sluice() {
         c
     };
 
-    let function = Function::init(with_ca("ca.pem"), secrets_client())
-        .await
-        .unwrap();
-    let response = function.handle(event.clone()).await.unwrap();
-    assert_eq!(
-        response.customers,
-        vec![Customer {
-            id: 7,
-            name: Some("through sluice".to_owned())
-        }]
-    );
-    function.shutdown().await;
+    assert_upserts(with_ca("ca.pem"), &event, 7, "through sluice").await;
 
     // Sluice's certificate is checked like a database's.
     let untrusted = Function::init(with_ca("other-ca.pem"), secrets_client())

@@ -10,26 +10,39 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use sluice::backend::Pool;
-use sluice::{Config, ShutdownHandle, Snapshot, Stats};
+use sluice::{Config, ReloadHandle, ShutdownHandle, Snapshot, Stats};
 use sluice_testkit::MariaDb;
+
+/// The admin console password of test proxies.
+pub const ADMIN_PASSWORD: &str = "admin-test-pw";
 
 /// A running in-process Sluice.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`, when `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
+    /// The admin console, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     pub pool: Pool,
+    pub reload: ReloadHandle,
     pub app_password: String,
     pub other_password: String,
     stop: ShutdownHandle,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Configuration text for Sluice in front of `db`, with both sandbox users.
+/// Configuration text for Sluice in front of `db`, with both sandbox users. The HTTP listener
+/// and the admin console take free ports (parallel tests must not share one).
 pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
     let text = format!(
         r#"
         listen = "127.0.0.1:0"
+        http_listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
         log_level = "warn"
+        [admin]
+        password = "{ADMIN_PASSWORD}"
         [backend]
         address = "{addr}"
         max_connections = {max_connections}
@@ -60,8 +73,11 @@ impl TestProxy {
         let proxy = sluice::Proxy::bind(config).await.expect("bind");
         TestProxy {
             addr: proxy.local_addr(),
+            http_addr: proxy.http_addr(),
+            admin_addr: proxy.admin_addr(),
             stats: proxy.stats(),
             pool: proxy.pool(),
+            reload: proxy.reload_handle(),
             app_password: db.app_password().to_string(),
             other_password: db.other_password().to_string(),
             stop: proxy.shutdown_handle(),

@@ -390,6 +390,11 @@ impl ReloadHandle {
         self.0.reload()
     }
 
+    /// Sets where [`ReloadHandle::reload`] (and RELOAD) read the configuration from.
+    pub fn set_source(&self, source: ConfigSource) {
+        self.0.set_config_source(source);
+    }
+
     /// Applies `config` as a reload would.
     pub fn apply(&self, config: Config) -> ReloadReport {
         self.0.apply_config(config)

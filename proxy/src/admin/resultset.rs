@@ -219,11 +219,13 @@ fn column_definition(c: &Column, nullable: bool) -> Vec<u8> {
     p
 }
 
-/// An OK packet with a human-readable info text, for a client without
-/// `CLIENT_SESSION_TRACK` (the console never offers it).
+/// An OK packet with a human-readable info text. Servers send the text length-encoded (as
+/// MySQL's `net_store_data` does), and clients read it so, session tracking or not.
 pub fn ok_with_info(status: StatusFlags, info: &str) -> Vec<u8> {
     let mut p = crate::protocol::packets::ok(0, 0, status, 0);
-    p.extend_from_slice(info.as_bytes());
+    if !info.is_empty() {
+        lenenc::put_bytes(&mut p, info.as_bytes());
+    }
     p
 }
 
@@ -308,7 +310,18 @@ mod tests {
     #[test]
     fn ok_carries_its_info() {
         let p = ok_with_info(StatusFlags::SERVER_STATUS_AUTOCOMMIT, "paused");
-        assert!(p.ends_with(b"paused"));
+        assert!(p.ends_with(b"\x06paused"));
         assert_eq!(p[0], 0);
+        let ok: mysql_common::packets::OkPacket<'_> = ParseBuf(&p)
+            .parse(mysql_common::constants::CapabilityFlags::CLIENT_PROTOCOL_41)
+            .map(
+                |d: mysql_common::packets::OkPacketDeserializer<
+                    '_,
+                    mysql_common::packets::CommonOkPacket,
+                >| d.into_inner(),
+            )
+            .unwrap();
+        assert_eq!(ok.info_ref(), Some(&b"paused"[..]));
+        assert_eq!(ok_with_info(StatusFlags::empty(), "").len(), 7);
     }
 }

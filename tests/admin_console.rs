@@ -454,3 +454,71 @@ async fn an_empty_admin_password_refuses_every_login() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_input_gets_errors_not_panics() {
+    use common::raw::{Raw, default_caps};
+    let db = MariaDb::shared();
+    let proxy = TestProxy::start(db, 2).await;
+    let addr = proxy.admin_addr.unwrap();
+
+    // A login packet cut short.
+    let mut r = Raw::connect(addr).await;
+    r.write(1, &[0x0d, 0xa2]).await;
+    let reply = r.read().await.expect("an error");
+    assert_eq!(reply.err_code(), Some(1043), "{reply:?}");
+    assert!(r.closed().await);
+
+    // A login packet announcing 16 MiB.
+    let mut r = Raw::connect(addr).await;
+    r.write_bytes(&[0xff, 0xff, 0xff, 1]).await;
+    r.write_bytes(&[0u8; 70_000]).await;
+    let reply = r.read().await.expect("an error");
+    assert_eq!(reply.err_code(), Some(1043), "{reply:?}");
+    assert!(r.closed().await);
+
+    // A TLS request: the console offers none.
+    let mut r = Raw::connect(addr).await;
+    let mut ssl = (default_caps() | sluice::protocol::CapabilityFlags::CLIENT_SSL)
+        .bits()
+        .to_le_bytes()
+        .to_vec();
+    ssl.extend_from_slice(&[0, 0, 0, 1, 45]);
+    ssl.extend_from_slice(&[0; 23]);
+    r.write(1, &ssl).await;
+    let reply = r.read().await.expect("an error");
+    assert!(reply.err_message().contains("TLS"), "{reply:?}");
+
+    // Logged in: bad commands get errors; the session survives where the protocol allows.
+    let mut r = Raw::login(addr, "admin", ADMIN_PASSWORD, None, default_caps()).await;
+    let reply = r.command(&[0x03, 0xff, 0xfe, 0x80]).await;
+    assert_eq!(reply.err_code(), Some(1064), "invalid UTF-8: {reply:?}");
+    let reply = r.command(&[0x99]).await;
+    assert_eq!(reply.err_code(), Some(1047), "{reply:?}");
+    assert!(
+        r.command(&[0x0e]).await.is_ok(),
+        "COM_PING after the errors"
+    );
+    let mut huge = vec![0x03];
+    huge.extend(std::iter::repeat_n(b'x', 200_000));
+    r.write(0, &huge[..]).await;
+    let reply = r.read().await.expect("an error");
+    assert_eq!(reply.err_code(), Some(1153), "{reply:?}");
+    assert!(r.closed().await);
+
+    let mut r = Raw::login(addr, "admin", ADMIN_PASSWORD, None, default_caps()).await;
+    r.write(0, &[]).await;
+    assert_eq!(r.read().await.expect("an error").err_code(), Some(1835));
+    assert!(r.closed().await);
+
+    let mut r = Raw::login(addr, "admin", ADMIN_PASSWORD, None, default_caps()).await;
+    r.write(5, b"\x03SHOW POOLS").await;
+    assert_eq!(r.read().await.expect("an error").err_code(), Some(1156));
+    assert!(r.closed().await);
+
+    // The console and the proxy still serve.
+    let mut admin = proxy.admin().await;
+    assert!(!rows(&mut admin, "SHOW POOLS").await.is_empty());
+    proxy.app(None).await.ping().await.unwrap();
+    proxy.stop().await;
+}

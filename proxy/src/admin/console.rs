@@ -326,17 +326,19 @@ async fn login(
         seq = rseq.wrapping_add(1);
         auth_data = data;
     }
-    let config = shared.config();
-    let admin = &config.admin;
-    // An empty admin password turns the console off for everyone, even for an empty answer.
-    let accepted = !admin.password.expose().is_empty()
-        && user == admin.username
-        && auth::verify(
-            AuthPluginName::MysqlNativePassword,
-            &scramble,
-            admin.password.expose(),
-            &auth_data,
-        );
+    let accepted = {
+        let config = shared.config();
+        let admin = &config.admin;
+        // An empty admin password turns the console off for everyone, even for an empty answer.
+        !admin.password.expose().is_empty()
+            && user == admin.username
+            && auth::verify(
+                AuthPluginName::MysqlNativePassword,
+                &scramble,
+                admin.password.expose(),
+                &auth_data,
+            )
+    };
     if !accepted {
         shared.metrics.admin_login_failed();
         tracing::warn!(%peer, user = %user, "admin console login refused");

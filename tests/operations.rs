@@ -514,3 +514,73 @@ fn toml_user(name: &str, password: &str) -> sluice::config::UserConfig {
         .users
         .remove(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_and_borrow_timeouts_are_logged_once_with_a_digest_and_no_values() {
+    let db = MariaDb::shared();
+    let mut opts = SluiceOptions::for_mariadb(db);
+    opts.max_connections = 1;
+    opts.extra_toml = "log_level = \"info\"\nlog_format = \"json\"".into();
+    opts.backend_extra_toml = "borrow_timeout = \"300ms\"".into();
+    let mut sluice = SluiceProcess::start(opts).unwrap();
+    let addr = sluice.addr();
+    let o = || Opts::from(client_opts(addr, "app", db.app_password(), None));
+    let mut pinned = Conn::new(o()).await.unwrap();
+    let mut waiting = Conn::new(o()).await.unwrap();
+    // Pinned, unpinned and pinned again for the same reason: one info line.
+    pinned
+        .query_drop("SET @secret_var = 'hunter2-value'")
+        .await
+        .unwrap();
+    pinned.query_drop("SET @secret_var = NULL").await.unwrap();
+    pinned
+        .query_drop("SET @secret_var = 'hunter2-value'")
+        .await
+        .unwrap();
+    // Two borrow timeouts of one session: one warning.
+    for _ in 0..2 {
+        let err = waiting
+            .query_drop("SELECT 'another-secret-value', 42")
+            .await
+            .unwrap_err();
+        assert_eq!(server_code(&err), Some(9501), "{err:?}");
+    }
+    drop((pinned, waiting));
+    // Stopped, but not dropped: the log goes with the process's directory.
+    sluice.signal(libc::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sluice.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(sluice.log_path()).unwrap();
+    assert!(sluice.stop().success());
+    let pins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session pinned to its backend connection\""))
+        .collect();
+    assert_eq!(pins.len(), 1, "{log}");
+    assert!(
+        pins[0].contains("\"reason\":\"user_variable\""),
+        "{}",
+        pins[0]
+    );
+    assert!(
+        pins[0].contains("\"statement\":\"set @secret_var = ?\""),
+        "{}",
+        pins[0]
+    );
+    assert!(pins[0].contains("\"digest\":\""), "{}", pins[0]);
+    let timeouts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("borrow timeout"))
+        .collect();
+    assert_eq!(timeouts.len(), 1, "{log}");
+    assert!(
+        timeouts[0].contains("\"statement\":\"select ?\""),
+        "{}",
+        timeouts[0]
+    );
+    for secret in ["hunter2-value", "another-secret-value", db.app_password()] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

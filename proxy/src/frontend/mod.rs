@@ -319,6 +319,7 @@ impl ClientSession {
             let started = Instant::now();
             self.handle.set_activity(Activity::Running, started);
             self.shared.stats.commands.fetch_add(1, Relaxed);
+            self.pending_digest = None;
             let flow = self.dispatch(cmd, len).await;
             let done = Instant::now();
             let m = self.user_metrics();
@@ -1285,8 +1286,10 @@ fn may_pin(class: &Classification, payload: &[u8]) -> bool {
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(sql.len());
-    sql.get(start..start + 4)
-        .is_some_and(|w| w[..3].eq_ignore_ascii_case(b"SET") && !w[3].is_ascii_alphanumeric())
+    matches!(
+        sql.get(start..start + 4),
+        Some([s, e, t, next]) if [*s, *e, *t].eq_ignore_ascii_case(b"SET") && !next.is_ascii_alphanumeric()
+    )
 }
 
 /// Temporary tables are per schema: an unqualified name means the current schema's table.

@@ -46,6 +46,8 @@ pub struct SluiceOptions {
     pub extra_toml: String,
     /// Lines added to the `[backend]` table, e.g. `borrow_timeout = "1s"`.
     pub backend_extra_toml: String,
+    /// `[admin] password`; empty (the default) leaves the console refusing every login.
+    pub admin_password: String,
 }
 
 impl Default for SluiceOptions {
@@ -56,6 +58,30 @@ impl Default for SluiceOptions {
             max_connections: 20,
             extra_toml: String::new(),
             backend_extra_toml: String::new(),
+            admin_password: String::new(),
+        }
+    }
+}
+
+/// The addresses a [`SluiceProcess`] listens on.
+#[derive(Debug, Clone, Copy)]
+struct Listen {
+    clients: SocketAddr,
+    /// `http_listen`, unless `extra_toml` sets it.
+    http: Option<SocketAddr>,
+    /// `admin_listen`, unless `extra_toml` sets it.
+    admin: Option<SocketAddr>,
+}
+
+impl Listen {
+    /// Clients on `port`; the HTTP listener and the admin console on fresh free ports, unless
+    /// `opts` sets them itself.
+    fn pick(port: u16, opts: &SluiceOptions) -> Self {
+        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        Listen {
+            clients: loopback(port),
+            http: (!sets_key(&opts.extra_toml, "http_listen")).then(|| loopback(free_port())),
+            admin: (!sets_key(&opts.extra_toml, "admin_listen")).then(|| loopback(free_port())),
         }
     }
 }
@@ -74,10 +100,20 @@ impl SluiceOptions {
     }
 
     /// The configuration file for a proxy listening on `listen`.
-    fn to_toml(&self, listen: SocketAddr) -> String {
+    fn to_toml(&self, listen: Listen) -> String {
         let mut toml = String::new();
         // Top-level keys must come before the first table header.
-        let _ = writeln!(toml, "listen = {}", toml_string(&listen.to_string()));
+        let _ = writeln!(
+            toml,
+            "listen = {}",
+            toml_string(&listen.clients.to_string())
+        );
+        // Default ports would collide between proxies running at once.
+        for (key, addr) in [("http_listen", listen.http), ("admin_listen", listen.admin)] {
+            if let Some(addr) = addr {
+                let _ = writeln!(toml, "{key} = {}", toml_string(&addr.to_string()));
+            }
+        }
         if !sets_key(&self.extra_toml, "log_level") {
             toml.push_str("log_level = \"warn\"\n");
         }
@@ -85,6 +121,13 @@ impl SluiceOptions {
             let _ = writeln!(toml, "shutdown_timeout = {}", toml_string(SHUTDOWN_TIMEOUT));
         }
         push_lines(&mut toml, &self.extra_toml);
+        if !self.admin_password.is_empty() {
+            let _ = writeln!(
+                toml,
+                "\n[admin]\npassword = {}",
+                toml_string(&self.admin_password)
+            );
+        }
         toml.push_str("\n[backend]\n");
         let _ = writeln!(toml, "address = {}", toml_string(&self.backend.to_string()));
         let _ = writeln!(toml, "max_connections = {}", self.max_connections);
@@ -108,6 +151,8 @@ pub struct SluiceProcess {
     child: Option<Child>,
     pid: u32,
     addr: SocketAddr,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -124,14 +169,12 @@ impl SluiceProcess {
             child: None,
             pid: 0,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            http: None,
+            admin: None,
             dir,
         };
         let started = on_free_port(free_port, |port| {
-            process.launch(
-                &binary,
-                &opts,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            )
+            process.launch(&binary, &opts, Listen::pick(port, &opts))
         })?;
         if started.is_some() {
             return Ok(process);
@@ -150,6 +193,41 @@ impl SluiceProcess {
     /// Process id of the proxy.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (unless `extra_toml` chose).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// Where the admin console listens (unless `extra_toml` chose).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Writes the configuration file again from `opts`, keeping the ports the proxy listens
+    /// on, so a SIGHUP makes it read the new settings.
+    pub fn rewrite_config(&self, opts: &SluiceOptions) -> Result<()> {
+        let config = self.config_path();
+        let listen = Listen {
+            clients: self.addr,
+            http: self.http,
+            admin: self.admin,
+        };
+        let _ = fs::remove_file(&config);
+        write_private(&config, &opts.to_toml(listen))
+    }
+
+    /// Sends `signal` (SIGHUP, SIGTERM, ...) to the proxy.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        if self.child.is_none() {
+            bail!("sluice is not running");
+        }
+        // SAFETY: kill(2) on our own child, which is not reaped while `child` is set.
+        if unsafe { libc::kill(self.pid as libc::pid_t, signal) } != 0 {
+            return Err(io::Error::last_os_error()).context("kill(2) on sluice");
+        }
+        Ok(())
     }
 
     /// Resident memory of the proxy in KiB (VmRSS), or an error once it has exited.
@@ -205,12 +283,12 @@ impl SluiceProcess {
         &mut self,
         binary: &Path,
         opts: &SluiceOptions,
-        addr: SocketAddr,
+        listen: Listen,
     ) -> Result<(), LaunchError> {
         let config = self.config_path();
         // Passwords are in the file: readable by this user only.
         let _ = fs::remove_file(&config);
-        write_private(&config, &opts.to_toml(addr))?;
+        write_private(&config, &opts.to_toml(listen))?;
         let log_path = self.log_path();
         let log = File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -229,7 +307,9 @@ impl SluiceProcess {
         cmd.env("RUST_LIB_BACKTRACE", "0");
         let child = spawn_logged(cmd, log)?;
         self.pid = child.id();
-        self.addr = addr;
+        self.addr = listen.clients;
+        self.http = listen.http;
+        self.admin = listen.admin;
         self.child = Some(child);
         self.wait_ready()
     }
@@ -476,8 +556,9 @@ mod tests {
             users: vec![("a\"b".to_owned(), "p\\w".to_owned())],
             ..SluiceOptions::default()
         };
-        let toml = opts.to_toml(SocketAddr::from((Ipv4Addr::LOCALHOST, 1)));
+        let toml = opts.to_toml(Listen::pick(1, &opts));
         assert_eq!(toml.matches("log_level").count(), 1, "{toml}");
+        assert_eq!(toml.matches("http_listen").count(), 1, "{toml}");
         assert!(toml.contains("worker_threads = 1\n\n[backend]"), "{toml}");
         assert!(toml.contains(r#"username = "a\"b""#), "{toml}");
         assert!(toml.contains(r#"password = "p\\w""#), "{toml}");

@@ -52,6 +52,8 @@ impl Running {
         let text = format!(
             r#"
 listen = "127.0.0.1:0"
+http_listen = ""
+admin_listen = ""
 handshake_timeout = "10s"
 shutdown_timeout = "5s"
 {top_extra}
@@ -548,6 +550,8 @@ async fn leaving_a_schema_reauthenticates_with_caching_sha2() {
     let text = format!(
         r#"
 listen = "127.0.0.1:0"
+http_listen = ""
+admin_listen = ""
 [backend]
 address = "{}"
 max_connections = 1

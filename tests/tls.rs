@@ -491,3 +491,44 @@ async fn a_client_that_asks_for_tls_then_sends_garbage_is_closed() {
     conn.disconnect().await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_switches_certificate_files_and_mode() {
+    let db = MariaDb::shared();
+    let pki = Pki::generate().unwrap();
+    let config = tls_config(db, &pki, TlsMode::Preferred);
+    let proxy = TestProxy::start_with(db, config.clone()).await;
+    let pw = proxy.app_password.clone();
+    let mut plain = connect(proxy.opts("app", &pw, None)).await.unwrap();
+
+    // Other files and `required`: applied live, for new connections only.
+    let mut next = config.clone();
+    next.tls.mode = TlsMode::Required;
+    next.tls.cert_file = pki.path("other-server.pem").display().to_string();
+    next.tls.key_file = pki.path("other-server-key.pem").display().to_string();
+    let report = proxy.reload.apply(next.clone());
+    assert!(report.needs_restart().is_empty(), "{report:?}");
+    assert!(report.applied().contains(&"tls.mode"), "{report:?}");
+    let mut conn = connect(tls_opts(&proxy, "app", &pw, &pki.path("other-ca.pem")))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut conn).await, 42);
+    let e = server_error(connect(proxy.opts("app", &pw, None)).await);
+    assert_eq!(e.code, 3159, "{e:?}");
+    // The plain session from before carries on.
+    assert_eq!(answer(&mut plain).await, 42);
+
+    // Files that do not load leave the running certificate in place, and say so.
+    let mut broken = next.clone();
+    broken.tls.key_file = pki.path("server-key.pem").display().to_string();
+    let report = proxy.reload.apply(broken);
+    assert!(!report.failed().is_empty(), "{report:?}");
+    let mut again = connect(tls_opts(&proxy, "app", &pw, &pki.path("other-ca.pem")))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut again).await, 42);
+    for c in [plain, conn, again] {
+        c.disconnect().await.unwrap();
+    }
+    proxy.stop().await;
+}

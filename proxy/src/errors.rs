@@ -16,6 +16,8 @@ pub struct ClientError {
     pub message: String,
 }
 
+/// `Too many connections` (1040, 08004).
+pub const ER_CON_COUNT: u16 = 1040;
 /// `Access denied for user` (1045, 28000).
 pub const ER_ACCESS_DENIED: u16 = 1045;
 /// `Bad handshake` (1043, 08S01).
@@ -44,6 +46,13 @@ pub const ER_STMT_HAS_NO_OPEN_CURSOR: u16 = 1421;
 pub const ER_MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 /// `Server shutdown in progress` (1053, 08S01).
 pub const ER_SERVER_SHUTDOWN: u16 = 1053;
+/// `You have an error in your SQL syntax` (1064, 42000): an admin console command Sluice does
+/// not know.
+pub const ER_PARSE_ERROR: u16 = 1064;
+/// `Connection was killed` (1927, 70100; MariaDB's code).
+pub const ER_CONNECTION_KILLED: u16 = 1927;
+/// `The client was disconnected by the server because of inactivity` (4031, HY000; MySQL 8's).
+pub const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
 /// `Malformed communication packet` (1835).
 pub const ER_MALFORMED_PACKET: u16 = 1835;
 /// Timed out waiting for a backend connection (Sluice; same code as RDS Proxy).
@@ -54,6 +63,8 @@ pub const ER_BACKEND_LOGIN: u16 = 9502;
 pub const ER_BACKEND_LOST: u16 = 9503;
 /// A statement form Sluice cannot relay safely (Sluice).
 pub const ER_UNSUPPORTED: u16 = 9504;
+/// RELOAD found the configuration file unreadable or invalid; nothing was changed (Sluice).
+pub const ER_RELOAD_FAILED: u16 = 9505;
 
 impl ClientError {
     fn new(code: u16, sql_state: &[u8; 5], message: impl Into<String>) -> Self {
@@ -261,6 +272,91 @@ impl ClientError {
     pub fn shutting_down() -> Self {
         Self::new(ER_SERVER_SHUTDOWN, b"08S01", "Server shutdown in progress")
     }
+
+    /// The client limit is reached; sent after Sluice's handshake, as MySQL does.
+    pub fn too_many_connections(limit: usize) -> Self {
+        Self::new(
+            ER_CON_COUNT,
+            b"08004",
+            format!("Too many connections (max_client_connections is {limit})"),
+        )
+    }
+
+    /// A client idle for longer than `idle_client_timeout`, outside a transaction.
+    pub fn idle_timeout(limit: Duration) -> Self {
+        Self::new(
+            ER_CLIENT_INTERACTION_TIMEOUT,
+            b"HY000",
+            format!(
+                "The client was disconnected by the server because of inactivity \
+                 (idle_client_timeout is {})",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// The session was ended by `KILL` (from another session or the admin console).
+    pub fn connection_killed() -> Self {
+        Self::new(ER_CONNECTION_KILLED, b"70100", "Connection was killed")
+    }
+
+    /// An admin console command Sluice does not know; the message lists the ones it does.
+    pub fn unknown_admin_command(text: &str) -> Self {
+        let mut shown: String = text.chars().take(64).collect();
+        if shown.len() < text.len() {
+            shown.push_str("...");
+        }
+        Self::new(
+            ER_PARSE_ERROR,
+            b"42000",
+            format!(
+                "Unknown admin console command '{shown}'; the console understands SHOW POOLS, \
+                 SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, SHOW HELP, \
+                 PAUSE, RESUME, RELOAD, KILL <client id>, SHUTDOWN"
+            ),
+        )
+    }
+
+    /// RELOAD could not use the configuration file; the running configuration is unchanged.
+    pub fn reload_failed(why: &str) -> Self {
+        Self::new(
+            ER_RELOAD_FAILED,
+            b"HY000",
+            format!("Configuration not reloaded, nothing changed: {why}"),
+        )
+    }
+
+    /// A short, stable name for the kind of error, for the `sluice_errors_total` metric.
+    /// Errors the database itself returned (relayed with their own codes) are `database`.
+    pub fn kind(&self) -> &'static str {
+        match self.code {
+            ER_CON_COUNT => "too_many_connections",
+            ER_ACCESS_DENIED => "access_denied",
+            ER_HANDSHAKE => "bad_handshake",
+            ER_SECURE_TRANSPORT_REQUIRED => "tls_required",
+            ER_UNKNOWN_COM => "unknown_command",
+            ER_SERVER_SHUTDOWN => "shutting_down",
+            ER_PARSE_ERROR => "unknown_admin_command",
+            ER_NO_SUCH_THREAD => "unknown_thread",
+            ER_KILL_DENIED => "kill_denied",
+            ER_NET_PACKET_TOO_LARGE => "packet_too_large",
+            ER_NET_PACKETS_OUT_OF_ORDER => "packets_out_of_order",
+            ER_NET_READ_INTERRUPTED => "handshake_timeout",
+            ER_UNKNOWN_STMT_HANDLER => "unknown_statement",
+            ER_NOT_SUPPORTED_AUTH_MODE => "unsupported_client",
+            ER_STMT_HAS_NO_OPEN_CURSOR => "no_open_cursor",
+            ER_MAX_PREPARED_STMT_COUNT_REACHED => "too_many_statements",
+            ER_MALFORMED_PACKET => "malformed_packet",
+            ER_CONNECTION_KILLED => "killed",
+            ER_CLIENT_INTERACTION_TIMEOUT => "idle_timeout",
+            ER_BORROW_TIMEOUT => "borrow_timeout",
+            ER_BACKEND_LOGIN => "backend_login",
+            ER_BACKEND_LOST => "backend_lost",
+            ER_UNSUPPORTED => "unsupported",
+            ER_RELOAD_FAILED => "reload_failed",
+            _ => "database",
+        }
+    }
 }
 
 fn round_ms(d: Duration) -> Duration {
@@ -292,6 +388,32 @@ mod tests {
         );
         let p = e.to_packet();
         assert_eq!(&p[..4], &[0xFF, 0x15, 0x04, b'#']);
+    }
+
+    #[test]
+    fn refusals_use_mysql_codes_and_have_kinds() {
+        let e = ClientError::too_many_connections(5);
+        assert_eq!(
+            (e.code, &e.sql_state, e.kind()),
+            (1040, b"08004", "too_many_connections")
+        );
+        assert!(e.message.starts_with("Too many connections"));
+        let e = ClientError::idle_timeout(Duration::from_secs(1800));
+        assert_eq!((e.code, e.kind()), (4031, "idle_timeout"));
+        assert!(e.message.contains("30m"), "{}", e.message);
+        let e = ClientError::unknown_admin_command(&"x".repeat(500));
+        assert_eq!(e.code, 1064);
+        assert!(
+            e.message.len() < 400,
+            "the command is cut short: {}",
+            e.message
+        );
+        let relayed = ClientError {
+            code: 1146,
+            sql_state: *b"42S02",
+            message: "Table 'a.b' doesn't exist".into(),
+        };
+        assert_eq!(relayed.kind(), "database");
     }
 
     #[test]

@@ -10,18 +10,24 @@
 //! - [`sql`]: the light statement classifier (pins, KILL);
 //! - [`auth`], [`credentials`]: passwords and scrambles;
 //! - [`errors`]: every error Sluice sends, with its code;
-//! - [`server`]: the listener and graceful shutdown;
+//! - [`server`]: the listener, the client limit and the drain;
 //! - [`stats`], [`registry`]: counters and live sessions;
+//! - [`metrics`]: Prometheus metrics named after RDS Proxy's;
+//! - [`admin`]: the admin console and the HTTP endpoints (/metrics, /healthz, /readyz);
+//! - [`reload`]: what a configuration reload changes, and the hooks that apply it.
 //! - [`tls`]: the certificates Sluice shows clients and how it checks the database's.
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod credentials;
 pub mod errors;
 pub mod frontend;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;
@@ -29,6 +35,7 @@ pub mod stats;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{Proxy, ShutdownHandle, StartError};
+pub use reload::{ReloadHook, ReloadReport};
+pub use server::{Proxy, ReloadHandle, ShutdownHandle, StartError};
 pub use session::PinReason;
 pub use stats::{Snapshot, Stats};

@@ -1,12 +1,16 @@
 //! Live client sessions by connection id, so `KILL <id>` can find its target and the backend
-//! thread that target is using.
+//! thread that target is using, and the admin console can list them (`SHOW CLIENTS`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::session::PinSet;
 
 /// A client connection id as Sluice hands it out (in its handshake; the target of `KILL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,10 +22,48 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// What a session is doing, as `SHOW CLIENTS` and the metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Connected, login not completed.
+    LoggingIn = 0,
+    /// Logged in, waiting for a command, no transaction open.
+    Idle = 1,
+    /// Running a command.
+    Running = 2,
+    /// Waiting for a command inside an open transaction.
+    InTransaction = 3,
+}
+
+impl Activity {
+    /// The name `SHOW CLIENTS` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::LoggingIn => "login",
+            Activity::Idle => "idle",
+            Activity::Running => "active",
+            Activity::InTransaction => "idle in transaction",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Activity::Idle,
+            2 => Activity::Running,
+            3 => Activity::InTransaction,
+            _ => Activity::LoggingIn,
+        }
+    }
+}
+
 /// What other tasks may see and do to one client session.
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: ClientId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When the client connected.
+    pub connected_at: Instant,
     user: Mutex<Arc<str>>,
     /// The backend thread the session is using, if any. A `KILL QUERY` holds this lock while it
     /// runs, and the session takes it before giving its connection back, so the kill can never
@@ -29,9 +71,101 @@ pub struct SessionHandle {
     pub backend_thread: tokio::sync::Mutex<Option<u32>>,
     killed: AtomicBool,
     kill_signal: Notify,
+    // Plain atomics the session writes on its own path and the admin console reads.
+    activity: AtomicU8,
+    /// The last command left a transaction open (still true while the next one runs).
+    in_transaction: AtomicBool,
+    tls: AtomicBool,
+    pins: AtomicU16,
+    /// Server thread id of the lent backend connection; 0 when none.
+    lent_thread: AtomicU64,
+    /// Milliseconds from `connected_at` to the start or end of the last command.
+    last_active_ms: AtomicU64,
 }
 
 impl SessionHandle {
+    /// A handle for a client that just connected from `peer`.
+    pub fn new(id: ClientId, peer: SocketAddr) -> Self {
+        SessionHandle {
+            id,
+            peer,
+            connected_at: Instant::now(),
+            user: Mutex::new(Arc::from("")),
+            backend_thread: tokio::sync::Mutex::new(None),
+            killed: AtomicBool::new(false),
+            kill_signal: Notify::new(),
+            activity: AtomicU8::new(Activity::LoggingIn as u8),
+            in_transaction: AtomicBool::new(false),
+            tls: AtomicBool::new(false),
+            pins: AtomicU16::new(0),
+            lent_thread: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records what the session is doing, at `now`. Idle and InTransaction also record
+    /// whether a transaction is open.
+    pub fn set_activity(&self, activity: Activity, now: Instant) {
+        self.activity.store(activity as u8, Ordering::Relaxed);
+        match activity {
+            Activity::Idle => self.in_transaction.store(false, Ordering::Relaxed),
+            Activity::InTransaction => self.in_transaction.store(true, Ordering::Relaxed),
+            Activity::LoggingIn | Activity::Running => {}
+        }
+        let ms = now.saturating_duration_since(self.connected_at).as_millis();
+        self.last_active_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// What the session is doing.
+    pub fn activity(&self) -> Activity {
+        Activity::from_u8(self.activity.load(Ordering::Relaxed))
+    }
+
+    /// Whether the session has a transaction open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Relaxed)
+    }
+
+    /// How long since the session's last command started or ended.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        self.connected_at.elapsed().saturating_sub(last)
+    }
+
+    /// Records whether the client connection uses TLS.
+    pub fn set_tls(&self, tls: bool) {
+        self.tls.store(tls, Ordering::Relaxed);
+    }
+
+    /// Whether the client connection uses TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.load(Ordering::Relaxed)
+    }
+
+    /// Records the reasons the session is pinned now.
+    pub fn set_pins(&self, pins: PinSet) {
+        self.pins.store(pins.bits(), Ordering::Relaxed);
+    }
+
+    /// The reasons the session is pinned now.
+    pub fn pins(&self) -> PinSet {
+        PinSet::from_bits(self.pins.load(Ordering::Relaxed))
+    }
+
+    /// Records the server thread of the backend connection the session holds, if any.
+    pub fn set_lent_thread(&self, thread: Option<u32>) {
+        self.lent_thread
+            .store(thread.map_or(0, u64::from), Ordering::Relaxed);
+    }
+
+    /// The server thread of the backend connection the session holds, if any.
+    pub fn lent_thread(&self) -> Option<u32> {
+        u32::try_from(self.lent_thread.load(Ordering::Relaxed))
+            .ok()
+            .filter(|t| *t != 0)
+    }
+
     /// The user the session is logged in as (empty before login).
     pub fn user(&self) -> Arc<str> {
         self.user
@@ -76,8 +210,8 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers a new session under a fresh, non-zero id that no live session has.
-    pub fn register(&self) -> Arc<SessionHandle> {
+    /// Registers a new session from `peer` under a fresh, non-zero id that no live session has.
+    pub fn register(&self, peer: SocketAddr) -> Arc<SessionHandle> {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let id = loop {
             let id = ClientId(self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
@@ -85,13 +219,7 @@ impl Registry {
                 break id;
             }
         };
-        let handle = Arc::new(SessionHandle {
-            id,
-            user: Mutex::new(Arc::from("")),
-            backend_thread: tokio::sync::Mutex::new(None),
-            killed: AtomicBool::new(false),
-            kill_signal: Notify::new(),
-        });
+        let handle = Arc::new(SessionHandle::new(id, peer));
         map.insert(id, handle.clone());
         handle
     }
@@ -131,6 +259,19 @@ impl Registry {
             .cloned()
     }
 
+    /// Every live session, by id.
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        let mut all: Vec<_> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.sessions
@@ -164,13 +305,37 @@ mod tests {
     #[test]
     fn ids_are_unique_and_nonzero() {
         let r = Registry::default();
-        let a = r.register();
-        let b = r.register();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let a = r.register(peer);
+        let b = r.register(peer);
         assert_ne!(a.id, b.id);
         assert!(a.id.0 != 0 && b.id.0 != 0);
         assert!(r.get(a.id).is_some());
         r.unregister(a.id);
         assert!(r.get(a.id).is_none());
         assert_eq!(r.len(), 1);
+        assert_eq!(r.sessions().len(), 1);
+    }
+
+    #[test]
+    fn handles_report_what_the_session_does() {
+        let h = SessionHandle::new(ClientId(7), SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(h.activity(), Activity::LoggingIn);
+        h.set_activity(Activity::InTransaction, Instant::now());
+        assert_eq!(h.activity().as_str(), "idle in transaction");
+        h.set_activity(Activity::Running, Instant::now());
+        assert!(h.in_transaction(), "a command inside a transaction");
+        h.set_activity(Activity::Idle, Instant::now());
+        assert!(!h.in_transaction());
+        assert_eq!(h.lent_thread(), None);
+        h.set_lent_thread(Some(42));
+        assert_eq!(h.lent_thread(), Some(42));
+        h.set_lent_thread(None);
+        assert_eq!(h.lent_thread(), None);
+        let mut pins = PinSet::default();
+        pins.insert(crate::PinReason::TemporaryTable);
+        h.set_pins(pins);
+        assert_eq!(h.pins(), pins);
+        assert!(h.idle_for() < Duration::from_secs(5));
     }
 }

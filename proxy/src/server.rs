@@ -1,21 +1,29 @@
-//! The listener: accepts clients, runs one task per client, and stops gracefully.
+//! The listener: accepts clients, runs one task per client, enforces the client limit, and
+//! drains gracefully. Also the state every task shares, with the live (reloadable)
+//! configuration.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::admin::health::Readiness;
 use crate::auth::{ServerRsaKey, Sha2Cache};
-use crate::backend::{BackendError, BorrowError, Connector, Pool, PoolKey};
+use crate::backend::{BackendError, BorrowError, Connector, Pool, PoolKey, PooledConn};
 use crate::config::{Config, FullAuth};
 use crate::credentials::Credentials;
 use crate::errors::ClientError;
+use crate::metrics::{Metrics, Scrape, UserMetrics};
 use crate::protocol::CapabilityFlags;
 use crate::registry::Registry;
+use crate::reload::{ConfigSource, ReloadError, ReloadHook, ReloadReport};
+use crate::sql::Digest;
 use crate::stats::Stats;
 use crate::tls::{BackendTls, ClientTls};
 
@@ -44,10 +52,16 @@ const FALLBACK_VERSION: &str = "8.0.40";
 /// Schemas remembered as valid per user before the cache is cleared.
 const MAX_KNOWN_SCHEMAS: usize = 4096;
 
+/// How often recorded histogram samples are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// After `shutdown_timeout`, how long killed sessions get to close before Sluice stops.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// State every client task shares.
-#[derive(Debug)]
 pub struct Shared {
-    pub config: Config,
+    /// The running configuration; swapped whole by a reload. Read it with [`Shared::config`].
+    config: ArcSwap<Config>,
     pub credentials: Arc<Credentials>,
     pub pool: Pool,
     pub stats: Arc<Stats>,
@@ -58,7 +72,7 @@ pub struct Shared {
     pub capabilities: CapabilityFlags,
     /// Collation announced in the greeting.
     pub collation: u8,
-    /// Flips to true when Sluice starts shutting down.
+    /// Flips to true when Sluice starts shutting down (draining).
     pub shutdown: watch::Receiver<bool>,
     /// Client TLS, unless `tls.mode` is disabled.
     pub tls: Option<Arc<ClientTls>>,
@@ -66,12 +80,167 @@ pub struct Shared {
     pub sha2_cache: Sha2Cache,
     /// The key caching_sha2 clients without TLS encrypt their password with.
     pub rsa_key: Option<ServerRsaKey>,
+    shutdown_tx: watch::Sender<bool>,
+    /// Flips to true once the drain is over; the admin console and the HTTP listener end.
+    pub stopped: watch::Receiver<bool>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The cached answer of `/readyz`.
+    pub readiness: Readiness,
+    /// Where RELOAD and SIGHUP read the configuration from.
+    config_source: Mutex<Option<ConfigSource>>,
+    /// Hooks that apply settings owned elsewhere (log level, TLS certificates) on reload.
+    reload_hooks: Mutex<Vec<ReloadHook>>,
+    /// One reload at a time (SIGHUP and RELOAD may coincide).
+    reload_lock: Mutex<()>,
     /// (user, schema) pairs the backend accepted recently, so logins naming a schema need no
     /// round trip.
     known_schemas: Mutex<HashSet<(Arc<str>, String)>>,
+    /// Refusals at the client limit are logged at most once a second, with a count.
+    refusals: RefusalLog,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("server_version", &self.server_version)
+            .field("sessions", &self.registry.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
+    /// The running configuration (cheap: no lock, no copy).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// True once Sluice started draining (SIGTERM, SHUTDOWN): `/readyz` says not ready.
+    pub fn is_draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Starts the drain, as SIGTERM does.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+
+    /// Borrows a backend connection for `key` within `backend.borrow_timeout`, recording the
+    /// wait in `user`'s borrow latency. Failures are turned into the client's error by
+    /// [`Shared::borrow_error`].
+    pub async fn borrow(
+        &self,
+        key: &PoolKey,
+        schema: Option<&str>,
+        user: &UserMetrics,
+    ) -> Result<PooledConn, BorrowError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config().backend.borrow_timeout;
+        let result = self.pool.borrow(key, schema, deadline).await;
+        user.borrow_latency.record(started.elapsed().as_secs_f64());
+        if matches!(result, Err(BorrowError::Timeout { .. })) {
+            user.borrow_timeouts.increment(1);
+        }
+        result
+    }
+
+    /// Counts an error Sluice sends to a client (by kind) and returns its packet.
+    pub fn error_packet(&self, err: &ClientError) -> Vec<u8> {
+        self.metrics.error_sent(err.kind());
+        err.to_packet()
+    }
+
+    /// Sets where RELOAD and SIGHUP read the configuration from.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        *self.config_source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// Registers a hook that applies part of the configuration on every reload (the log
+    /// level, client TLS certificates).
+    pub fn add_reload_hook(&self, hook: ReloadHook) {
+        self.reload_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
+    /// Whether a reload applies `key` at once (for SHOW CONFIG).
+    pub fn reloads_live(&self, key: &str) -> bool {
+        crate::reload::is_live(key)
+            || self
+                .reload_hooks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|h| h.covers(key))
+    }
+
+    /// Reads the configuration again from its source and applies it (SIGHUP, RELOAD). An
+    /// unreadable or invalid file changes nothing.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let source = self
+            .config_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(source) = source else {
+            self.metrics.reloaded(false);
+            return Err(ReloadError::NoSource);
+        };
+        match source() {
+            Ok(new) => Ok(self.apply_config(new)),
+            Err(e) => {
+                self.metrics.reloaded(false);
+                tracing::error!(error = %e, "configuration not reloaded; nothing changed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Applies a new configuration: live settings at once, the rest named as needing a
+    /// restart. Clients stay connected; transactions in flight keep their connections.
+    pub fn apply_config(&self, new: Config) -> ReloadReport {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.config();
+        let (effective, report) = {
+            let hooks = self.reload_hooks.lock().unwrap_or_else(|p| p.into_inner());
+            crate::reload::plan(&old, new, &hooks)
+        };
+        self.pool.apply_settings(&effective.backend);
+        self.credentials.replace(&effective.users);
+        self.config.store(Arc::new(effective));
+        self.metrics.reloaded(report.failed().is_empty());
+        let restart = report.needs_restart();
+        if !restart.is_empty() {
+            tracing::warn!(settings = %restart.join(", "), "configuration reloaded; these settings keep their running values until a restart");
+        }
+        tracing::info!(applied = %report.applied().join(", "), failed = %report.failed().join(", "), "configuration reloaded");
+        report
+    }
+
+    /// Renders the metrics, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let (_, idle, waiting) = self.pool.counts();
+        let in_transaction = self
+            .registry
+            .sessions()
+            .iter()
+            .filter(|s| s.in_transaction())
+            .count();
+        self.metrics.refresh(
+            &self.stats,
+            Scrape {
+                idle,
+                waiting,
+                max_connections: self.pool.max_connections(),
+                in_transaction,
+                paused: self.pool.is_paused(),
+                draining: self.is_draining(),
+            },
+        );
+        self.metrics.render()
+    }
+
     /// Checks that `schema` exists and `key`'s user may use it, as the server would at login.
     pub async fn check_schema(&self, key: &PoolKey, schema: &str) -> Result<(), ClientError> {
         let entry = (key.user.clone(), schema.to_string());
@@ -83,12 +252,11 @@ impl Shared {
         {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + self.config.backend.borrow_timeout;
+        let user = self.metrics.user(&key.user);
         let mut conn = self
-            .pool
-            .borrow(key, Some(schema), deadline)
+            .borrow(key, Some(schema), &user)
             .await
-            .map_err(|e| self.borrow_error(key, e))?;
+            .map_err(|e| self.borrow_error(key, e, None, true))?;
         if conn.schema.as_deref() != Some(schema)
             && let Err(e) = conn.init_db(schema).await
         {
@@ -126,8 +294,16 @@ impl Shared {
             .clear();
     }
 
-    /// The client-facing error for a failed borrow, logged once here.
-    pub fn borrow_error(&self, key: &PoolKey, e: BorrowError) -> ClientError {
+    /// The client-facing error for a failed borrow, logged here (a borrow timeout only with
+    /// `log_timeout`, so a session can log it once), with the digest of the statement that
+    /// waited, if there was one.
+    pub fn borrow_error(
+        &self,
+        key: &PoolKey,
+        e: BorrowError,
+        statement: Option<&Digest>,
+        log_timeout: bool,
+    ) -> ClientError {
         match e {
             BorrowError::Timeout {
                 waited,
@@ -135,14 +311,19 @@ impl Shared {
                 waiting,
                 last_error,
             } => {
-                tracing::warn!(
-                    user = %key.user,
-                    waited_ms = waited.as_millis() as u64,
-                    cap,
-                    waiting,
-                    last_error = last_error.as_deref().unwrap_or(""),
-                    "borrow timeout"
-                );
+                if log_timeout {
+                    tracing::warn!(
+                        user = %key.user,
+                        waited_ms = waited.as_millis() as u64,
+                        cap,
+                        waiting,
+                        paused = self.pool.is_paused(),
+                        last_error = last_error.as_deref().unwrap_or(""),
+                        digest = %statement.map(ToString::to_string).unwrap_or_default(),
+                        statement = statement.map_or("", |d| d.text.as_str()),
+                        "borrow timeout"
+                    );
+                }
                 ClientError::borrow_timeout(waited, &key.user, cap, waiting, last_error.as_deref())
             }
             BorrowError::Login(e) => {
@@ -174,12 +355,71 @@ pub enum StartError {
     RsaKey(crate::auth::AuthError),
 }
 
+/// Logs refusals at the client limit at most once a second, counting the ones in between.
+#[derive(Debug)]
+struct RefusalLog {
+    start: Instant,
+    second: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        RefusalLog {
+            start: Instant::now(),
+            second: AtomicU64::new(u64::MAX),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(refusals not logged since the last log line)` when this one should be logged.
+    fn should_log(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_secs();
+        if self.second.swap(now, Relaxed) != now {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 /// A bound, not yet running proxy.
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
+    stopped_tx: watch::Sender<bool>,
+}
+
+/// Reloads a running proxy's configuration (SIGHUP) and registers reload hooks.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(Arc<Shared>);
+
+impl ReloadHandle {
+    /// Reads the configuration again from its source and applies it.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.0.reload()
+    }
+
+    /// Sets where [`ReloadHandle::reload`] (and RELOAD) read the configuration from.
+    pub fn set_source(&self, source: ConfigSource) {
+        self.0.set_config_source(source);
+    }
+
+    /// Applies `config` as a reload would.
+    pub fn apply(&self, config: Config) -> ReloadReport {
+        self.0.apply_config(config)
+    }
+
+    /// Registers a hook run on every reload (see [`ReloadHook`]). The client TLS module
+    /// registers one for `tls.` so renewed certificates are read again.
+    pub fn add_hook(&self, hook: ReloadHook) {
+        self.0.add_reload_hook(hook);
+    }
 }
 
 /// Triggers a graceful stop of a running proxy.
@@ -194,7 +434,8 @@ impl ShutdownHandle {
 }
 
 impl Proxy {
-    /// Binds the listener and learns the backend's version (without logging in).
+    /// Binds the listeners (clients, HTTP, admin console) and learns the backend's version
+    /// (without logging in).
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
         let listener =
             listen(&config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
@@ -214,6 +455,8 @@ impl Proxy {
             FullAuth::Never => None,
             FullAuth::FirstLogin => Some(ServerRsaKey::generate().map_err(StartError::RsaKey)?),
         };
+        let http_listener = listen_optional(&config.http_listen).await?;
+        let admin_listener = listen_optional(&config.admin_listen).await?;
         let stats = Arc::new(Stats::default());
         let credentials = Arc::new(Credentials::from_config(&config.users));
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
@@ -252,8 +495,9 @@ impl Proxy {
             stats.clone(),
         );
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let (stopped_tx, stopped) = watch::channel(false);
         let shared = Shared {
-            config,
+            config: ArcSwap::from_pointee(config),
             credentials,
             pool,
             stats,
@@ -265,13 +509,60 @@ impl Proxy {
             tls,
             sha2_cache: Sha2Cache::default(),
             rsa_key,
+            shutdown_tx: shutdown_tx.clone(),
+            stopped,
+            metrics: Metrics::new(),
+            readiness: Readiness::default(),
+            config_source: Mutex::new(None),
+            reload_hooks: Mutex::new(Vec::new()),
+            reload_lock: Mutex::new(()),
             known_schemas: Mutex::new(HashSet::new()),
+            refusals: RefusalLog::new(),
         };
+        if let Some(tls) = shared.tls.clone() {
+            // New files or a changed mode apply to new connections; sessions keep theirs.
+            shared.add_reload_hook(ReloadHook {
+                name: "tls",
+                keys: &["tls."],
+                run: Box::new(move |config| {
+                    tls.apply(&config.tls)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }),
+            });
+        }
         Ok(Proxy {
             listener,
+            http_listener,
+            admin_listener,
             shared: Arc::new(shared),
             shutdown_tx,
+            stopped_tx,
         })
+    }
+
+    /// Where RELOAD and SIGHUP read the configuration from (the binary: its file).
+    pub fn set_config_source(&self, source: ConfigSource) {
+        self.shared.set_config_source(source);
+    }
+
+    /// A handle that reloads the configuration (SIGHUP) and registers reload hooks.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.shared.clone())
+    }
+
+    /// The address of `/metrics`, `/healthz` and `/readyz`, unless turned off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address of the admin console, unless turned off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The address clients connect to.
@@ -296,20 +587,36 @@ impl Proxy {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Accepts clients until shut down, then lets sessions finish (up to `shutdown_timeout`).
+    /// Accepts clients until shut down, then drains: no new clients, `/readyz` answers 503,
+    /// idle sessions are closed with ERR 1053, open transactions may finish for up to
+    /// `shutdown_timeout`, and the sessions left are closed.
     pub async fn run(self) {
         let Proxy {
             listener,
+            http_listener,
+            admin_listener,
             shared,
             shutdown_tx,
+            stopped_tx,
         } = self;
         shared.pool.spawn_maintenance();
         if let Some(tls) = &shared.tls {
-            tls.spawn_watch(shared.config.tls.reload_interval, shutdown_tx.subscribe());
+            tls.spawn_watch(shared.config().tls.reload_interval, shutdown_tx.subscribe());
         }
+        if let Some(l) = http_listener {
+            tokio::spawn(crate::admin::http::serve(l, shared.clone()));
+        }
+        if let Some(l) = admin_listener {
+            tokio::spawn(crate::admin::console::serve(l, shared.clone()));
+        }
+        spawn_metrics_upkeep(&shared);
         let mut shutdown = shutdown_tx.subscribe();
-        tracing::info!(listen = %shared.config.listen, backend = %shared.config.backend.address,
-            version = %shared.server_version, "sluice is accepting clients");
+        {
+            let config = shared.config();
+            tracing::info!(listen = %config.listen, backend = %config.backend.address,
+                http = %config.http_listen, admin = %config.admin_listen,
+                version = %shared.server_version, "sluice is accepting clients");
+        }
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -327,25 +634,56 @@ impl Proxy {
             }
         }
         drop(listener);
+        let limit = shared.config().shutdown_timeout;
         tracing::info!(
             sessions = shared.registry.len(),
-            "shutting down: no new clients; letting sessions finish"
+            shutdown_timeout = %humantime::format_duration(limit),
+            "draining: no new clients; idle sessions close, open transactions may finish"
         );
-        if !shared
-            .registry
-            .wait_empty(shared.config.shutdown_timeout)
-            .await
-        {
+        if !shared.registry.wait_empty(limit).await {
             tracing::warn!(
                 sessions = shared.registry.len(),
-                "shutdown_timeout reached; closing the remaining sessions"
+                "shutdown_timeout reached; closing the remaining sessions (their open transactions roll back)"
             );
             shared.registry.kill_all();
-            shared.registry.wait_empty(Duration::from_secs(2)).await;
+            shared.registry.wait_empty(KILL_GRACE).await;
         }
         shared.pool.close();
+        let _ = stopped_tx.send(true);
         tracing::info!("sluice stopped");
     }
+}
+
+/// Folds histogram samples into buckets now and then, until the proxy stops.
+fn spawn_metrics_upkeep(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let mut stopped = shared.stopped.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_requested(&mut stopped) => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            shared.metrics.upkeep();
+        }
+    });
+}
+
+/// Binds an optional listener (HTTP, admin console); an empty address turns it off.
+async fn listen_optional(address: &str) -> Result<Option<TcpListener>, StartError> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(address)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            address: address.to_string(),
+            source,
+        })
 }
 
 /// Raises the soft limit on open files to the hard limit and returns it: every client is a
@@ -395,9 +733,27 @@ pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 
 async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let stats = shared.stats.clone();
-    stats.client_connections.fetch_add(1, Relaxed);
     stats.client_connections_total.fetch_add(1, Relaxed);
-    let handle = shared.registry.register();
+    let limit = shared.config().max_client_connections as u64;
+    let admitted = stats
+        .client_connections
+        .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+        .is_ok();
+    if !admitted {
+        shared.metrics.setup_failed("too many connections");
+        if let Some(suppressed) = shared.refusals.should_log() {
+            tracing::warn!(%peer, max_client_connections = limit, refused_since_last_log = suppressed,
+                "client refused: max_client_connections reached (ERR 1040)");
+        }
+        crate::frontend::refuse(
+            socket,
+            &shared,
+            ClientError::too_many_connections(limit as usize),
+        )
+        .await;
+        return;
+    }
+    let handle = shared.registry.register(peer);
     let id = handle.id;
     crate::frontend::run(socket, peer, shared.clone(), handle).await;
     shared.registry.unregister(id);

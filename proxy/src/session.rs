@@ -74,6 +74,16 @@ impl fmt::Display for PinReason {
 pub struct PinSet(u16);
 
 impl PinSet {
+    /// The set as bits (one per reason, in [`PinReason::ALL`] order), to share through an atomic.
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// The set from [`PinSet::bits`].
+    pub fn from_bits(bits: u16) -> Self {
+        PinSet(bits)
+    }
+
     /// Adds a reason; returns true if it was new.
     pub fn insert(&mut self, r: PinReason) -> bool {
         let bit = 1 << r.index();

@@ -42,6 +42,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("backend.tls_server_name / backend.address: {0:?} is not a valid TLS server name")]
     ServerName(String),
+    #[error("turning client TLS on or off needs a restart")]
+    NeedsRestart,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -84,12 +86,25 @@ struct Files {
     key: Vec<u8>,
 }
 
+impl Files {
+    fn read(config: &TlsConfig) -> Result<Files, TlsError> {
+        Ok(Files {
+            cert: read("certificate", &config.cert_file)?,
+            key: read("private key", &config.key_file)?,
+        })
+    }
+}
+
+/// The settings and files in force, and the rustls configuration made from them.
+struct Current {
+    config: TlsConfig,
+    files: Files,
+    server: Arc<ServerConfig>,
+}
+
 /// What Sluice offers clients: the mode and the current rustls configuration.
 pub struct ClientTls {
-    mode: TlsMode,
-    cert_file: String,
-    key_file: String,
-    current: RwLock<(Arc<ServerConfig>, Files)>,
+    current: RwLock<Current>,
     // Kept across certificate reloads, so sessions resume after a swap as well.
     sessions: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
@@ -97,9 +112,10 @@ pub struct ClientTls {
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("ClientTls")
-            .field("mode", &self.mode)
-            .field("cert_file", &self.cert_file)
+            .field("mode", &current.config.mode)
+            .field("cert_file", &current.config.cert_file)
             .finish_non_exhaustive()
     }
 }
@@ -112,16 +128,14 @@ impl ClientTls {
         }
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        let files = Files {
-            cert: read("certificate", &config.cert_file)?,
-            key: read("private key", &config.key_file)?,
-        };
+        let files = Files::read(config)?;
         let server = Self::build(config, &files, &sessions, &ticketer)?;
         Ok(Some(Arc::new(ClientTls {
-            mode: config.mode,
-            cert_file: config.cert_file.clone(),
-            key_file: config.key_file.clone(),
-            current: RwLock::new((server, files)),
+            current: RwLock::new(Current {
+                config: config.clone(),
+                files,
+                server,
+            }),
             sessions,
             ticketer,
         })))
@@ -150,33 +164,51 @@ impl ClientTls {
 
     /// Whether TLS is optional or required.
     pub fn mode(&self) -> TlsMode {
-        self.mode
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .mode
     }
 
     /// An acceptor with the current certificate.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        tokio_rustls::TlsAcceptor::from(current.0.clone())
+        tokio_rustls::TlsAcceptor::from(current.server.clone())
     }
 
     /// Reads the files again and switches to them if they changed. A pair that does not load
     /// (a key written before its certificate, say) leaves the current one in place.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let files = Files {
-            cert: read("certificate", &self.cert_file)?,
-            key: read("private key", &self.key_file)?,
-        };
-        if self.current.read().unwrap_or_else(|p| p.into_inner()).1 == files {
-            return Ok(false);
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone();
+        self.apply(&config)
+    }
+
+    /// Takes new `[tls]` settings (a configuration reload): the mode between `preferred` and
+    /// `required`, other files, or the same files with new contents. Turning TLS off needs a
+    /// restart, since the greeting's capabilities are fixed at start.
+    pub fn apply(&self, config: &TlsConfig) -> Result<bool, TlsError> {
+        if config.mode == TlsMode::Disabled {
+            return Err(TlsError::NeedsRestart);
         }
-        let config = TlsConfig {
-            mode: self.mode,
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-            reload_interval: Duration::ZERO,
+        let files = Files::read(config)?;
+        {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if current.files == files && current.config.mode == config.mode {
+                return Ok(false);
+            }
+        }
+        let server = Self::build(config, &files, &self.sessions, &self.ticketer)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
+            config: config.clone(),
+            files,
+            server,
         };
-        let server = Self::build(&config, &files, &self.sessions, &self.ticketer)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (server, files);
         Ok(true)
     }
 
@@ -195,7 +227,7 @@ impl ClientTls {
                 let Some(tls) = tls.upgrade() else { return };
                 match tls.reload() {
                     Ok(true) => {
-                        tracing::info!(cert_file = %tls.cert_file, "TLS certificate reloaded")
+                        tracing::info!("TLS certificate reloaded")
                     }
                     Ok(false) => {}
                     Err(e) => {

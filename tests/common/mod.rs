@@ -10,26 +10,39 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use sluice::backend::Pool;
-use sluice::{Config, ShutdownHandle, Snapshot, Stats};
+use sluice::{Config, ReloadHandle, ShutdownHandle, Snapshot, Stats};
 use sluice_testkit::MariaDb;
+
+/// The admin console password of test proxies.
+pub const ADMIN_PASSWORD: &str = "admin-test-pw";
 
 /// A running in-process Sluice.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`, when `http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
+    /// The admin console, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     pub pool: Pool,
+    pub reload: ReloadHandle,
     pub app_password: String,
     pub other_password: String,
     stop: ShutdownHandle,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Configuration text for Sluice in front of `db`, with both sandbox users.
+/// Configuration text for Sluice in front of `db`, with both sandbox users. The HTTP listener
+/// and the admin console take free ports (parallel tests must not share one).
 pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
     let text = format!(
         r#"
         listen = "127.0.0.1:0"
+        http_listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
         log_level = "warn"
+        [admin]
+        password = "{ADMIN_PASSWORD}"
         [backend]
         address = "{addr}"
         max_connections = {max_connections}
@@ -60,13 +73,34 @@ impl TestProxy {
         let proxy = sluice::Proxy::bind(config).await.expect("bind");
         TestProxy {
             addr: proxy.local_addr(),
+            http_addr: proxy.http_addr(),
+            admin_addr: proxy.admin_addr(),
             stats: proxy.stats(),
             pool: proxy.pool(),
+            reload: proxy.reload_handle(),
             app_password: db.app_password().to_string(),
             other_password: db.other_password().to_string(),
             stop: proxy.shutdown_handle(),
             task: tokio::spawn(proxy.run()),
         }
+    }
+
+    /// A mysql_async connection to the admin console.
+    pub async fn admin(&self) -> Conn {
+        let addr = self.admin_addr.expect("the admin console is on");
+        Conn::new(Opts::from(sluice_testkit::client_opts(
+            addr,
+            "admin",
+            ADMIN_PASSWORD,
+            None,
+        )))
+        .await
+        .expect("admin console login")
+    }
+
+    /// GETs `path` from the HTTP listener: (status, body).
+    pub async fn http(&self, path: &str) -> (u16, String) {
+        http_get(self.http_addr.expect("the HTTP listener is on"), path).await
     }
 
     /// Client options for logging in to Sluice.
@@ -153,4 +187,102 @@ pub fn init_logging() {
             .try_init();
     }
 }
+/// Sends one HTTP/1.1 request (`method path`) and reads the response: (status, body).
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("HTTP connect");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.expect("HTTP write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response within 20 s")
+        .expect("HTTP read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// GETs `path`: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// The sum of the samples of metric `name` (exact name, `_bucket` etc. included) whose labels
+/// include all of `labels`, in a Prometheus text exposition; None if no sample matches.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if !labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *total.get_or_insert(0.0) += v;
+        }
+    }
+    total
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A database user of its own for one test (name, password), with all privileges, so counts
+/// taken from the server's side are not disturbed by other tests.
+pub fn dedicated_user(db: &MariaDb, prefix: &str) -> (String, String) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}_{}_{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let password = format!("pw-{name}");
+    db.sql(&format!(
+        "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'; \
+         GRANT ALL PRIVILEGES ON *.* TO '{name}'@'%';"
+    ))
+    .expect("create a test user");
+    (name, password)
+}
+
 pub mod raw;

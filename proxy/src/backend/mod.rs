@@ -7,4 +7,4 @@ mod pool;
 pub mod statements;
 
 pub use conn::{BackendConn, BackendError, BackendId, Connector, KEY_CAPS};
-pub use pool::{BorrowError, Pool, PoolKey, PooledConn};
+pub use pool::{BorrowError, IdleConn, Pool, PoolKey, PooledConn, UserCounts};

@@ -6,6 +6,11 @@
 //! waiter, and if that waiter needs another key, the connection is closed and its place handed
 //! over so the waiter can open its own. Grants travel as guards, so a borrower that times out
 //! or is cancelled can never leak a connection or a place under the cap.
+//!
+//! The limits can change while the pool runs (a reload): a lower cap holds at once for new
+//! borrows, and connections above it close as they come back, so nothing in flight fails.
+//! `PAUSE` holds every new borrow in the queue and closes connections as they come back, so
+//! the database can be restarted; `RESUME` serves the queue again.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::{Deref, DerefMut};
@@ -13,6 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
@@ -68,12 +74,15 @@ struct State {
     waiters: VecDeque<Waiter>,
     warm_keys: HashMap<PoolKey, ()>,
     closed: bool,
+    /// PAUSE: no grants; connections coming back are closed.
+    paused: bool,
 }
 
 #[derive(Debug)]
 struct Waiter {
     key: PoolKey,
     tx: oneshot::Sender<Grant>,
+    since: Instant,
 }
 
 /// What a waiter receives: a connection of its key, or a place under the cap to open one.
@@ -86,8 +95,8 @@ enum Grant {
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
-    /// Fixed for the pool's life, so read without the lock.
-    settings: Settings,
+    /// Swapped whole on reload, so readers never take the lock for it.
+    settings: ArcSwap<Settings>,
     connector: Connector,
     credentials: Arc<Credentials>,
     stats: Arc<Stats>,
@@ -132,10 +141,11 @@ impl Pool {
             waiters: VecDeque::new(),
             warm_keys: HashMap::new(),
             closed: false,
+            paused: false,
         };
         Pool {
             inner: Arc::new(Inner {
-                settings: Settings::from(config),
+                settings: ArcSwap::from_pointee(Settings::from(config)),
                 state: Mutex::new(state),
                 connector,
                 credentials,
@@ -216,7 +226,7 @@ impl Pool {
                 let st = self.lock();
                 return Err(BorrowError::Timeout {
                     waited: started.elapsed(),
-                    cap: self.inner.settings.max_connections,
+                    cap: self.inner.settings.load().max_connections,
                     waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
                     last_error,
                 });
@@ -244,16 +254,19 @@ impl Pool {
                 st.warm_keys.insert(key.clone(), ());
             }
             let mut victim = None;
-            if st.waiters.is_empty() {
+            let max = self.inner.settings.load().max_connections;
+            if st.waiters.is_empty() && !st.paused {
                 if let Some(conn) = st.take_idle(key, schema) {
                     return Ok(Grant::Conn(Box::new(PooledConn::new(self.clone(), conn))));
                 }
-                if st.open < self.inner.settings.max_connections {
+                if st.open < max {
                     st.open += 1;
                     return Ok(Grant::Slot(OpenSlot::new(self.clone())));
                 }
                 // At the cap with idle connections of other keys: close one and take its place.
-                if let Some(v) = st.take_any_idle() {
+                if st.open == max
+                    && let Some(v) = st.take_any_idle()
+                {
                     victim = Some(v);
                 }
             }
@@ -264,6 +277,7 @@ impl Pool {
                 st.waiters.push_back(Waiter {
                     key: key.clone(),
                     tx,
+                    since: Instant::now(),
                 });
                 (Some(rx), None)
             }
@@ -282,7 +296,7 @@ impl Pool {
                 let st = self.lock();
                 Err(BorrowError::Timeout {
                     waited: started.elapsed(),
-                    cap: self.inner.settings.max_connections,
+                    cap: self.inner.settings.load().max_connections,
                     waiting: st.waiters.iter().filter(|w| !w.tx.is_closed()).count(),
                     last_error: None,
                 })
@@ -292,7 +306,7 @@ impl Pool {
 
     /// Makes sure an idle connection is still usable before lending it.
     async fn check_idle(&self, conn: &mut PooledConn) -> Result<(), ()> {
-        let s = &self.inner.settings;
+        let s = self.inner.settings.load();
         let (lifetime, liveness_after) = (s.max_lifetime, s.liveness_check_after);
         if conn.created.elapsed() > lifetime {
             return Err(());
@@ -311,7 +325,7 @@ impl Pool {
     fn checkin(&self, mut conn: BackendConn) {
         conn.last_used = Instant::now();
         // A closed pool is handled in give(), under the lock it takes anyway.
-        if conn.broken || conn.created.elapsed() > self.inner.settings.max_lifetime {
+        if conn.broken || conn.created.elapsed() > self.inner.settings.load().max_lifetime {
             self.close_conn(conn);
             self.slot_freed();
             return;
@@ -345,7 +359,9 @@ impl Pool {
     fn give(&self, mut conn: BackendConn) {
         let to_close = {
             let mut st = self.lock();
-            if st.closed {
+            // Closed, paused, or above a cap lowered by a reload: the connection goes, and so
+            // does its place (slot_freed hands it on only when the pool is under its cap).
+            if st.closed || st.paused || st.open > self.inner.settings.load().max_connections {
                 drop(st);
                 self.close_conn(conn);
                 self.slot_freed();
@@ -386,7 +402,11 @@ impl Pool {
     /// A place under the cap is free again: give it to the first waiter or release it.
     fn slot_freed(&self) {
         let mut st = self.lock();
-        while let Some(w) = st.waiters.pop_front() {
+        let over_cap = st.open > self.inner.settings.load().max_connections;
+        while !st.paused && !over_cap {
+            let Some(w) = st.waiters.pop_front() else {
+                break;
+            };
             if w.tx.is_closed() {
                 continue;
             }
@@ -416,7 +436,7 @@ impl Pool {
             if st.closed {
                 return;
             }
-            let s = &self.inner.settings;
+            let s = self.inner.settings.load();
             let mut removed = 0;
             for conns in st.idle.values_mut() {
                 // Oldest first: the stacks are used from the end.
@@ -437,7 +457,7 @@ impl Pool {
             }
             st.idle_count -= removed;
             st.open -= removed;
-            if s.min_idle > 0 && st.waiters.is_empty() {
+            if s.min_idle > 0 && st.waiters.is_empty() && !st.paused {
                 let keys: Vec<PoolKey> = st.warm_keys.keys().cloned().collect();
                 for key in keys {
                     let have = st.idle.get(&key).map_or(0, Vec::len);
@@ -514,6 +534,173 @@ impl Pool {
         let st = self.lock();
         (st.open, st.idle_count, st.waiters.len())
     }
+
+    /// The cap on backend connections now.
+    pub fn max_connections(&self) -> usize {
+        self.inner.settings.load().max_connections
+    }
+
+    /// Applies new limits and timings (a reload). A lower cap holds at once for new borrows;
+    /// idle connections above it close now, lent ones when they come back. A higher cap serves
+    /// waiting borrowers at once.
+    pub fn apply_settings(&self, config: &BackendConfig) {
+        self.inner.settings.store(Arc::new(Settings::from(config)));
+        let to_close = {
+            let mut st = self.lock();
+            let max = config.max_connections;
+            let mut to_close = Vec::new();
+            while st.open > max {
+                let Some(c) = st.take_any_idle() else { break };
+                st.open -= 1;
+                to_close.push(c);
+            }
+            to_close.extend(self.serve_waiters(&mut st));
+            to_close
+        };
+        for c in to_close {
+            self.close_conn(c);
+        }
+    }
+
+    /// PAUSE: new borrows wait (up to their `borrow_timeout`) until [`Pool::resume`]; idle
+    /// connections close now and lent ones when they come back, so the database can go away
+    /// for maintenance. Returns how many connections are still lent. Transactions in flight
+    /// keep their connections and finish.
+    pub fn pause(&self) -> usize {
+        let idle: Vec<BackendConn> = {
+            let mut st = self.lock();
+            st.paused = true;
+            st.idle_count = 0;
+            let idle: Vec<_> = st.idle.drain().flat_map(|(_, v)| v).collect();
+            st.open -= idle.len();
+            idle
+        };
+        for c in idle {
+            self.close_conn(c);
+        }
+        self.lock().open
+    }
+
+    /// RESUME: serves the borrowers that queued during PAUSE, in order. Returns whether the
+    /// pool was paused.
+    pub fn resume(&self) -> bool {
+        let (was_paused, to_close) = {
+            let mut st = self.lock();
+            let was = std::mem::replace(&mut st.paused, false);
+            (was, self.serve_waiters(&mut st))
+        };
+        for c in to_close {
+            self.close_conn(c);
+        }
+        was_paused
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Gives queued borrowers what is available now: an idle connection of their key, a new
+    /// place under the cap, or the place of an idle connection of another key (returned for
+    /// closing, outside the lock). Stops at the first borrower that cannot be served, keeping
+    /// the queue's order.
+    fn serve_waiters(&self, st: &mut State) -> Vec<BackendConn> {
+        let mut to_close = Vec::new();
+        let max = self.inner.settings.load().max_connections;
+        while !st.paused && !st.closed {
+            let Some(w) = st.waiters.front() else { break };
+            if w.tx.is_closed() {
+                st.waiters.pop_front();
+                continue;
+            }
+            let key = w.key.clone();
+            let grant = if let Some(conn) = st.take_idle(&key, None) {
+                Grant::Conn(Box::new(PooledConn::new(self.clone(), conn)))
+            } else if st.open < max {
+                st.open += 1;
+                Grant::Slot(OpenSlot::new(self.clone()))
+            } else if st.open == max
+                && let Some(v) = st.take_any_idle()
+            {
+                // The victim's place passes to the waiter.
+                to_close.push(v);
+                Grant::Slot(OpenSlot::new(self.clone()))
+            } else {
+                break;
+            };
+            let Some(w) = st.waiters.pop_front() else {
+                break;
+            };
+            if let Err(back) = w.tx.send(grant) {
+                // The borrower gave up meanwhile: take back what it was given, without
+                // running guards (they would take the lock held here).
+                match back {
+                    Grant::Conn(c) => {
+                        let conn = c.into_inner();
+                        st.idle_count += 1;
+                        st.idle.entry(conn.key.clone()).or_default().push(conn);
+                    }
+                    Grant::Slot(slot) => {
+                        slot.disarm();
+                        st.open -= 1;
+                    }
+                }
+            }
+        }
+        to_close
+    }
+
+    /// Idle connections, for `SHOW SERVERS`.
+    pub fn idle_connections(&self) -> Vec<IdleConn> {
+        let st = self.lock();
+        let mut out: Vec<IdleConn> = st
+            .idle
+            .values()
+            .flatten()
+            .map(|c| IdleConn {
+                thread_id: c.thread_id,
+                user: c.key.user.clone(),
+                schema: c.schema.clone(),
+                age: c.created.elapsed(),
+                idle: c.last_used.elapsed(),
+            })
+            .collect();
+        out.sort_by_key(|c| c.thread_id);
+        out
+    }
+
+    /// Per user: idle connections, waiting borrowers and the longest wait, for `SHOW POOLS`.
+    pub fn user_counts(&self) -> HashMap<Arc<str>, UserCounts> {
+        let st = self.lock();
+        let mut out: HashMap<Arc<str>, UserCounts> = HashMap::new();
+        for (key, conns) in &st.idle {
+            out.entry(key.user.clone()).or_default().idle += conns.len();
+        }
+        for w in st.waiters.iter().filter(|w| !w.tx.is_closed()) {
+            let c = out.entry(w.key.user.clone()).or_default();
+            c.waiting += 1;
+            c.longest_wait = c.longest_wait.max(w.since.elapsed());
+        }
+        out
+    }
+}
+
+/// An idle backend connection as `SHOW SERVERS` lists it.
+#[derive(Debug, Clone)]
+pub struct IdleConn {
+    pub thread_id: u32,
+    pub user: Arc<str>,
+    pub schema: Option<String>,
+    pub age: Duration,
+    pub idle: Duration,
+}
+
+/// One user's share of the pool, as `SHOW POOLS` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct UserCounts {
+    pub idle: usize,
+    pub waiting: usize,
+    pub longest_wait: Duration,
 }
 
 impl Grant {

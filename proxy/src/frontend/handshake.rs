@@ -303,6 +303,8 @@ pub async fn login(
                 .stats
                 .client_auth_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let known = shared.credentials.get(&user_name).is_some();
+            shared.metrics.auth_failed(&user_name, known);
             tracing::info!(client = %session.id, user = %user_name, %host, "login refused: wrong password or unknown user");
             return Err(LoginFailure::with(
                 *seq,

@@ -1,6 +1,11 @@
 //! One task per client: login, then the command loop. A session borrows a backend connection
 //! for each command, brings it into the session's state, relays the command and the response,
 //! and gives the connection back as soon as no transaction is open and nothing pins it.
+//!
+//! A session idle (outside a transaction) for `idle_client_timeout` is closed with ERR 4031;
+//! one idle inside a transaction is left alone, since closing it would roll the transaction
+//! back (the backend's own `wait_timeout` still applies). On drain, idle sessions are closed
+//! with ERR 1053 and sessions in a transaction go on until it ends.
 
 mod handshake;
 mod prepared;
@@ -8,7 +13,7 @@ mod prepared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
@@ -19,16 +24,17 @@ use crate::backend::{BackendError, PoolKey, PooledConn};
 use crate::config::AuthPluginName;
 use crate::credentials::Credential;
 use crate::errors::ClientError;
+use crate::metrics::{Metrics, SessionGauge, UserMetrics};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::{self, *};
 use crate::protocol::packets::{self, ChangeUser};
 use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
 use crate::protocol::response::{Expect, INSPECT_WHOLE, ResponseTracker, Summary, TrackedChange};
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
-use crate::registry::{ClientId, SessionHandle};
+use crate::registry::{Activity, ClientId, SessionHandle};
 use crate::server::Shared;
 use crate::session::{PinEffect, PinReason, PinSet, SessionState, is_ignored, tracked_index};
-use crate::sql::{self, Classification, Kill};
+use crate::sql::{self, Classification, Digest, Kill};
 use prepared::SessionStatements;
 
 /// How long Sluice tries to deliver a final error to a client it is about to close.
@@ -45,7 +51,7 @@ pub async fn run(
         return;
     };
     let mut seq = 0u8;
-    let limit = shared.config.handshake_timeout;
+    let limit = shared.config().handshake_timeout;
     let outcome = tokio::time::timeout(
         limit,
         handshake::login(&mut client, &shared, &handle, peer, &mut seq),
@@ -55,32 +61,91 @@ pub async fn run(
         Ok(Ok(l)) => l,
         Ok(Err(failure)) => {
             shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
-            tracing::debug!(client = %handle.id, %peer, reason = failure.reason, "login failed");
-            if let Some((seq, err)) = failure.reply {
-                farewell(&mut client, seq, &err).await;
+            shared.metrics.setup_failed(failure.reason);
+            match failure.reply {
+                Some((seq, err)) => {
+                    tracing::info!(client = %handle.id, %peer, reason = failure.reason, code = err.code, "client refused");
+                    farewell(&shared.metrics, &mut client, seq, &err).await;
+                }
+                // Load balancer health checks connect and close: not worth an info line.
+                None => {
+                    tracing::debug!(client = %handle.id, %peer, reason = failure.reason, "login ended")
+                }
             }
             return;
         }
         Err(_) => {
             shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
-            tracing::info!(client = %handle.id, %peer, "login timed out; closing");
-            farewell(&mut client, seq, &ClientError::handshake_timeout(limit)).await;
+            shared.metrics.setup_failed("handshake timeout");
+            tracing::info!(client = %handle.id, %peer, reason = "handshake_timeout", "client refused: login not completed in time");
+            farewell(
+                &shared.metrics,
+                &mut client,
+                seq,
+                &ClientError::handshake_timeout(limit),
+            )
+            .await;
             return;
         }
     };
+    // Feeds the `tls` metric label and SHOW CLIENTS.
+    let tls = client.is_tls();
+    handle.set_tls(tls);
     handle.set_user(logged_in.user.username.clone());
-    tracing::debug!(client = %handle.id, user = %logged_in.user.username, %peer, "client logged in");
-    let mut session = ClientSession::new(client, peer, shared, handle, logged_in);
+    handle.set_activity(Activity::Idle, Instant::now());
+    let gauge = shared.metrics.logged_in(&logged_in.user.username, tls);
+    tracing::debug!(client = %handle.id, user = %logged_in.user.username, %peer, tls, "client logged in");
+    let mut session = ClientSession::new(client, peer, shared, handle, logged_in, gauge);
     session.serve().await;
     session.finish().await;
 }
 
 /// Sends a last error before closing, without waiting long for a client that does not read.
-async fn farewell(client: &mut PacketStream, seq: u8, err: &ClientError) {
+async fn farewell(metrics: &Metrics, client: &mut PacketStream, seq: u8, err: &ClientError) {
+    metrics.error_sent(err.kind());
     let _ =
         tokio::time::timeout(FAREWELL_TIMEOUT, client.write_packet(seq, &err.to_packet())).await;
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, client.shutdown()).await;
 }
+
+/// Refuses a client after Sluice's handshake, the way MySQL refuses one over its connection
+/// limit: greeting, the client's login packet, then `err` (ERR 1040) and close.
+pub async fn refuse(socket: TcpStream, shared: &Shared, err: ClientError) {
+    let Ok(mut client) = PacketStream::new(socket) else {
+        return;
+    };
+    let Ok(scramble) = auth::new_scramble() else {
+        return;
+    };
+    let greeting = packets::Greeting {
+        server_version: &shared.server_version,
+        connection_id: 0,
+        scramble: &scramble,
+        // Without CLIENT_SSL: a client must not start TLS just to be refused.
+        capabilities: shared.capabilities - CapabilityFlags::CLIENT_SSL,
+        collation: shared.collation,
+        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        auth_plugin: AuthPluginName::MysqlNativePassword.as_str(),
+    }
+    .encode();
+    if client.write_packet(0, &greeting).await.is_err() {
+        return;
+    }
+    let limit = shared.config().handshake_timeout.min(REFUSAL_READ_TIMEOUT);
+    let seq = match tokio::time::timeout(limit, client.read_packet(REFUSAL_MAX_LOGIN_PACKET)).await
+    {
+        Ok(Ok((seq, _))) => seq.wrapping_add(1),
+        // Whatever the client sent (or not), it gets the reason.
+        _ => 2,
+    };
+    farewell(&shared.metrics, &mut client, seq, &err).await;
+}
+
+/// How long a refused client may take to send its login packet.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest login packet read from a refused client.
+const REFUSAL_MAX_LOGIN_PACKET: usize = 64 * 1024;
 
 /// Whether the session goes on after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +185,16 @@ struct ClientSession {
     hold_for_next_transaction: bool,
     /// Prepared statements, with Sluice's ids.
     stmts: SessionStatements,
+    /// Counts the session in the authenticated-clients gauge; holds the user's metrics.
+    gauge: SessionGauge,
+    /// Whether the client connection uses TLS.
+    tls: bool,
+    /// Pin reasons already logged at info for this session (each is logged once).
+    logged_pins: PinSet,
+    /// A borrow timeout was already logged for this session.
+    logged_borrow_timeout: bool,
+    /// The digest of the statement being run, when it may pin (for the pin's log line).
+    pending_digest: Option<Digest>,
 }
 
 impl ClientSession {
@@ -129,6 +204,7 @@ impl ClientSession {
         shared: Arc<Shared>,
         handle: Arc<SessionHandle>,
         l: LoggedIn,
+        gauge: SessionGauge,
     ) -> Self {
         let key = l.pool_key();
         let state = SessionState {
@@ -150,7 +226,17 @@ impl ClientSession {
             hold_for_warnings: false,
             hold_for_next_transaction: false,
             stmts: SessionStatements::default(),
+            tls: gauge.tls(),
+            gauge,
+            logged_pins: PinSet::default(),
+            logged_borrow_timeout: false,
+            pending_digest: None,
         }
+    }
+
+    /// This session's user's metrics.
+    fn user_metrics(&self) -> &UserMetrics {
+        self.gauge.user()
     }
 
     fn id(&self) -> ClientId {
@@ -170,17 +256,38 @@ impl ClientSession {
             let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
             let stopping = *shutdown.borrow();
             if stopping && !in_transaction {
+                self.goodbye(&ClientError::shutting_down()).await;
                 return;
             }
+            let idle_limit = self.shared.config().idle_client_timeout;
             let header = tokio::select! {
                 biased;
-                _ = self.handle.killed() => return,
-                _ = crate::server::stop_requested(&mut shutdown), if !stopping && !in_transaction => return,
+                _ = self.handle.killed() => {
+                    let err = if *shutdown.borrow() {
+                        ClientError::shutting_down()
+                    } else {
+                        ClientError::connection_killed()
+                    };
+                    self.goodbye(&err).await;
+                    return;
+                }
+                _ = crate::server::stop_requested(&mut shutdown), if !stopping && !in_transaction => {
+                    self.goodbye(&ClientError::shutting_down()).await;
+                    return;
+                }
+                _ = tokio::time::sleep(idle_limit), if !in_transaction => {
+                    tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
+                        idle_client_timeout = %humantime::format_duration(idle_limit),
+                        pinned = !self.state.pins.is_empty(), "closing an idle client");
+                    self.goodbye(&ClientError::idle_timeout(idle_limit)).await;
+                    return;
+                }
                 h = self.client.frame_header() => h,
             };
             let Ok((len, seq)) = header else { return };
             if seq != 0 {
                 farewell(
+                    &self.shared.metrics,
                     &mut self.client,
                     seq.wrapping_add(1),
                     &ClientError::out_of_order(),
@@ -190,6 +297,7 @@ impl ClientSession {
             }
             if len == 0 {
                 farewell(
+                    &self.shared.metrics,
                     &mut self.client,
                     1,
                     &ClientError::malformed_packet("empty command packet"),
@@ -206,10 +314,42 @@ impl ClientSession {
                 return;
             }
             let cmd = self.client.buffered()[HEADER_LEN];
+            let started = Instant::now();
+            self.handle.set_activity(Activity::Running, started);
             self.shared.stats.commands.fetch_add(1, Relaxed);
-            if self.dispatch(cmd, len).await == Flow::Close || self.handle.is_killed() {
+            self.pending_digest = None;
+            let flow = self.dispatch(cmd, len).await;
+            let done = Instant::now();
+            let m = self.user_metrics();
+            m.queries.increment(1);
+            m.query_latency
+                .record(done.duration_since(started).as_secs_f64());
+            let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
+            let activity = if in_transaction {
+                Activity::InTransaction
+            } else {
+                Activity::Idle
+            };
+            self.handle.set_activity(activity, done);
+            if flow == Flow::Close || self.handle.is_killed() {
                 return;
             }
+        }
+    }
+
+    /// Tells the client why Sluice closes its session, unasked (sequence id 1, as the answer
+    /// to the command the client would send next).
+    async fn goodbye(&mut self, err: &ClientError) {
+        farewell(&self.shared.metrics, &mut self.client, 1, err).await;
+    }
+
+    /// The digest of the COM_QUERY in the read buffer, if that is what is there.
+    fn buffered_digest(&self) -> Option<Digest> {
+        let (len, _) = self.client.peek_header()?;
+        let payload = self.payload(len);
+        match payload.split_first() {
+            Some((&COM_QUERY, sql)) => Some(sql::digest(sql)),
+            _ => None,
         }
     }
 
@@ -318,6 +458,8 @@ impl ClientSession {
     /// COM_QUERY: classify, handle KILL, relay, track.
     async fn query(&mut self, len: usize) -> Flow {
         let class = sql::classify(&self.payload(len)[1..]);
+        self.pending_digest = may_pin(&class, self.payload(len))
+            .then(|| sql::digest(self.payload(len).get(1..).unwrap_or_default()));
         if let Some(kill) = class.kill.clone() {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
@@ -419,14 +561,27 @@ impl ClientSession {
     /// Makes sure the session holds a backend connection in the session's state.
     async fn acquire(&mut self, sync: Sync) -> Result<(), ClientError> {
         if self.backend.is_none() {
-            let deadline = tokio::time::Instant::now() + self.shared.config.backend.borrow_timeout;
-            let conn = self
+            let borrowed = self
                 .shared
-                .pool
-                .borrow(&self.key, self.state.schema.as_deref(), deadline)
-                .await
-                .map_err(|e| self.shared.borrow_error(&self.key, e))?;
+                .borrow(&self.key, self.state.schema.as_deref(), self.gauge.user())
+                .await;
+            let conn = match borrowed {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // A borrow timeout is logged once per session, with what was waiting.
+                    let log = !self.logged_borrow_timeout;
+                    let timeout = matches!(e, crate::backend::BorrowError::Timeout { .. });
+                    let digest = if timeout && log {
+                        self.logged_borrow_timeout = true;
+                        self.buffered_digest()
+                    } else {
+                        None
+                    };
+                    return Err(self.shared.borrow_error(&self.key, e, digest.as_ref(), log));
+                }
+            };
             *self.handle.backend_thread.lock().await = Some(conn.thread_id);
+            self.handle.set_lent_thread(Some(conn.thread_id));
             self.backend = Some(conn);
         }
         if let Err(e) = self.sync_state(sync).await {
@@ -501,7 +656,7 @@ impl ClientSession {
 
     /// Forwards the client's command packet as it is in the buffer.
     async fn send_command(&mut self) -> Option<Flow> {
-        let max = self.shared.config.max_allowed_packet;
+        let max = self.shared.config().max_allowed_packet;
         let backend = self.backend.as_mut()?;
         let result = forward_packet(
             &mut self.client,
@@ -511,13 +666,23 @@ impl ClientSession {
         )
         .await;
         match result {
-            Ok(_) => {
+            Ok(n) => {
                 backend.last_used = std::time::Instant::now();
+                self.gauge
+                    .user()
+                    .bytes_to_database
+                    .increment((n + HEADER_LEN) as u64);
                 None
             }
             Err(RelayError::TooLarge { .. }) => {
                 backend.broken = true;
-                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::packet_too_large(max),
+                )
+                .await;
                 Some(Flow::Close)
             }
             Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
@@ -565,7 +730,10 @@ impl ClientSession {
     }
     /// Relays the backend's response to the command just sent.
     async fn relay_reply(&mut self, expect: Expect) -> (Flow, Option<Summary>) {
-        let max = self.shared.config.max_allowed_packet;
+        let max = self.shared.config().max_allowed_packet;
+        // The command was just forwarded: from here to the response's end is the database's
+        // response time (as the client's side of the relay keeps up).
+        let started = Instant::now();
         let Some(backend) = self.backend.as_mut() else {
             return (Flow::Close, None);
         };
@@ -573,15 +741,20 @@ impl ClientSession {
         let untrack = !self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
         let mut tracker = ResponseTracker::new(expect, deprecate_eof, true, untrack);
         let mut summary = Summary::default();
-        match relay_response(
+        let result = relay_response(
             &mut backend.stream,
             &mut self.client,
             &mut tracker,
             &mut summary,
             max,
         )
-        .await
-        {
+        .await;
+        let metrics = self.gauge.user();
+        metrics
+            .database_latency
+            .record(started.elapsed().as_secs_f64());
+        metrics.bytes_to_client.increment(summary.relayed_bytes);
+        match result {
             Ok(()) => (Flow::Continue, Some(summary)),
             Err(RelayError::Client(_)) | Err(RelayError::TooLarge { .. }) => {
                 // The backend is mid-response or mid-file: nobody can use it any more.
@@ -607,7 +780,7 @@ impl ClientSession {
         let err = ClientError::backend_lost(&e.to_string());
         if response_started || state_lost {
             if !response_started {
-                farewell(&mut self.client, 1, &err).await;
+                farewell(&self.shared.metrics, &mut self.client, 1, &err).await;
             }
             return Flow::Close;
         }
@@ -767,10 +940,23 @@ impl ClientSession {
     /// Counts and logs the reasons that started or stopped holding the session.
     fn note_pin_changes(&mut self, before: PinSet) {
         let after = self.state.pins.reasons();
+        if after != before {
+            self.handle.set_pins(after);
+        }
         for reason in after.iter().filter(|r| !before.contains(*r)) {
             self.shared.stats.pinned(reason);
-            tracing::info!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session pinned to its backend connection");
+            // Once per reason and session at info, with the statement's digest (no values).
+            if self.logged_pins.insert(reason) {
+                let digest = self.pending_digest.as_ref();
+                tracing::info!(client = %self.id(), user = %self.key.user, reason = reason.as_str(),
+                    digest = %digest.map(ToString::to_string).unwrap_or_default(),
+                    statement = digest.map_or("", |d| d.text.as_str()),
+                    "session pinned to its backend connection");
+            } else {
+                tracing::debug!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session pinned to its backend connection again");
+            }
         }
+        self.pending_digest = None;
         for reason in before.iter().filter(|r| !after.contains(*r)) {
             self.shared.stats.unpinned(reason);
             tracing::debug!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session state cleared; multiplexing again");
@@ -818,20 +1004,24 @@ impl ClientSession {
         if let Some(conn) = self.backend.take() {
             let mut slot = self.handle.backend_thread.lock().await;
             *slot = None;
+            self.handle.set_lent_thread(None);
             drop(conn);
         }
     }
 
     /// Reads and drops the current client command.
     async fn skip_command(&mut self) -> Flow {
-        match self
-            .client
-            .skip_packet(self.shared.config.max_allowed_packet)
-            .await
-        {
+        let max = self.shared.config().max_allowed_packet;
+        match self.client.skip_packet(max).await {
             Ok(_) => Flow::Continue,
             Err(ProtocolError::TooLarge { max, .. }) => {
-                farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::packet_too_large(max),
+                )
+                .await;
                 Flow::Close
             }
             Err(_) => Flow::Close,
@@ -839,7 +1029,11 @@ impl ClientSession {
     }
 
     async fn reply_error(&mut self, err: &ClientError) -> Flow {
-        match self.client.write_packet(1, &err.to_packet()).await {
+        match self
+            .client
+            .write_packet(1, &self.shared.error_packet(err))
+            .await
+        {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
@@ -894,13 +1088,14 @@ impl ClientSession {
 
     /// COM_CHANGE_USER: Sluice authenticates the new user itself; the session starts over.
     async fn change_user(&mut self) -> Flow {
-        let max = self.shared.config.max_allowed_packet.min(64 * 1024);
+        let max = self.shared.config().max_allowed_packet.min(64 * 1024);
         let payload = match self.client.read_packet(max).await {
             Ok((_, p)) => p,
             Err(_) => return Flow::Close,
         };
         let Some(cu) = ChangeUser::parse(&payload, self.caps) else {
             farewell(
+                &self.shared.metrics,
                 &mut self.client,
                 1,
                 &ClientError::malformed_packet("COM_CHANGE_USER"),
@@ -910,6 +1105,7 @@ impl ClientSession {
         };
         let user_name = String::from_utf8_lossy(cu.user).into_owned();
         let known = self.shared.credentials.get(&user_name);
+        let is_known = known.is_some();
         let plugin = known
             .as_ref()
             .map_or(AuthPluginName::MysqlNativePassword, |u| u.auth_plugin);
@@ -949,8 +1145,10 @@ impl ClientSession {
             Some(u) if auth::verify(plugin, &scramble, u.password.expose(), &response) => u,
             _ => {
                 self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
+                self.shared.metrics.auth_failed(&user_name, is_known);
                 tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
                 farewell(
+                    &self.shared.metrics,
                     &mut self.client,
                     seq,
                     &ClientError::access_denied(&user_name, &host, !response.is_empty()),
@@ -981,6 +1179,7 @@ impl ClientSession {
         self.user = user;
         self.key = pool_key(&self.user.username, self.caps, collation);
         self.handle.set_user(self.user.username.clone());
+        self.gauge = self.shared.metrics.logged_in(&self.user.username, self.tls);
         self.state = SessionState {
             schema: None,
             multi_statements: self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
@@ -988,7 +1187,7 @@ impl ClientSession {
         };
         if let Some(db) = database {
             if let Err(e) = self.shared.check_schema(&self.key, &db).await {
-                farewell(&mut self.client, seq, &e).await;
+                farewell(&self.shared.metrics, &mut self.client, seq, &e).await;
                 return Flow::Close;
             }
             self.state.schema = Some(db);
@@ -1071,6 +1270,24 @@ impl ClientSession {
         self.release().await;
         tracing::debug!(client = %self.id(), "client session ended");
     }
+}
+
+/// Whether a query may pin its session, so its digest is worth computing for the pin's log
+/// line: it has pin effects, is a CALL, or is a SET (unreplayable variables pin only once the
+/// server reports them).
+fn may_pin(class: &Classification, payload: &[u8]) -> bool {
+    if !class.effects.is_empty() || class.is_call || class.next_transaction {
+        return true;
+    }
+    let sql = payload.get(1..).unwrap_or_default();
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    matches!(
+        sql.get(start..start + 4),
+        Some([s, e, t, next]) if [*s, *e, *t].eq_ignore_ascii_case(b"SET") && !next.is_ascii_alphanumeric()
+    )
 }
 
 /// Temporary tables are per schema: an unqualified name means the current schema's table.

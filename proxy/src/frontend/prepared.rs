@@ -109,11 +109,17 @@ impl ClientSession {
     /// COM_STMT_PREPARE: answered from the backend connection's cache when it has the
     /// statement, else prepared there.
     pub(super) async fn stmt_prepare(&mut self) -> Flow {
-        let max = self.shared.config.max_allowed_packet;
+        let max = self.shared.config().max_allowed_packet;
         let payload = match self.client.read_packet(max).await {
             Ok((_, p)) => p,
             Err(ProtocolError::TooLarge { max, .. }) => {
-                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                super::farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::packet_too_large(max),
+                )
+                .await;
                 return Flow::Close;
             }
             Err(_) => return Flow::Close,
@@ -289,6 +295,9 @@ impl ClientSession {
             })
             .await;
             let class = def.class.clone();
+            if !class.effects.is_empty() || class.is_call {
+                self.pending_digest = Some(crate::sql::digest(&def.key.sql));
+            }
             self.after_statement(&s, &class).await;
         }
         flow
@@ -571,14 +580,20 @@ impl ClientSession {
         server_id: u32,
         def: &StatementDef,
     ) -> Option<Flow> {
-        let max = self.shared.config.max_allowed_packet;
+        let max = self.shared.config().max_allowed_packet;
         let payload = match self.client.read_packet(max).await {
             Ok((_, p)) => p,
             Err(ProtocolError::TooLarge { max, .. }) => {
                 if let Some(b) = self.backend.as_mut() {
                     b.broken = true;
                 }
-                super::farewell(&mut self.client, 1, &ClientError::packet_too_large(max)).await;
+                super::farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::packet_too_large(max),
+                )
+                .await;
                 return Some(Flow::Close);
             }
             Err(_) => return Some(Flow::Close),

@@ -96,6 +96,7 @@ pub async fn relay_response(
                 backend.consume(cursor + HEADER_LEN + len);
                 cursor = 0;
                 relayed = true;
+                summary.relayed_bytes += out.len() as u64;
                 client
                     .write_all(&out)
                     .await
@@ -111,6 +112,7 @@ pub async fn relay_response(
         }
         if cursor > 0 {
             relayed = true;
+            summary.relayed_bytes += cursor as u64;
             client
                 .write_all(&backend.buffered()[..cursor])
                 .await

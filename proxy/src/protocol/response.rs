@@ -79,6 +79,8 @@ pub struct Summary {
     /// Set when an EOF reported `SERVER_SESSION_STATE_CHANGED` but could not say what changed
     /// (classic EOF packets carry no session-state data).
     pub untold_state_change: bool,
+    /// Bytes written to the client while relaying the response (headers included).
+    pub relayed_bytes: u64,
 }
 
 /// What to do with the packet just inspected.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::backend::{BackendError, BorrowError, Connector, Pool, PoolKey};
 use crate::config::Config;
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, SecretError};
 use crate::errors::ClientError;
 use crate::protocol::CapabilityFlags;
 use crate::registry::Registry;
@@ -157,6 +157,10 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    /// A secret of `[secrets_manager] secret_ids` could not be read or used; the message
+    /// names it and why, never its value.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// A bound, not yet running proxy.
@@ -179,15 +183,16 @@ impl ShutdownHandle {
 }
 
 impl Proxy {
-    /// Binds the listener and learns the backend's version (without logging in).
+    /// Reads the users' credentials (every Secrets Manager secret), binds the listener and
+    /// learns the backend's version (without logging in).
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        let credentials = Arc::new(Credentials::load(&config).await?);
         let listener =
             listen(&config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
                 address: config.listen.clone(),
                 source,
             })?;
         let stats = Arc::new(Stats::default());
-        let credentials = Arc::new(Credentials::from_config(&config.users));
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
         let connector = Connector::new(
             config.backend.address.clone(),
@@ -269,6 +274,7 @@ impl Proxy {
             shutdown_tx,
         } = self;
         shared.pool.spawn_maintenance();
+        shared.credentials.spawn_refresh(shutdown_tx.subscribe());
         let mut shutdown = shutdown_tx.subscribe();
         tracing::info!(listen = %shared.config.listen, backend = %shared.config.backend.address,
             version = %shared.server_version, "sluice is accepting clients");

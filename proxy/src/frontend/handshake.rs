@@ -206,9 +206,13 @@ pub async fn login(
         *seq = rseq.wrapping_add(1);
         auth_data = data;
     }
-    let user = match known {
-        Some(u) if auth::verify(plugin, &scramble, u.password.expose(), &auth_data) => u,
-        _ => {
+    let user = match shared
+        .credentials
+        .authenticate(known, |u| u.verify_scramble(plugin, &scramble, &auth_data))
+        .await
+    {
+        Some(u) => u,
+        None => {
             shared
                 .stats
                 .client_auth_failures

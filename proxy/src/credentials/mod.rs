@@ -377,6 +377,14 @@ impl Credentials {
 
     /// Records that the database accepted `password` for `name`, so it is tried first.
     pub fn backend_accepted(&self, name: &str, password: &Secret) {
+        {
+            // The usual case, under the shared lock: nothing to record.
+            let users = self.read();
+            let known = users.by_name.get(name).and_then(|id| users.secrets.get(id));
+            if known.is_none_or(|u| u.backend_ok.as_ref() == Some(password)) {
+                return;
+            }
+        }
         let mut users = self.write();
         let Some(id) = users.by_name.get(name).cloned() else {
             return;

@@ -21,6 +21,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit for opening the HTTPS connection to Secrets Manager.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The staging label of the version in use (what GetSecretValue returns without a label;
+/// named explicitly, as some emulators lag behind a label moved by UpdateSecretVersionStage).
+const AWSCURRENT: &str = "AWSCURRENT";
 /// The staging label of the version a rotation is installing.
 const AWSPENDING: &str = "AWSPENDING";
 
@@ -149,7 +152,7 @@ impl SecretsManagerClient {
     /// Reads the current version of `secret_id` (and the pending one, if any).
     pub async fn fetch(&self, secret_id: &str) -> Result<FetchedSecret, SecretError> {
         let err = |reason| SecretError::new(secret_id, reason);
-        let output = self.get(secret_id, None).await.map_err(err)?;
+        let output = self.get(secret_id, AWSCURRENT).await.map_err(err)?;
         let text = output
             .secret_string()
             .ok_or_else(|| err(SecretErrorReason::Binary))?;
@@ -174,7 +177,7 @@ impl SecretsManagerClient {
         current: &RdsSecret,
         current_version: Option<&str>,
     ) -> Option<Secret> {
-        let output = match self.get(secret_id, Some(AWSPENDING)).await {
+        let output = match self.get(secret_id, AWSPENDING).await {
             Ok(output) => output,
             Err(SecretErrorReason::NotFound(_)) => return None,
             Err(e) => {
@@ -201,13 +204,13 @@ impl SecretsManagerClient {
     async fn get(
         &self,
         secret_id: &str,
-        stage: Option<&str>,
+        stage: &str,
     ) -> Result<GetSecretValueOutput, SecretErrorReason> {
         let request = self
             .client
             .get_secret_value()
             .secret_id(secret_id)
-            .set_version_stage(stage.map(str::to_owned))
+            .version_stage(stage)
             .send();
         // The SDK has its own operation timeout; this one also covers credential loading.
         let limit = OPERATION_TIMEOUT + CONNECT_TIMEOUT;

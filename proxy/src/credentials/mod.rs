@@ -26,6 +26,7 @@ pub mod secrets_manager;
 mod static_users;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -183,8 +184,32 @@ struct SecretUser {
 struct SecretSource {
     client: SecretsManagerClient,
     settings: SecretsManagerConfig,
-    /// Per secret id: serialises reads, and holds when the last one started.
-    reads: HashMap<Arc<str>, Mutex<Option<TokioInstant>>>,
+    /// Per secret id: its reads, one at a time.
+    reads: HashMap<Arc<str>, SecretReads>,
+}
+
+/// The reads of one secret: serialised, counted, and their last outcome kept for those who
+/// waited while it ran.
+#[derive(Debug, Default)]
+struct SecretReads {
+    /// Reads completed (successful or not).
+    completed: AtomicU64,
+    state: Mutex<ReadState>,
+}
+
+#[derive(Debug)]
+struct ReadState {
+    last_start: Option<TokioInstant>,
+    last_outcome: Reread,
+}
+
+impl Default for ReadState {
+    fn default() -> Self {
+        ReadState {
+            last_start: None,
+            last_outcome: Reread::NotDone,
+        }
+    }
 }
 
 impl Credentials {
@@ -224,7 +249,7 @@ impl Credentials {
         }
         let reads = ids
             .iter()
-            .map(|id| (id.clone(), Mutex::new(None)))
+            .map(|id| (id.clone(), SecretReads::default()))
             .collect();
         let credentials = Credentials {
             users: RwLock::default(),
@@ -420,7 +445,9 @@ impl Credentials {
         .await
     }
 
-    /// Reads secret `id` again unless a read completed after `seen` (its generation then).
+    /// Reads secret `id` again unless a read succeeded after `seen` (its generation then). A
+    /// read that completed while this caller waited for its turn counts as this caller's:
+    /// a storm of refusals causes one read.
     async fn reread(
         &self,
         id: &Arc<str>,
@@ -428,19 +455,20 @@ impl Credentials {
         deadline: TokioInstant,
         why: &'static str,
     ) -> Reread {
-        let Some(source) = &self.secrets else {
+        let Some(reads) = self.secrets.as_ref().and_then(|s| s.reads.get(id)) else {
             return Reread::NotDone;
         };
-        let Some(lock) = source.reads.get(id) else {
-            return Reread::NotDone;
-        };
-        let Ok(mut last_start) = tokio::time::timeout_at(deadline, lock.lock()).await else {
+        let completed = reads.completed.load(Ordering::Acquire);
+        let Ok(mut state) = tokio::time::timeout_at(deadline, reads.state.lock()).await else {
             return Reread::NotDone;
         };
         if self.generation(id) > seen {
             return Reread::Done;
         }
-        if let Some(last) = *last_start {
+        if reads.completed.load(Ordering::Acquire) > completed {
+            return state.last_outcome;
+        }
+        if let Some(last) = state.last_start {
             let next = last + MIN_REREAD_INTERVAL;
             if next > deadline {
                 return Reread::NotDone;
@@ -448,22 +476,46 @@ impl Credentials {
             tokio::time::sleep_until(next).await;
         }
         tracing::info!(secret_id = %id, reason = why, "reading the secret again");
-        *last_start = Some(TokioInstant::now());
-        match tokio::time::timeout_at(deadline, source.client.fetch(id)).await {
-            Ok(Ok(fetched)) => match self.apply(id, fetched, Instant::now()) {
-                Ok(()) => Reread::Done,
-                Err(reason) => {
-                    let e = SecretError::new(id, reason);
-                    tracing::warn!(secret_id = %id, error = %e, "keeping the last good value");
-                    Reread::NotDone
-                }
-            },
-            Ok(Err(e)) => {
-                tracing::warn!(secret_id = %id, error = %e, "keeping the last good value");
+        let Ok(outcome) = tokio::time::timeout_at(deadline, self.read_now(id, &mut state)).await
+        else {
+            return Reread::NotDone;
+        };
+        outcome
+    }
+
+    /// Reads secret `id` and installs what it holds; the caller holds its read state. A
+    /// failure is logged and keeps the last good value.
+    async fn read_now(&self, id: &Arc<str>, state: &mut ReadState) -> Reread {
+        let Some(source) = &self.secrets else {
+            return Reread::NotDone;
+        };
+        state.last_start = Some(TokioInstant::now());
+        let result = source.client.fetch(id).await.and_then(|f| {
+            self.apply(id, f, Instant::now())
+                .map_err(|reason| SecretError::new(id, reason))
+        });
+        let outcome = match result {
+            Ok(()) => Reread::Done,
+            Err(e) => {
+                tracing::warn!(secret_id = %id, error = %e, "cannot read the secret; keeping the last good value");
                 Reread::NotDone
             }
-            Err(_) => Reread::NotDone,
+        };
+        state.last_outcome = outcome;
+        if let Some(reads) = source.reads.get(id) {
+            reads.completed.fetch_add(1, Ordering::Release);
         }
+        outcome
+    }
+
+    /// Reads of Secrets Manager completed so far (successful or not), all secrets together.
+    pub fn secret_reads(&self) -> u64 {
+        self.secrets.as_ref().map_or(0, |s| {
+            s.reads
+                .values()
+                .map(|r| r.completed.load(Ordering::Relaxed))
+                .sum()
+        })
     }
 
     /// How many times secret `id` was read successfully.
@@ -478,18 +530,10 @@ impl Credentials {
     /// Reads every secret again; a failure keeps that secret's last good value.
     pub async fn refresh(&self) {
         let Some(source) = &self.secrets else { return };
-        for (id, lock) in &source.reads {
-            let mut last_start = lock.lock().await;
-            *last_start = Some(TokioInstant::now());
-            let result = source.client.fetch(id).await.and_then(|f| {
-                self.apply(id, f, Instant::now())
-                    .map_err(|reason| SecretError::new(id, reason))
-            });
-            match result {
-                Ok(()) => tracing::debug!(secret_id = %id, "refreshed the secret"),
-                Err(e) => {
-                    tracing::warn!(secret_id = %id, error = %e, "refresh failed; keeping the last good value");
-                }
+        for (id, reads) in &source.reads {
+            let mut state = reads.state.lock().await;
+            if self.read_now(id, &mut state).await == Reread::Done {
+                tracing::debug!(secret_id = %id, "refreshed the secret");
             }
         }
     }

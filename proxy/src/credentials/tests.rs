@@ -13,7 +13,7 @@ fn store(window: Duration, ids: &[&str]) -> Credentials {
     };
     let reads = ids
         .iter()
-        .map(|id| (Arc::from(*id), Mutex::new(None)))
+        .map(|id| (Arc::from(*id), SecretReads::default()))
         .collect();
     Credentials {
         users: RwLock::default(),
@@ -250,6 +250,30 @@ async fn rereads_are_debounced() {
     let started = TokioInstant::now();
     assert_eq!(c.reread_after_refusal(&login, near).await, Reread::NotDone);
     assert!(started.elapsed() < MIN_REREAD_INTERVAL / 2);
+}
+
+#[tokio::test]
+async fn a_storm_of_refusals_causes_one_read() {
+    let c = Arc::new(store(Duration::from_secs(600), &["s1"]));
+    apply(&c, "s1", "app", "good");
+    let login = c.backend_login("app").unwrap();
+    let deadline = TokioInstant::now() + Duration::from_secs(10);
+    let storm: Vec<_> = (0..20)
+        .map(|_| {
+            let (c, login) = (c.clone(), login.clone());
+            tokio::spawn(async move { c.reread_after_refusal(&login, deadline).await })
+        })
+        .collect();
+    for waiter in storm {
+        // The read fails (nothing listens): everyone who waited shares that outcome.
+        assert_eq!(waiter.await.unwrap(), Reread::NotDone);
+    }
+    assert_eq!(c.secret_reads(), 1);
+    // A refusal after that read asks for a new one (after the debounce interval).
+    let started = TokioInstant::now();
+    c.reread_after_refusal(&login, deadline).await;
+    assert_eq!(c.secret_reads(), 2);
+    assert!(started.elapsed() >= MIN_REREAD_INTERVAL / 2);
 }
 
 #[tokio::test]

@@ -48,6 +48,14 @@ pub struct SluiceOptions {
     pub backend_extra_toml: String,
     /// `[admin] password`; empty (the default) leaves the console refusing every login.
     pub admin_password: String,
+    /// `[secrets_manager] secret_ids`: users from AWS Secrets Manager (empty: none). Give the
+    /// process the AWS environment through `env`, e.g. [`crate::Moto::sdk_env`].
+    pub secret_ids: Vec<String>,
+    /// Lines added to the `[secrets_manager]` table, e.g. `refresh_interval = "1s"`.
+    pub secrets_manager_extra_toml: String,
+    /// Environment variables set for the process (beyond the inherited ones, which never
+    /// include `SLUICE_*` or `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for SluiceOptions {
@@ -59,6 +67,9 @@ impl Default for SluiceOptions {
             extra_toml: String::new(),
             backend_extra_toml: String::new(),
             admin_password: String::new(),
+            secret_ids: Vec::new(),
+            secrets_manager_extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -132,6 +143,12 @@ impl SluiceOptions {
         let _ = writeln!(toml, "address = {}", toml_string(&self.backend.to_string()));
         let _ = writeln!(toml, "max_connections = {}", self.max_connections);
         push_lines(&mut toml, &self.backend_extra_toml);
+        if !self.secret_ids.is_empty() || !self.secrets_manager_extra_toml.trim().is_empty() {
+            toml.push_str("\n[secrets_manager]\n");
+            let ids: Vec<String> = self.secret_ids.iter().map(|id| toml_string(id)).collect();
+            let _ = writeln!(toml, "secret_ids = [{}]", ids.join(", "));
+            push_lines(&mut toml, &self.secrets_manager_extra_toml);
+        }
         for (username, password) in &self.users {
             let _ = writeln!(
                 toml,
@@ -305,6 +322,7 @@ impl SluiceProcess {
         // With RUST_BACKTRACE set, a start-up error would print a backtrace that pushes the
         // message itself out of `log_tail`; panics keep theirs.
         cmd.env("RUST_LIB_BACKTRACE", "0");
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let child = spawn_logged(cmd, log)?;
         self.pid = child.id();
         self.addr = listen.clients;
@@ -562,6 +580,28 @@ mod tests {
         assert!(toml.contains("worker_threads = 1\n\n[backend]"), "{toml}");
         assert!(toml.contains(r#"username = "a\"b""#), "{toml}");
         assert!(toml.contains(r#"password = "p\\w""#), "{toml}");
+    }
+
+    #[test]
+    fn secrets_manager_table_is_written_when_asked_for() {
+        let defaults = SluiceOptions::default();
+        let plain = defaults.to_toml(Listen::pick(1, &defaults));
+        assert!(!plain.contains("[secrets_manager]"), "{plain}");
+        let opts = SluiceOptions {
+            secret_ids: vec!["app-db".to_owned(), "arn:aws:x\"y".to_owned()],
+            secrets_manager_extra_toml: "refresh_interval = \"1s\"".to_owned(),
+            ..SluiceOptions::default()
+        };
+        let toml = opts.to_toml(Listen::pick(1, &opts));
+        assert!(
+            toml.contains(
+                "[secrets_manager]\nsecret_ids = [\"app-db\", \"arn:aws:x\\\"y\"]\n\
+                 refresh_interval = \"1s\"\n"
+            ),
+            "{toml}"
+        );
+        let parsed = sluice::Config::from_toml(&toml, "test", |_| None).unwrap();
+        assert_eq!(parsed.secrets_manager.secret_ids, opts.secret_ids);
     }
 
     #[test]

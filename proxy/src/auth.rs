@@ -185,11 +185,6 @@ impl ServerRsaKey {
     }
 }
 
-/// Checks a password a client sent in full (caching_sha2 full authentication).
-pub fn verify_cleartext(password: &str, sent: &[u8]) -> bool {
-    constant_time_eq(password.as_bytes(), sent)
-}
-
 /// The users whose current password passed a caching_sha2 full authentication since start,
 /// like MySQL's server-side cache: until then, a login must send the password in full.
 #[derive(Debug, Default)]

@@ -17,7 +17,7 @@ use crate::admin::health::Readiness;
 use crate::auth::{ServerRsaKey, Sha2Cache};
 use crate::backend::{BackendError, BorrowError, Connector, Pool, PoolKey, PooledConn};
 use crate::config::{Config, FullAuth};
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, SecretError};
 use crate::errors::ClientError;
 use crate::metrics::{Metrics, Scrape, UserMetrics};
 use crate::protocol::CapabilityFlags;
@@ -346,6 +346,10 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    /// A secret of `[secrets_manager] secret_ids` could not be read or used; the message
+    /// names it and why, never its value.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("{setting}: {source}")]
     Tls {
         setting: &'static str,
@@ -434,9 +438,10 @@ impl ShutdownHandle {
 }
 
 impl Proxy {
-    /// Binds the listeners (clients, HTTP, admin console) and learns the backend's version
-    /// (without logging in).
+    /// Reads the users' credentials (every Secrets Manager secret), binds the listeners
+    /// (clients, HTTP, admin console) and learns the backend's version (without logging in).
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        let credentials = Arc::new(Credentials::load(&config).await?);
         let listener =
             listen(&config.listen, config.listen_backlog).map_err(|source| StartError::Bind {
                 address: config.listen.clone(),
@@ -458,7 +463,6 @@ impl Proxy {
         let http_listener = listen_optional(&config.http_listen).await?;
         let admin_listener = listen_optional(&config.admin_listen).await?;
         let stats = Arc::new(Stats::default());
-        let credentials = Arc::new(Credentials::from_config(&config.users));
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
         let connector = Connector::new(
             config.backend.address.clone(),
@@ -610,6 +614,7 @@ impl Proxy {
             tokio::spawn(crate::admin::console::serve(l, shared.clone()));
         }
         spawn_metrics_upkeep(&shared);
+        shared.credentials.spawn_refresh(shutdown_tx.subscribe());
         let mut shutdown = shutdown_tx.subscribe();
         {
             let config = shared.config();

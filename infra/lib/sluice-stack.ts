@@ -1,6 +1,7 @@
 /**
  * The seed's deployment with Sluice in place of RDS Proxy: an isolated VPC, RDS MySQL with a
- * generated secret under a customer-managed key, Sluice on ECS Fargate (arm64) behind an
+ * generated secret under a customer-managed key, Sluice on ECS Fargate (arm64) or, with
+ * `hosting: 'ec2'`, on an EC2 Auto Scaling group (arm64, lib/sluice-hosts.ts), behind an
  * internal Network Load Balancer, and the Rust Lambda that talks to the database through it.
  *
  * Traffic on 3306 follows one chain of security groups and nothing else may come in:
@@ -30,7 +31,8 @@ import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 
 import { grantSecretRead } from './grants';
-import { addSluiceContainer, HEALTH_PORT, MYSQL_PORT } from './sluice-container';
+import { addSluiceContainer, HEALTH_PORT, MYSQL_PORT, SluiceSettings } from './sluice-container';
+import { SluiceHosts } from './sluice-hosts';
 
 /** The database's master user name, as in the seed (the password is generated). */
 export const DATABASE_USERNAME = 'admin';
@@ -39,9 +41,15 @@ export const VPC_CIDR = '10.0.0.0/16';
 /** The MySQL engine: a concrete version, so synth never picks one silently. */
 export const DEFAULT_ENGINE_VERSION = rds.MysqlEngineVersion.VER_8_4_8;
 
+/** Where Sluice runs: ECS Fargate tasks, or EC2 instances in an Auto Scaling group. */
+export type SluiceHosting = 'fargate' | 'ec2';
+export const SLUICE_HOSTINGS: readonly SluiceHosting[] = ['fargate', 'ec2'];
+
 export interface SluiceStackProps extends StackProps {
-  /** The Sluice image (the real app builds it from the repository's Dockerfile). */
-  readonly sluiceImage: ecs.ContainerImage;
+  /** Where Sluice runs (default 'fargate'). */
+  readonly hosting?: SluiceHosting;
+  /** fargate: the Sluice image (the real app builds it from the repository's Dockerfile). */
+  readonly sluiceImage?: ecs.ContainerImage;
   /** The Lambda's code (the real app uses cargo lambda's bootstrap.zip). */
   readonly functionCode: lambda.Code;
   /** Number of availability zones (default 2; more needs a concrete region or `availabilityZones`). */
@@ -79,9 +87,33 @@ export interface SluiceStackProps extends StackProps {
   readonly functionTimeout?: Duration;
   /** Retention of the log groups this stack creates (default one month). */
   readonly logRetention?: logs.RetentionDays;
+  /** ec2: an aarch64 Linux build of `sluice` to install on the instances (see infra/README.md). */
+  readonly sluiceBinary?: string;
+  /** ec2: the RDS CA bundle (PEM) to install as /etc/sluice/rds-ca.pem. */
+  readonly rdsCaBundle?: string;
+  /** ec2: an arm64 (Graviton) instance type (default t4g.small). */
+  readonly instanceType?: ec2.InstanceType;
+  /** ec2: instances to run; the Auto Scaling group spreads them across the zones (default 2). */
+  readonly instanceCount?: number;
+  /** ec2: Auto Scaling minimum (default instanceCount). */
+  readonly minInstances?: number;
+  /** ec2: Auto Scaling maximum (default instanceCount + 1, room for rolling updates). */
+  readonly maxInstances?: number;
 }
 
+/** Props that only mean something for one kind of hosting (an unused image is harmless). */
+const FARGATE_ONLY = ['taskCount', 'taskCpu', 'taskMemoryMiB'] as const;
+const EC2_ONLY = [
+  'sluiceBinary',
+  'rdsCaBundle',
+  'instanceType',
+  'instanceCount',
+  'minInstances',
+  'maxInstances',
+] as const;
+
 export class SluiceStack extends Stack {
+  readonly hosting: SluiceHosting;
   readonly vpc: ec2.Vpc;
   readonly key: kms.Key;
   /** The generated database secret as created (before RDS attaches host and port to it). */
@@ -89,8 +121,6 @@ export class SluiceStack extends Stack {
   /** The database secret once attached to the instance: what consumers are given. */
   readonly secret: secretsmanager.ISecret;
   readonly database: rds.DatabaseInstance;
-  readonly cluster: ecs.Cluster;
-  readonly service: ecs.FargateService;
   readonly loadBalancer: elbv2.NetworkLoadBalancer;
   readonly targetGroup: elbv2.NetworkTargetGroup;
   readonly function: lambda.Function;
@@ -99,9 +129,49 @@ export class SluiceStack extends Stack {
   readonly sluiceSecurityGroup: ec2.SecurityGroup;
   readonly databaseSecurityGroup: ec2.SecurityGroup;
   readonly endpointSecurityGroup: ec2.SecurityGroup;
+  private readonly fargate?: { cluster: ecs.Cluster; service: ecs.FargateService };
+  private readonly ec2Hosts?: SluiceHosts;
+
+  /** fargate: the ECS cluster. */
+  get cluster(): ecs.Cluster {
+    return this.requireFargate().cluster;
+  }
+
+  /** fargate: the Sluice service. */
+  get service(): ecs.FargateService {
+    return this.requireFargate().service;
+  }
+
+  /** ec2: the Auto Scaling group, its launch template, role and files. */
+  get hosts(): SluiceHosts {
+    if (!this.ec2Hosts) {
+      throw new Error(`${this.stackName} runs Sluice on ${this.hosting}: there are no EC2 hosts`);
+    }
+    return this.ec2Hosts;
+  }
+
+  private requireFargate(): { cluster: ecs.Cluster; service: ecs.FargateService } {
+    if (!this.fargate) {
+      throw new Error(`${this.stackName} runs Sluice on ${this.hosting}: there is no ECS service`);
+    }
+    return this.fargate;
+  }
 
   constructor(scope: Construct, id: string, props: SluiceStackProps) {
     super(scope, id, props);
+    this.hosting = props.hosting ?? 'fargate';
+    if (!SLUICE_HOSTINGS.includes(this.hosting)) {
+      throw new Error(`hosting must be ${SLUICE_HOSTINGS.join(' or ')}, got ${this.hosting}`);
+    }
+    const misplaced = (this.hosting === 'fargate' ? EC2_ONLY : FARGATE_ONLY).filter(
+      (key) => props[key] !== undefined,
+    );
+    if (misplaced.length > 0) {
+      throw new Error(
+        `${misplaced.join(', ')}: only for ${this.hosting === 'fargate' ? 'ec2' : 'fargate'} ` +
+          `hosting, and this stack runs Sluice on ${this.hosting}`,
+      );
+    }
     const taskCount = positiveInteger('taskCount', props.taskCount ?? 2);
     const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
     const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
@@ -153,6 +223,12 @@ export class SluiceStack extends Stack {
       EcrApi: ec2.InterfaceVpcEndpointAwsService.ECR,
       EcrDocker: ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
       Logs: ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+      // EC2 hosts tell CloudFormation when Sluice is ready (creation and rolling updates wait
+      // for it). The ECR and Logs endpoints stay in both variants: the sidecar example stack
+      // runs Fargate tasks in this VPC whichever way the main stack hosts Sluice.
+      ...(this.hosting === 'ec2'
+        ? { CloudFormation: ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION }
+        : {}),
     };
     for (const [name, service] of Object.entries(interfaceEndpoints)) {
       this.vpc.addInterfaceEndpoint(`${name}Endpoint`, {
@@ -163,7 +239,8 @@ export class SluiceStack extends Stack {
         securityGroups: [this.endpointSecurityGroup],
       });
     }
-    // ECR keeps image layers in S3: Fargate fetches them through this gateway.
+    // ECR keeps image layers in S3: Fargate fetches them through this gateway, and EC2 hosts
+    // download Sluice's files from the CDK asset bucket through it.
     this.vpc.addGatewayEndpoint('S3Endpoint', {
       service: ec2.GatewayVpcEndpointAwsService.S3,
       subnets: [isolated],
@@ -179,7 +256,9 @@ export class SluiceStack extends Stack {
     );
     this.sluiceSecurityGroup = securityGroup(
       'SluiceSecurityGroup',
-      'Sluice tasks: MySQL and health checks from the NLB',
+      this.hosting === 'ec2'
+        ? 'Sluice instances: MySQL and health checks from the NLB'
+        : 'Sluice tasks: MySQL and health checks from the NLB',
     );
     this.databaseSecurityGroup = securityGroup('DatabaseSecurityGroup', 'RDS: MySQL from Sluice');
 
@@ -215,7 +294,8 @@ export class SluiceStack extends Stack {
       https,
       'Sluice to VPC endpoints',
     );
-    // Image layers come from S3 through the gateway endpoint, whose prefix list cannot be
+    // Image layers (Fargate) and Sluice's files (EC2) come from S3 through the gateway
+    // endpoint, whose prefix list cannot be
     // looked up offline; the isolated subnets have no route to anywhere else.
     this.sluiceSecurityGroup.addEgressRule(
       ec2.Peer.anyIpv4(),
@@ -303,60 +383,91 @@ export class SluiceStack extends Stack {
       });
     }
 
-    // ---- Sluice on ECS Fargate behind an internal NLB --------------------------------------------
-    this.cluster = new ecs.Cluster(this, 'Cluster', {
-      vpc: this.vpc,
-      containerInsightsV2: ecs.ContainerInsights.ENABLED,
-    });
-    const taskDefinition = new ecs.FargateTaskDefinition(this, 'SluiceTask', {
-      cpu: props.taskCpu ?? 512,
-      memoryLimitMiB: props.taskMemoryMiB ?? 1024,
-      runtimePlatform: {
-        cpuArchitecture: ecs.CpuArchitecture.ARM64,
-        operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
-      },
-    });
-    addSluiceContainer(this, taskDefinition, {
-      image: props.sluiceImage,
-      portMappings: true,
-      logging: ecs.LogDrivers.awsLogs({
-        streamPrefix: 'sluice',
-        logGroup: new logs.LogGroup(this, 'SluiceLogs', { retention: logRetention }),
-      }),
-      settings: {
-        listenHost: '0.0.0.0',
-        healthHost: '0.0.0.0',
-        backendAddress: `${this.database.dbInstanceEndpointAddress}:${this.database.dbInstanceEndpointPort}`,
-        backendMaxConnections: props.backendMaxConnections ?? 20,
-        secretArns: [this.secret.secretArn],
-        shutdownTimeout,
-      },
-    });
-    grantSecretRead(taskDefinition.taskRole, this.secret);
-    Validations.of(taskDefinition).acknowledge({
-      id: 'AwsSolutions-ECS2',
-      reason:
-        'The environment holds Sluice configuration only (addresses, limits, the secret ARN); ' +
-        'no secret value. Sluice fetches the credentials from Secrets Manager at run time.',
-    });
+    // ---- Sluice: ECS Fargate tasks or EC2 instances, configured alike -----------------------------
+    // One settings object for either hosting: the Fargate container's environment and the EC2
+    // hosts' /etc/sluice/sluice.env both come from sluiceEnvironment(settings).
+    const settings: SluiceSettings = {
+      listenHost: '0.0.0.0',
+      healthHost: '0.0.0.0',
+      backendAddress: `${this.database.dbInstanceEndpointAddress}:${this.database.dbInstanceEndpointPort}`,
+      backendMaxConnections: props.backendMaxConnections ?? 20,
+      secretArns: [this.secret.secretArn],
+      shutdownTimeout,
+    };
+    let target: elbv2.INetworkLoadBalancerTarget;
+    if (this.hosting === 'fargate') {
+      if (props.sluiceImage === undefined) {
+        throw new Error('Fargate hosting needs sluiceImage');
+      }
+      const cluster = new ecs.Cluster(this, 'Cluster', {
+        vpc: this.vpc,
+        containerInsightsV2: ecs.ContainerInsights.ENABLED,
+      });
+      const taskDefinition = new ecs.FargateTaskDefinition(this, 'SluiceTask', {
+        cpu: props.taskCpu ?? 512,
+        memoryLimitMiB: props.taskMemoryMiB ?? 1024,
+        runtimePlatform: {
+          cpuArchitecture: ecs.CpuArchitecture.ARM64,
+          operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+        },
+      });
+      addSluiceContainer(this, taskDefinition, {
+        image: props.sluiceImage,
+        portMappings: true,
+        logging: ecs.LogDrivers.awsLogs({
+          streamPrefix: 'sluice',
+          logGroup: new logs.LogGroup(this, 'SluiceLogs', { retention: logRetention }),
+        }),
+        settings,
+      });
+      grantSecretRead(taskDefinition.taskRole, this.secret);
+      Validations.of(taskDefinition).acknowledge({
+        id: 'AwsSolutions-ECS2',
+        reason:
+          'The environment holds Sluice configuration only (addresses, limits, the secret ARN); ' +
+          'no secret value. Sluice fetches the credentials from Secrets Manager at run time.',
+      });
 
-    this.service = new ecs.FargateService(this, 'SluiceService', {
-      cluster: this.cluster,
-      taskDefinition,
-      desiredCount: taskCount,
-      vpcSubnets: isolated,
-      securityGroups: [this.sluiceSecurityGroup],
-      assignPublicIp: false,
-      minHealthyPercent: 100,
-      maxHealthyPercent: 200,
-      circuitBreaker: { enable: true, rollback: true },
-      healthCheckGracePeriod: Duration.seconds(60),
-      platformVersion: ecs.FargatePlatformVersion.LATEST,
-      propagateTags: ecs.PropagatedTagSource.SERVICE,
-      enableECSManagedTags: true,
-    });
-    // The task must not start before the database and its secret are complete.
-    this.service.node.addDependency(this.database);
+      const service = new ecs.FargateService(this, 'SluiceService', {
+        cluster,
+        taskDefinition,
+        desiredCount: taskCount,
+        vpcSubnets: isolated,
+        securityGroups: [this.sluiceSecurityGroup],
+        assignPublicIp: false,
+        minHealthyPercent: 100,
+        maxHealthyPercent: 200,
+        circuitBreaker: { enable: true, rollback: true },
+        healthCheckGracePeriod: Duration.seconds(60),
+        platformVersion: ecs.FargatePlatformVersion.LATEST,
+        propagateTags: ecs.PropagatedTagSource.SERVICE,
+        enableECSManagedTags: true,
+      });
+      // The task must not start before the database and its secret are complete.
+      service.node.addDependency(this.database);
+      this.fargate = { cluster, service };
+      target = service.loadBalancerTarget({ containerName: 'sluice', containerPort: MYSQL_PORT });
+    } else {
+      if (props.sluiceBinary === undefined || props.rdsCaBundle === undefined) {
+        throw new Error('EC2 hosting needs sluiceBinary and rdsCaBundle (see infra/README.md)');
+      }
+      this.ec2Hosts = new SluiceHosts(this, 'SluiceHosts', {
+        vpc: this.vpc,
+        vpcSubnets: isolated,
+        securityGroup: this.sluiceSecurityGroup,
+        settings,
+        secret: this.secret,
+        binary: props.sluiceBinary,
+        rdsCaBundle: props.rdsCaBundle,
+        instanceType: props.instanceType,
+        desiredCapacity: props.instanceCount,
+        minCapacity: props.minInstances,
+        maxCapacity: props.maxInstances,
+      });
+      // Hosts signal once /readyz answers, which needs the database and its secret.
+      this.ec2Hosts.autoScalingGroup.node.addDependency(this.database);
+      target = this.ec2Hosts.autoScalingGroup;
+    }
 
     this.loadBalancer = new elbv2.NetworkLoadBalancer(this, 'LoadBalancer', {
       vpc: this.vpc,
@@ -375,12 +486,14 @@ export class SluiceStack extends Stack {
       vpc: this.vpc,
       port: MYSQL_PORT,
       protocol: elbv2.Protocol.TCP,
-      targetType: elbv2.TargetType.IP,
+      targetType: this.hosting === 'ec2' ? elbv2.TargetType.INSTANCE : elbv2.TargetType.IP,
       // Traffic reaches the tasks from the NLB's own addresses, so the Sluice security group
-      // admits the NLB's group rather than every client's.
+      // admits the NLB's group rather than every client's. (Instance targets would preserve
+      // client addresses by default.)
       preserveClientIp: false,
-      // While a task drains, its open sessions carry on and new ones go elsewhere; then ECS
-      // sends SIGTERM and Sluice gets the same time again to finish open transactions.
+      // While a task or instance drains, its open sessions carry on and new ones go elsewhere;
+      // then ECS (or systemd, when the instance shuts down) sends SIGTERM and Sluice gets the
+      // same time again to finish open transactions.
       deregistrationDelay: shutdownTimeout,
       healthCheck: {
         protocol: elbv2.Protocol.HTTP,
@@ -392,9 +505,7 @@ export class SluiceStack extends Stack {
         healthyThresholdCount: 2,
         unhealthyThresholdCount: 2,
       },
-      targets: [
-        this.service.loadBalancerTarget({ containerName: 'sluice', containerPort: MYSQL_PORT }),
-      ],
+      targets: [target],
     });
     this.loadBalancer.addListener('Mysql', {
       port: MYSQL_PORT,

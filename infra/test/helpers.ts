@@ -46,6 +46,39 @@ export function stubFunctionCode(): lambda.Code {
 
 export const TEST_IMAGE = 'example.com/sluice:test';
 
+/**
+ * The first bytes of an ELF executable for `machine` (183 is aarch64, 62 is x86_64), plus
+ * `extra`: enough for the stack's checks of the binary, which is never run here.
+ */
+export function fakeElf(machine: number, extra = ''): Buffer {
+  const header = Buffer.alloc(64);
+  Buffer.from([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]).copy(header);
+  header.writeUInt16LE(2, 16); // ET_EXEC
+  header.writeUInt16LE(machine, 18);
+  return Buffer.concat([header, Buffer.from(extra, 'latin1')]);
+}
+
+let hostFilesDir: string | undefined;
+/** Stand-ins for the aarch64 sluice binary and the RDS CA bundle the EC2 variant installs. */
+export function stubHostFiles(): { sluiceBinary: string; rdsCaBundle: string } {
+  if (hostFilesDir === undefined) {
+    hostFilesDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-host-'));
+    fs.writeFileSync(
+      path.join(hostFilesDir, 'sluice'),
+      fakeElf(183, '\0GLIBC_2.17\0GLIBC_2.34\0'),
+      { mode: 0o755 },
+    );
+    fs.writeFileSync(
+      path.join(hostFilesDir, 'rds-ca.pem'),
+      '-----BEGIN CERTIFICATE-----\nstub\n-----END CERTIFICATE-----\n',
+    );
+  }
+  return {
+    sluiceBinary: path.join(hostFilesDir, 'sluice'),
+    rdsCaBundle: path.join(hostFilesDir, 'rds-ca.pem'),
+  };
+}
+
 export type MainProps = Partial<SluiceStackProps>;
 
 export interface Synthesized {
@@ -72,6 +105,31 @@ export function buildMain(
     ...props,
   });
   return { app, stack };
+}
+
+/** The main stack with Sluice on EC2 (hosting 'ec2') and stand-in host files, not synthesized. */
+export function buildEc2(
+  props: MainProps = {},
+  context: Record<string, unknown> = {},
+): { app: App; stack: SluiceStack } {
+  const app = newApp(context);
+  const stack = new SluiceStack(app, 'Sluice', {
+    hosting: 'ec2',
+    functionCode: stubFunctionCode(),
+    ...stubHostFiles(),
+    ...props,
+  });
+  return { app, stack };
+}
+
+/** The main stack with Sluice on EC2, synthesized. */
+export function synthEc2(
+  props: MainProps = {},
+  context: Record<string, unknown> = {},
+): Synthesized {
+  const { app, stack } = buildEc2(props, context);
+  const template = Template.fromStack(stack);
+  return { app, stack, template, json: template.toJSON() as TemplateJson };
 }
 
 /** The main stack, synthesized. */

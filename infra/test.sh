@@ -185,6 +185,52 @@ process.stdout.write(render(lts[0].Properties.LaunchTemplateData.UserData["Fn::B
 bash -n "$work/user-data.sh"
 shellcheck --shell=bash --severity=style "$work/user-data.sh"
 
+step "the sluice binary accepts the configuration the stack gives it"
+# The Fargate task's SLUICE_* environment, on top of the image's (Dockerfile ENV) and its
+# comment-only /etc/sluice/sluice.toml, must be a valid configuration for the proxy built from
+# this tree. Values CloudFormation fills in at deploy time (the database endpoint, the
+# secret's ARN) get stand-ins of the same shape.
+printf '# Sluice in a container: every setting comes from SLUICE_* environment variables\n' \
+    >"$work/sluice.toml"
+node -e '
+const fs = require("fs");
+const [template, dockerfile] = process.argv.slice(1);
+const env = {};
+// ENV lines of the runtime stage: NAME=value pairs, continued with backslashes.
+const runtime = fs.readFileSync(dockerfile, "utf8").split(/^FROM /m).pop();
+for (const m of runtime.matchAll(/^ENV ((?:.*\\\n)*.*)$/gm)) {
+  for (const pair of m[1].replace(/\\\n/g, " ").trim().split(/\s+/)) {
+    const i = pair.indexOf("=");
+    env[pair.slice(0, i)] = pair.slice(i + 1);
+  }
+}
+const resources = JSON.parse(fs.readFileSync(template, "utf8")).Resources;
+const stand_in = { SLUICE_BACKEND_ADDRESS: "db.example.internal:3306",
+  SLUICE_SECRETS_MANAGER_SECRET_IDS: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-db-AbCdEf" };
+let found = 0;
+for (const r of Object.values(resources)) {
+  if (r.Type !== "AWS::ECS::TaskDefinition") continue;
+  for (const c of r.Properties.ContainerDefinitions) {
+    for (const { Name, Value } of c.Environment ?? []) {
+      if (!Name.startsWith("SLUICE_")) continue;
+      found++;
+      env[Name] = typeof Value === "string" ? Value : stand_in[Name];
+      if (env[Name] === undefined) throw new Error(`no stand-in for ${Name}: ${JSON.stringify(Value)}`);
+    }
+  }
+}
+if (found === 0) throw new Error("no SLUICE_* environment in the task definition");
+for (const [k, v] of Object.entries(env)) console.log(`${k}=${v}`);
+' "$work/cdk.out/Sluice.template.json" ../Dockerfile >"$work/sluice.env"
+grep -q '^SLUICE_SECRETS_MANAGER_SECRET_IDS=' "$work/sluice.env"
+(
+    set -a
+    # shellcheck disable=SC1091
+    . "$work/sluice.env"
+    set +a
+    cd .. && SLUICE_CONFIG="$work/sluice.toml" cargo run --quiet -p sluice --bin sluice -- --check
+)
+
 step "cfn-lint"
 # W3005 (a DependsOn that a GetAtt already implies) is how CDK writes some of its own
 # resources (a Lambda's dependency on its role); it is harmless and not ours to change.

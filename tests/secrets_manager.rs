@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -103,20 +105,6 @@ fn server_code(result: &Result<impl std::fmt::Debug, MyError>) -> Option<u16> {
 /// The proxy's whole log.
 fn log_of(proxy: &SluiceProcess) -> String {
     std::fs::read_to_string(proxy.log_path()).unwrap_or_default()
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn assert_no_password(text: &str, passwords: &[&str]) {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::commands::{self, Reply};
 use crate::auth;
@@ -50,32 +49,19 @@ const STATUS: StatusFlags = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
 
 /// Accepts console clients until the proxy stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut stopped = shared.stopped.clone();
-    let permits = Arc::new(Semaphore::new(MAX_SESSIONS));
-    let next_id = Arc::new(AtomicU32::new(1));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop_requested(&mut stopped) => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin console accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        let id = next_id.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            session(socket, peer, &shared, id).await;
-            drop(permit);
-        });
-    }
+    let next_id = AtomicU32::new(1);
+    super::accept_until_stopped(
+        listener,
+        &shared.clone(),
+        MAX_SESSIONS,
+        "admin console",
+        |socket, peer| {
+            let shared = shared.clone();
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            async move { session(socket, peer, &shared, id).await }
+        },
+    )
+    .await;
 }
 
 /// Why a console login ended without a session; `reply` goes to the client if it can.

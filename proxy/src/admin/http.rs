@@ -15,7 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::server::{Shared, stop_requested};
 
@@ -30,47 +29,36 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves HTTP on `listener` until the proxy stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    super::accept_until_stopped(
+        listener,
+        &shared.clone(),
+        MAX_CONNECTIONS,
+        "http",
+        |stream, _| connection(stream, shared.clone()),
+    )
+    .await;
+}
+
+/// Serves one HTTP connection until it ends or the proxy stops.
+async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let mut stopped = shared.stopped.clone();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop_requested(&mut stopped) => return,
-        };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let service = service_fn(|req| {
         let shared = shared.clone();
-        let mut stopped = shared.stopped.clone();
-        tokio::spawn(async move {
-            let service = service_fn(|req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &shared).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = stop_requested(&mut stopped) => {}
+        async move { Ok::<_, Infallible>(respond(&req, &shared).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
-            drop(permit);
-        });
+        }
+        _ = stop_requested(&mut stopped) => {}
     }
 }
 

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use sluice_testkit::process::cpu_seconds;
 use sluice_testkit::report::{env_number, median, write_markdown};
 use sluice_testkit::sysbench::{Run, Sample, bench_server};
 use sluice_testkit::{Pki, SluiceOptions, SluiceProcess};
@@ -187,25 +188,4 @@ fn main() -> Result<()> {
     let path = write_markdown("tls", &md)?;
     println!("written to {}", path.display());
     Ok(())
-}
-
-/// User plus system CPU time a process has used so far, from /proc.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
-            .parse::<f64>()?)
-    };
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
 }

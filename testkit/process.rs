@@ -102,17 +102,36 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
 ///
 /// Zombies count as gone: in containers PID 1 often does not reap orphans.
 pub fn pid_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold ')'.
-        Ok(stat) => match stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-        {
-            Some(state) => state != "Z" && state != "X",
-            None => true,
-        },
-        Err(_) => false,
+    match stat_fields(pid) {
+        Some(fields) => fields
+            .first()
+            .is_none_or(|state| state != "Z" && state != "X"),
+        None => false,
     }
+}
+
+/// The fields of `/proc/PID/stat` after the command name, from the state (field 3) on;
+/// `None` if the process does not exist.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The parenthesised command name may itself hold ')' and spaces.
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User plus system CPU time process `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let fields = stat_fields(pid).ok_or_else(|| anyhow!("process {pid} is gone"))?;
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the state.
+    let ticks = |i: usize| -> Result<f64> {
+        let field = fields
+            .get(i)
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat is too short"))?;
+        Ok(field.parse::<f64>()?)
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 /// Runs `cmd` to completion with `stdin` as its input, killing it after `timeout`.

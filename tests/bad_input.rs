@@ -65,6 +65,17 @@ async fn malformed_and_truncated_login_packets() {
     raw.write(1, &p).await;
     assert_eq!(raw.read().await.unwrap().err_code(), Some(1043));
     assert!(raw.closed().await);
+    // A login packet above the login limit: the error comes in sequence, right after it.
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.write(1, &vec![0x41; 100 * 1024]).await;
+    let reply = raw.read().await.unwrap();
+    assert_eq!(reply.err_code(), Some(1043), "{}", reply.err_message());
+    assert_eq!(reply.seq, 2, "the reply follows the client's packet 1");
+    assert!(
+        reply.err_message().contains("too large"),
+        "{}",
+        reply.err_message()
+    );
     // A pre-4.1 client.
     let mut raw = Raw::connect(proxy.addr).await;
     let mut p = vec![0u8; 32];

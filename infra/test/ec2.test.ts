@@ -11,12 +11,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 
-import { Duration, Validations } from 'aws-cdk-lib';
+import { Duration } from 'aws-cdk-lib';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
-import { AwsSolutionsChecks } from 'cdk-nag';
-import { IConstruct } from 'constructs';
 
 import {
   DEFAULT_RDS_CA_BUNDLE,
@@ -26,10 +24,12 @@ import {
 } from '../lib/context';
 import { SYSTEMD_UNIT } from '../lib/sluice-hosts';
 import {
+  acknowledgements,
   asArray,
   buildEc2,
   egressRules,
   fakeElf,
+  findings,
   getAtt,
   ingressRules,
   logicalId,
@@ -647,27 +647,6 @@ describe('Sluice on EC2: context', () => {
     );
   });
 });
-
-function findings(scope: IConstruct): string[] {
-  const report = new AwsSolutionsChecks().validateScope(scope);
-  return report.violations.map(
-    (v) => `${v.ruleName}: ${v.violatingResources.map((r) => r.constructPath).join(', ')}`,
-  );
-}
-
-function acknowledgements(scope: IConstruct): { path: string; id: string; reason: string }[] {
-  return scope.node.findAll().flatMap((c) =>
-    c.node.metadata
-      .filter((m) => m.type === Validations.ACKNOWLEDGED_RULES_METADATA_KEY)
-      .flatMap((m) =>
-        Object.entries(m.data as Record<string, string>).map(([id, reason]) => ({
-          path: c.node.path,
-          id,
-          reason,
-        })),
-      ),
-  );
-}
 
 describe('Sluice on EC2: cdk-nag AwsSolutions', () => {
   for (const [name, props] of [

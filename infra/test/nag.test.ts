@@ -4,36 +4,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 
-import { Stack, Validations } from 'aws-cdk-lib';
+import { Stack } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
-import { AwsSolutionsChecks } from 'cdk-nag';
-import { IConstruct } from 'constructs';
 
 import { SidecarExampleStack } from '../lib/sidecar-example-stack';
-import { buildMain, MainProps, newApp } from './helpers';
-
-function findings(scope: IConstruct): string[] {
-  const report = new AwsSolutionsChecks().validateScope(scope);
-  return report.violations.map(
-    (v) => `${v.ruleName}: ${v.violatingResources.map((r) => r.constructPath).join(', ')}`,
-  );
-}
-
-/** Every acknowledgement recorded in the tree: rule id and reason. */
-function acknowledgements(scope: IConstruct): { path: string; id: string; reason: string }[] {
-  return scope.node.findAll().flatMap((c) =>
-    c.node.metadata
-      .filter((m) => m.type === Validations.ACKNOWLEDGED_RULES_METADATA_KEY)
-      .flatMap((m) =>
-        Object.entries(m.data as Record<string, string>).map(([id, reason]) => ({
-          path: c.node.path,
-          id,
-          reason,
-        })),
-      ),
-  );
-}
+import { acknowledgements, buildMain, findings, MainProps, newApp } from './helpers';
 
 function stubDockerContext(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-image-'));

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use mysql_common::io::ParseBuf;
-use mysql_common::packets::HandshakeResponse;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::commands::{self, Reply};
 use crate::auth;
 use crate::config::AuthPluginName;
 use crate::errors::ClientError;
+use crate::frontend::handshake::{self, LoginFailure};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::*;
 use crate::protocol::packets::{self, Greeting};
@@ -64,45 +63,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     .await;
 }
 
-/// Why a console login ended without a session; `reply` goes to the client if it can.
-struct Refusal {
-    reply: Option<(u8, ClientError)>,
-    reason: &'static str,
-}
-
-impl Refusal {
-    fn with(seq: u8, err: ClientError, reason: &'static str) -> Self {
-        Refusal {
-            reply: Some((seq, err)),
-            reason,
-        }
-    }
-}
-
-impl From<ProtocolError> for Refusal {
-    fn from(e: ProtocolError) -> Self {
-        match e {
-            ProtocolError::TooLarge { .. } => Refusal::with(
-                2,
-                ClientError::bad_handshake("login packet too large"),
-                "oversized login packet",
-            ),
-            ProtocolError::OutOfOrder { .. } => {
-                Refusal::with(2, ClientError::out_of_order(), "login packet out of order")
-            }
-            ProtocolError::Malformed(what) => Refusal::with(
-                2,
-                ClientError::bad_handshake(what),
-                "malformed login packet",
-            ),
-            ProtocolError::Closed | ProtocolError::Io(_) => Refusal {
-                reply: None,
-                reason: "disconnected during login",
-            },
-        }
-    }
-}
-
 async fn farewell(shared: &Shared, client: &mut PacketStream, seq: u8, err: &ClientError) {
     let packet = shared.error_packet(err);
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, client.write_packet(seq, &packet)).await;
@@ -117,9 +77,9 @@ async fn session(socket: TcpStream, peer: SocketAddr, shared: &Shared, id: u32) 
     let limit = shared.config().handshake_timeout;
     let caps = match tokio::time::timeout(limit, login(&mut client, shared, peer, id)).await {
         Ok(Ok(caps)) => caps,
-        Ok(Err(refusal)) => {
-            tracing::debug!(%peer, reason = refusal.reason, "admin console login ended");
-            if let Some((seq, err)) = refusal.reply {
+        Ok(Err(failure)) => {
+            tracing::debug!(%peer, reason = failure.reason, "admin console login ended");
+            if let Some((seq, err)) = failure.reply {
                 farewell(shared, &mut client, seq, &err).await;
             }
             return;
@@ -218,11 +178,9 @@ async fn login(
     shared: &Shared,
     peer: SocketAddr,
     id: u32,
-) -> Result<CapabilityFlags, Refusal> {
-    let scramble = auth::new_scramble().map_err(|_| Refusal {
-        reply: None,
-        reason: "no randomness for a scramble",
-    })?;
+) -> Result<CapabilityFlags, LoginFailure> {
+    let scramble =
+        auth::new_scramble().map_err(|_| LoginFailure::silent("no randomness for a scramble"))?;
     let plugin = AuthPluginName::MysqlNativePassword.as_str();
     let greeting = Greeting {
         server_version: &shared.server_version,
@@ -234,83 +192,33 @@ async fn login(
         auth_plugin: plugin,
     }
     .encode();
-    client
-        .write_packet(0, &greeting)
-        .await
-        .map_err(ProtocolError::from)?;
-    let (rseq, payload) = client.read_packet(MAX_PACKET).await?;
-    if rseq != 1 {
-        return Err(Refusal::with(
-            rseq.wrapping_add(1),
-            ClientError::out_of_order(),
-            "login packet out of order",
-        ));
-    }
-    let Some(raw_caps) = payload.get(..4) else {
-        return Err(Refusal::with(
-            2,
-            ClientError::bad_handshake("login packet too short"),
-            "malformed login packet",
-        ));
-    };
-    let client_caps = CapabilityFlags::from_bits_truncate(u32::from_le_bytes([
-        raw_caps[0],
-        raw_caps[1],
-        raw_caps[2],
-        raw_caps[3],
-    ]));
+    client.write_packet(0, &greeting).await?;
+    let mut seq = 1u8;
+    let (payload, client_caps) = handshake::read_login_packet(client, &mut seq).await?;
     if client_caps.contains(CapabilityFlags::CLIENT_SSL) && payload.len() == 32 {
-        return Err(Refusal::with(
-            2,
+        return Err(LoginFailure::with(
+            seq,
             ClientError::bad_handshake("the admin console does not offer TLS"),
             "TLS requested",
         ));
     }
-    if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41)
-        || !client_caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION)
-    {
-        return Err(Refusal::with(
-            2,
-            ClientError::unsupported_client(),
-            "pre-4.1 client",
-        ));
-    }
-    let response: HandshakeResponse<'_> = ParseBuf(&payload).parse(()).map_err(|_| {
-        Refusal::with(
-            2,
-            ClientError::bad_handshake("cannot parse the login packet"),
-            "malformed login packet",
-        )
-    })?;
+    let response = handshake::parse_login(&payload, client_caps, seq)?;
     let caps = response.capabilities() & CAPS;
     let user = String::from_utf8_lossy(response.user()).into_owned();
     let mut auth_data = response.scramble_buf().to_vec();
-    let mut seq = 2u8;
     let answered_native = response
         .auth_plugin()
         .is_none_or(|p| p.as_bytes() == plugin.as_bytes());
     if !answered_native {
         if !caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
-            return Err(Refusal::with(
+            return Err(LoginFailure::with(
                 seq,
                 ClientError::unsupported_client(),
                 "client cannot switch plugins",
             ));
         }
-        client
-            .write_packet(seq, &packets::auth_switch_request(plugin, &scramble))
-            .await
-            .map_err(ProtocolError::from)?;
-        let (rseq, data) = client.read_packet(MAX_PACKET).await?;
-        if rseq != seq.wrapping_add(1) {
-            return Err(Refusal::with(
-                rseq.wrapping_add(1),
-                ClientError::out_of_order(),
-                "auth switch reply out of order",
-            ));
-        }
-        seq = rseq.wrapping_add(1);
-        auth_data = data;
+        let switch = packets::auth_switch_request(plugin, &scramble);
+        auth_data = handshake::exchange(client, &mut seq, &switch).await?;
     }
     let accepted = {
         let config = shared.config();
@@ -329,7 +237,7 @@ async fn login(
         shared.metrics.admin_login_failed();
         tracing::warn!(%peer, user = %user, "admin console login refused");
         let host = peer.ip().to_string();
-        return Err(Refusal::with(
+        return Err(LoginFailure::with(
             seq,
             ClientError::access_denied(&user, &host, !auth_data.is_empty()),
             "access denied",
@@ -337,7 +245,6 @@ async fn login(
     }
     client
         .write_packet(seq, &packets::ok(0, 0, STATUS, 0))
-        .await
-        .map_err(ProtocolError::from)?;
+        .await?;
     Ok(caps)
 }

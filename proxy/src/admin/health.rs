@@ -2,11 +2,10 @@
 //! database answered within a short deadline. The database's answer is cached briefly, so a
 //! load balancer polling every few seconds does not open a connection each time.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::PoolKey;
-use crate::credentials::Credential;
+use crate::backend::login::{self, LoginError};
 use crate::protocol::CapabilityFlags;
 use crate::server::Shared;
 
@@ -57,7 +56,7 @@ impl Readiness {
 /// not make Sluice look unready) and checks that the server accepts writes.
 async fn check_database(shared: &Shared) -> Result<(), String> {
     let connector = shared.pool.connector();
-    let Some(cred) = probe_user(shared) else {
+    let Some(cred) = shared.credentials.any() else {
         // Nobody to log in as yet: that the server greets is all that can be checked.
         return connector
             .probe()
@@ -70,15 +69,21 @@ async fn check_database(shared: &Shared) -> Result<(), String> {
         caps: CapabilityFlags::empty(),
         collation: shared.collation,
     };
-    // The password the database accepted last (a rotation may be under way).
-    let password = shared
-        .credentials
-        .backend_password(&cred.username)
-        .unwrap_or(cred.password);
-    let mut conn = connector
-        .open(&key, &password, None)
-        .await
-        .map_err(|e| e.to_string())?;
+    // The pool's login path: every password Sluice knows for the user is tried (a rotation
+    // may be under way), without waiting for a secret to be read again.
+    let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
+    let mut conn = login::open(
+        connector,
+        &shared.credentials,
+        &key,
+        deadline,
+        Duration::ZERO,
+    )
+    .await
+    .map_err(|e| match e {
+        LoginError::Refused(e) | LoginError::Failed(e) => e.to_string(),
+        LoginError::UnknownUser => format!("user {} is no longer known", key.user),
+    })?;
     let row = conn
         .query_row("SELECT @@global.read_only", "readiness check")
         .await;
@@ -95,22 +100,4 @@ async fn check_database(shared: &Shared) -> Result<(), String> {
         )),
         None => Err("the database did not say whether it is read-only".into()),
     }
-}
-
-/// A user to check with: a configured one, else one a client logged in as, else any user
-/// Sluice knows (from Secrets Manager).
-fn probe_user(shared: &Shared) -> Option<Credential> {
-    let configured = shared
-        .config()
-        .users
-        .iter()
-        .map(|u| Arc::<str>::from(u.username.as_str()))
-        .collect::<Vec<_>>();
-    let live = shared.registry.sessions().into_iter().map(|s| s.user());
-    configured
-        .into_iter()
-        .chain(live)
-        .filter(|u| !u.is_empty())
-        .find_map(|u| shared.credentials.get(&u))
-        .or_else(|| shared.credentials.any())
 }

@@ -18,7 +18,7 @@ use crate::credentials::{Credentials, Reread};
 
 /// Why no logged-in connection came out.
 #[derive(Debug)]
-pub(super) enum LoginError {
+pub(crate) enum LoginError {
     /// The database refused every password, also after the secret was read again.
     Refused(BackendError),
     /// The user is not (or no longer) known.
@@ -28,7 +28,7 @@ pub(super) enum LoginError {
 }
 
 /// Opens a connection for `key`, logged in as its user.
-pub(super) async fn open(
+pub(crate) async fn open(
     connector: &Connector,
     credentials: &Credentials,
     key: &PoolKey,

@@ -2,7 +2,7 @@
 //! that lends them to client sessions.
 
 mod conn;
-mod login;
+pub(crate) mod login;
 mod pool;
 /// Server-side prepared statements cached per backend connection.
 pub mod statements;

@@ -58,37 +58,42 @@ pub struct LoginFailure {
 }
 
 impl LoginFailure {
-    fn with(seq: u8, err: ClientError, reason: &'static str) -> Self {
+    /// A failure answered with `err` at sequence id `seq`.
+    pub(crate) fn with(seq: u8, err: ClientError, reason: &'static str) -> Self {
         LoginFailure {
             reply: Some((seq, err)),
             reason,
         }
     }
 
-    fn silent(reason: &'static str) -> Self {
+    /// A failure that leaves nothing to answer (the client left).
+    pub(crate) fn silent(reason: &'static str) -> Self {
         LoginFailure {
             reply: None,
             reason,
         }
     }
-}
 
-impl From<ProtocolError> for LoginFailure {
-    fn from(e: ProtocolError) -> Self {
+    /// A packet that could not be read while the client's next packet would have had sequence
+    /// id `seq`: the answer, if any, goes out right after it.
+    fn reading(e: ProtocolError, seq: u8) -> Self {
+        let reply = seq.wrapping_add(1);
         match e {
             ProtocolError::Closed | ProtocolError::Io(_) => {
                 LoginFailure::silent("client disconnected during login")
             }
             ProtocolError::TooLarge { .. } => LoginFailure::with(
-                1,
+                reply,
                 ClientError::bad_handshake("login packet too large"),
                 "oversized login packet",
             ),
-            ProtocolError::OutOfOrder { .. } => {
-                LoginFailure::with(1, ClientError::out_of_order(), "login packet out of order")
-            }
+            ProtocolError::OutOfOrder { .. } => LoginFailure::with(
+                reply,
+                ClientError::out_of_order(),
+                "login packet out of order",
+            ),
             ProtocolError::Malformed(what) => LoginFailure::with(
-                1,
+                reply,
                 ClientError::bad_handshake(what),
                 "malformed login packet",
             ),
@@ -96,13 +101,23 @@ impl From<ProtocolError> for LoginFailure {
     }
 }
 
+/// Writing failed: the client is gone, there is nobody to answer.
+impl From<std::io::Error> for LoginFailure {
+    fn from(_: std::io::Error) -> Self {
+        LoginFailure::silent("client disconnected during login")
+    }
+}
+
 /// Reads the client's login packet (or its SSL request) and its capability flags, checking
 /// the sequence id against `seq`, which then moves past it.
-async fn read_login_packet(
+pub(crate) async fn read_login_packet(
     client: &mut PacketStream,
     seq: &mut u8,
 ) -> Result<(Vec<u8>, CapabilityFlags), LoginFailure> {
-    let (rseq, payload) = client.read_packet(MAX_LOGIN_PACKET).await?;
+    let (rseq, payload) = client
+        .read_packet(MAX_LOGIN_PACKET)
+        .await
+        .map_err(|e| LoginFailure::reading(e, *seq))?;
     if rseq != *seq {
         return Err(LoginFailure::with(
             rseq.wrapping_add(1),
@@ -123,6 +138,30 @@ async fn read_login_packet(
             )
         })?;
     Ok((payload, caps))
+}
+
+/// Parses a login packet of a client with `caps`; a refusal is answered at `seq`.
+pub(crate) fn parse_login(
+    payload: &[u8],
+    caps: CapabilityFlags,
+    seq: u8,
+) -> Result<HandshakeResponse<'_>, LoginFailure> {
+    if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41)
+        || !caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+    {
+        return Err(LoginFailure::with(
+            seq,
+            ClientError::unsupported_client(),
+            "pre-4.1 client",
+        ));
+    }
+    ParseBuf(payload).parse(()).map_err(|_| {
+        LoginFailure::with(
+            seq,
+            ClientError::bad_handshake("cannot parse the login packet"),
+            "malformed login packet",
+        )
+    })
 }
 
 /// caching_sha2_password full authentication: asks for the password itself, which comes in
@@ -156,16 +195,16 @@ async fn full_authentication(
 }
 
 /// Sends one login-phase packet and reads the client's answer, keeping `seq` in step.
-async fn exchange(
+pub(crate) async fn exchange(
     client: &mut PacketStream,
     seq: &mut u8,
     payload: &[u8],
 ) -> Result<Vec<u8>, LoginFailure> {
-    client
-        .write_packet(*seq, payload)
+    client.write_packet(*seq, payload).await?;
+    let (rseq, reply) = client
+        .read_packet(MAX_LOGIN_PACKET)
         .await
-        .map_err(ProtocolError::from)?;
-    let (rseq, reply) = client.read_packet(MAX_LOGIN_PACKET).await?;
+        .map_err(|e| LoginFailure::reading(e, seq.wrapping_add(1)))?;
     if rseq != seq.wrapping_add(1) {
         return Err(LoginFailure::with(
             rseq.wrapping_add(1),
@@ -199,10 +238,7 @@ pub async fn login(
         auth_plugin: greeting_plugin.as_str(),
     }
     .encode();
-    client
-        .write_packet(0, &greeting)
-        .await
-        .map_err(ProtocolError::from)?;
+    client.write_packet(0, &greeting).await?;
     *seq = 1;
 
     let (mut payload, mut client_caps) = read_login_packet(client, seq).await?;
@@ -231,22 +267,7 @@ pub async fn login(
             "plain-text client refused",
         ));
     }
-    if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41)
-        || !client_caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION)
-    {
-        return Err(LoginFailure::with(
-            *seq,
-            ClientError::unsupported_client(),
-            "pre-4.1 client",
-        ));
-    }
-    let response: HandshakeResponse<'_> = ParseBuf(&payload).parse(()).map_err(|_| {
-        LoginFailure::with(
-            *seq,
-            ClientError::bad_handshake("cannot parse the login packet"),
-            "malformed login packet",
-        )
-    })?;
+    let response = parse_login(&payload, client_caps, *seq)?;
 
     let caps = response.capabilities() & shared.capabilities;
     let user_name = String::from_utf8_lossy(response.user()).into_owned();
@@ -321,8 +342,7 @@ pub async fn login(
     if plugin == AuthPluginName::CachingSha2Password && !auth_data.is_empty() && !full_auth {
         client
             .write_packet(*seq, &packets::auth_more_data(&[auth::FAST_AUTH_OK]))
-            .await
-            .map_err(ProtocolError::from)?;
+            .await?;
         *seq = seq.wrapping_add(1);
     }
 
@@ -347,8 +367,7 @@ pub async fn login(
             *seq,
             &packets::ok(0, 0, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 0),
         )
-        .await
-        .map_err(ProtocolError::from)?;
+        .await?;
     if client.is_tls() {
         shared
             .stats

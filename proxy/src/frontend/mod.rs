@@ -7,7 +7,7 @@
 //! back (the backend's own `wait_timeout` still applies). On drain, idle sessions are closed
 //! with ERR 1053 and sessions in a transaction go on until it ends.
 
-mod handshake;
+pub(crate) mod handshake;
 mod prepared;
 
 use std::net::SocketAddr;

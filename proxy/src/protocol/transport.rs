@@ -138,43 +138,27 @@ impl Transport {
 
     /// Waits until a read would find data, without allocating a buffer for it.
     pub async fn readable(&mut self) -> io::Result<()> {
-        // TLS may hold decrypted bytes already, which the socket no longer shows.
-        fn pending(plaintext: Result<rustls::IoState, rustls::Error>) -> io::Result<bool> {
-            plaintext
-                .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-        }
         match self {
             Transport::Plain(t) => t.readable().await,
             Transport::ServerTls(t) => {
                 let (io, conn) = t.get_mut();
-                if !io.prefix.is_empty() || pending(conn.process_new_packets())? {
-                    return Ok(());
-                }
-                io.tcp.readable().await
+                tls_readable(io, conn).await
             }
             Transport::ClientTls(t) => {
                 let (io, conn) = t.get_mut();
-                if !io.prefix.is_empty() || pending(conn.process_new_packets())? {
-                    return Ok(());
-                }
-                io.tcp.readable().await
+                tls_readable(io, conn).await
             }
             Transport::Gone => Err(gone()),
         }
     }
 
-    /// True if the peer closed or sent bytes nobody asked for; looks without waiting or
-    /// consuming anything.
+    /// True if the peer closed or sent bytes nobody asked for; looks at the socket without
+    /// waiting or consuming anything. Only backend connections are asked, whose TLS upgrade
+    /// leaves nothing in front of the socket.
     pub fn has_unread_or_closed(&self) -> bool {
         let Some(tcp) = self.tcp() else {
             return true;
         };
-        if let Transport::ServerTls(t) = self
-            && !t.get_ref().0.prefix.is_empty()
-        {
-            return true;
-        }
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
@@ -184,6 +168,21 @@ impl Transport {
             Poll::Ready(Err(_)) => true,
         }
     }
+}
+
+/// [`Transport::readable`] for TLS: decrypted bytes may wait in rustls (or bytes in front of
+/// the socket) that the socket no longer shows.
+async fn tls_readable<D>(
+    io: &mut Prefixed,
+    conn: &mut rustls::ConnectionCommon<D>,
+) -> io::Result<()> {
+    let state = conn
+        .process_new_packets()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if !io.prefix.is_empty() || state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+        return Ok(());
+    }
+    io.tcp.readable().await
 }
 
 macro_rules! each {

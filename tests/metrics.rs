@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestProxy, config_for, eventually, http_get, http_request, sample, schema};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts};
 use sluice_testkit::MariaDb;
+use tokio::sync::Barrier;
 
 /// Scrapes `/metrics`.
 async fn scrape(proxy: &TestProxy) -> String {
@@ -123,34 +125,38 @@ async fn metrics_follow_pins_timeouts_and_load() {
     tx.query_drop("COMMIT").await.unwrap();
     drop(tx);
 
-    // Load: 4 sessions, 50 statements each; scraped while it runs and after.
+    // Load: 4 sessions, 50 statements each; scraped halfway (the sessions hold there until the
+    // scrape is taken, so a fast machine cannot finish the load first) and after.
     let queries_before = value(&scrape(&proxy).await, "sluice_query_requests_total", &app);
-    let commands_before = proxy.snapshot().commands;
+    let halfway = Arc::new(Barrier::new(5));
+    let scraped = Arc::new(Barrier::new(5));
     let mut load = Vec::new();
     for _ in 0..4 {
         let opts = Opts::from(proxy.opts("app", &proxy.app_password, Some(&s)));
+        let (halfway, scraped) = (halfway.clone(), scraped.clone());
         load.push(tokio::spawn(async move {
             let mut c = Conn::new(opts).await?;
             for i in 0..50 {
+                if i == 25 {
+                    halfway.wait().await;
+                    scraped.wait().await;
+                }
                 c.query_drop(format!("SELECT {i} FROM t")).await?;
             }
             c.disconnect().await?;
             Ok::<_, mysql_async::Error>(())
         }));
     }
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            proxy.snapshot().commands >= commands_before + 40
-        })
-        .await,
-        "the load did not start"
-    );
+    tokio::time::timeout(Duration::from_secs(30), halfway.wait())
+        .await
+        .expect("the load reaches its halfway point");
     let during = scrape(&proxy).await;
+    scraped.wait().await;
     assert!(
-        value(&during, "sluice_client_connections", &[]) >= 1.0,
+        value(&during, "sluice_client_connections", &[]) >= 4.0,
         "{during}"
     );
-    assert!(value(&during, "sluice_query_requests_total", &app) > queries_before);
+    assert!(value(&during, "sluice_query_requests_total", &app) >= queries_before + 100.0);
     for task in load {
         tokio::time::timeout(Duration::from_secs(60), task)
             .await

@@ -764,3 +764,22 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     shared.registry.unregister(id);
     stats.client_connections.fetch_sub(1, Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Each client's task holds its session's future for as long as the client is connected,
+    /// idle or not: the large login and command futures are boxed so that it stays small.
+    #[test]
+    fn a_session_task_stays_small() {
+        let size = future_size(super::serve as fn(_, _, _) -> _);
+        assert!(
+            size <= 4096,
+            "a client session's task takes {size} bytes; box the future that grew it"
+        );
+    }
+}

@@ -52,9 +52,16 @@ pub async fn run(
     };
     let mut seq = 0u8;
     let limit = shared.config().handshake_timeout;
+    // Boxed for the same reason as a command's future: login (TLS included) is large and brief.
     let outcome = tokio::time::timeout(
         limit,
-        handshake::login(&mut client, &shared, &handle, peer, &mut seq),
+        Box::pin(handshake::login(
+            &mut client,
+            &shared,
+            &handle,
+            peer,
+            &mut seq,
+        )),
     )
     .await;
     let logged_in = match outcome {
@@ -318,7 +325,9 @@ impl ClientSession {
             self.handle.set_activity(Activity::Running, started);
             self.shared.stats.commands.fetch_add(1, Relaxed);
             self.pending_digest = None;
-            let flow = self.dispatch(cmd, len).await;
+            // Boxed: the command's future is large and lives only while the command runs, so
+            // an idle session's task keeps just the session (see the idle-memory bench).
+            let flow = Box::pin(self.dispatch(cmd, len)).await;
             let done = Instant::now();
             let m = self.user_metrics();
             m.queries.increment(1);

@@ -184,6 +184,73 @@ async fn show_commands_report_sessions_and_connections_with_typed_columns() {
     proxy.stop().await;
 }
 
+/// KILL of a session that is running a statement interrupts the statement on the database (as
+/// MySQL's KILL CONNECTION does) instead of waiting for it, and the pool keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_interrupts_the_running_statement() {
+    let db = MariaDb::shared();
+    let s = schema(db, "admin_kill_running");
+    let proxy = TestProxy::start(db, 2).await;
+    let mut admin = proxy.admin().await;
+    let mut victim = proxy.app(Some(&s)).await;
+    let id = victim.id();
+    // A marker in the statement finds it in the database's process list.
+    let marker = format!("kill_marker_{id}");
+    let statement = format!("SELECT SLEEP(120) AS {marker}");
+    let running = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = victim.query_drop(statement).await;
+        (result, started.elapsed(), victim)
+    });
+    let on_database = format!(
+        "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE '%{marker}%' \
+         AND info NOT LIKE '%processlist%'"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            db.sql(&on_database)
+                .map(|n| n.trim() == "1")
+                .unwrap_or(false)
+        })
+        .await,
+        "the statement never reached the database"
+    );
+    admin.query_drop(format!("KILL {id}")).await.unwrap();
+    assert!(admin.info().contains("interrupted"), "{}", admin.info());
+    let (result, took, mut victim) = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the killed statement ended")
+        .unwrap();
+    assert!(
+        took < Duration::from_secs(60),
+        "the statement ran on: {took:?}"
+    );
+    // MariaDB answers an interrupted SLEEP with its value 1 (MySQL does too), or ERR 1317.
+    match &result {
+        Ok(()) => {}
+        Err(e) => assert_eq!(server_code(e), Some(1317), "{e:?}"),
+    }
+    assert_eq!(
+        db.sql(&on_database).unwrap().trim(),
+        "0",
+        "the statement still runs on the database"
+    );
+    // The session is gone; the pool serves others.
+    let err = victim.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        server_code(&err) == Some(1927) || server_code(&err).is_none(),
+        "{err:?}"
+    );
+    let mut other = proxy.app(Some(&s)).await;
+    assert_eq!(
+        other.query_first::<i64, _>("SELECT 7").await.unwrap(),
+        Some(7)
+    );
+    other.disconnect().await.unwrap();
+    admin.disconnect().await.unwrap();
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_pause_resume_reload_and_errors_through_mysql_async() {
     let db = MariaDb::shared();

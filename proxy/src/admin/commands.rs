@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::resultset::{Column, ResultSet, Value};
 use crate::errors::ClientError;
-use crate::registry::ClientId;
+use crate::registry::{Activity, ClientId};
 use crate::server::Shared;
 
 /// A parsed console command.
@@ -176,7 +177,7 @@ fn select_value(item: &str, shared: Option<&Shared>) -> Option<Value> {
 }
 
 /// Runs a command. `SHUTDOWN` starts the drain before its reply goes out.
-pub fn run(command: Command, shared: &Shared) -> Reply {
+pub async fn run(command: Command, shared: &Shared) -> Reply {
     match command {
         Command::ShowPools => Reply::Rows(show_pools(shared)),
         Command::ShowClients => Reply::Rows(show_clients(shared)),
@@ -233,19 +234,7 @@ pub fn run(command: Command, shared: &Shared) -> Reply {
             }
             Err(e) => Reply::Err(ClientError::reload_failed(&e.to_string())),
         },
-        Command::Kill(id) => {
-            let target = u32::try_from(id)
-                .ok()
-                .and_then(|i| shared.registry.get(ClientId(i)));
-            match target {
-                Some(t) => {
-                    tracing::warn!(client = id, user = %t.user(), "KILL from the admin console");
-                    t.kill();
-                    Reply::Ok(format!("client {id} is being closed"))
-                }
-                None => Reply::Err(ClientError::unknown_thread(id)),
-            }
-        }
+        Command::Kill(id) => kill(shared, id).await,
         Command::Shutdown => {
             tracing::warn!("SHUTDOWN from the admin console: draining");
             shared.begin_shutdown();
@@ -339,6 +328,68 @@ fn show_pools(shared: &Shared) -> ResultSet {
         ]);
     }
     rs
+}
+
+/// How long `KILL` may take to interrupt a running statement, login included.
+const INTERRUPT_DEADLINE: Duration = Duration::from_secs(3);
+
+/// `KILL <client id>`: ends the session, and, as MySQL's `KILL CONNECTION` does, interrupts the
+/// statement it is running (with `KILL QUERY` on a connection of the console's own); an idle
+/// session ends at once.
+async fn kill(shared: &Shared, id: u64) -> Reply {
+    let Some(target) = u32::try_from(id)
+        .ok()
+        .and_then(|i| shared.registry.get(ClientId(i)))
+    else {
+        return Reply::Err(ClientError::unknown_thread(id));
+    };
+    tracing::warn!(client = id, user = %target.user(), "KILL from the admin console");
+    target.kill();
+    let closing = format!("client {id} is being closed");
+    if target.activity() != Activity::Running {
+        return Reply::Ok(closing);
+    }
+    // Held until the KILL QUERY is done: the session takes this lock before it gives its
+    // connection back, so the kill cannot reach a connection another session borrowed since.
+    let slot = target.backend_thread.lock().await;
+    let Some(thread) = *slot else {
+        return Reply::Ok(closing);
+    };
+    let deadline = tokio::time::Instant::now() + INTERRUPT_DEADLINE;
+    let interrupted = match super::side_connection(shared, target.user(), deadline).await {
+        Ok(mut conn) => {
+            let done = tokio::time::timeout_at(
+                deadline,
+                conn.query_row(&format!("KILL QUERY {thread}"), "KILL QUERY"),
+            )
+            .await;
+            super::close_side_connection(shared, conn);
+            match done {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("the database did not answer in time".to_string()),
+            }
+        }
+        Err(why) => Err(why),
+    };
+    drop(slot);
+    match interrupted {
+        Ok(()) => {
+            tracing::info!(
+                client = id,
+                backend_thread = thread,
+                "running statement interrupted for KILL"
+            );
+            Reply::Ok(format!("{closing}; its running statement was interrupted"))
+        }
+        Err(why) => {
+            tracing::warn!(client = id, backend_thread = thread, reason = %why,
+                "KILL could not interrupt the running statement; the session ends after it");
+            Reply::Ok(format!(
+                "{closing} after its running statement, which could not be interrupted: {why}"
+            ))
+        }
+    }
 }
 
 fn show_clients(shared: &Shared) -> ResultSet {

@@ -150,7 +150,7 @@ async fn session(socket: TcpStream, peer: SocketAddr, shared: &Shared, id: u32) 
                 let text = String::from_utf8_lossy(body);
                 tracing::debug!(%peer, command = %text.chars().take(80).collect::<String>(), "admin command");
                 match commands::parse(&text) {
-                    Ok(command) => commands::run(command, shared),
+                    Ok(command) => commands::run(command, shared).await,
                     Err(e) => Reply::Err(e),
                 }
             }

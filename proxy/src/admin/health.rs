@@ -4,9 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::PoolKey;
-use crate::backend::login::{self, LoginError};
-use crate::protocol::CapabilityFlags;
 use crate::server::Shared;
 
 /// How long a database check's answer is reused.
@@ -64,32 +61,12 @@ async fn check_database(shared: &Shared) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.to_string());
     };
-    let key = PoolKey {
-        user: cred.username.clone(),
-        caps: CapabilityFlags::empty(),
-        collation: shared.collation,
-    };
-    // The pool's login path: every password Sluice knows for the user is tried (a rotation
-    // may be under way), without waiting for a secret to be read again.
     let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
-    let mut conn = login::open(
-        connector,
-        &shared.credentials,
-        &key,
-        deadline,
-        Duration::ZERO,
-    )
-    .await
-    .map_err(|e| match e {
-        LoginError::Refused(e) | LoginError::Failed(e) => e.to_string(),
-        LoginError::UnknownUser => format!("user {} is no longer known", key.user),
-    })?;
+    let mut conn = super::side_connection(shared, cred.username.clone(), deadline).await?;
     let row = conn
         .query_row("SELECT @@global.read_only", "readiness check")
         .await;
-    conn.stream.try_quit();
-    drop(conn);
-    shared.stats.backend_closed();
+    super::close_side_connection(shared, conn);
     let value = row
         .map_err(|e| e.to_string())?
         .and_then(|r| r.into_iter().next().flatten());

@@ -21,7 +21,44 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::backend::login::{self, LoginError};
+use crate::backend::{BackendConn, PoolKey};
+use crate::protocol::CapabilityFlags;
 use crate::server::{Shared, stop_requested};
+
+/// Logs in as `user` on a backend connection of its own, outside the pool (so a busy pool
+/// cannot hold it up), through the pool's login path: every password Sluice knows for the user
+/// is tried, since a rotation may be under way. Close it with [`close_side_connection`].
+async fn side_connection(
+    shared: &Shared,
+    user: Arc<str>,
+    deadline: tokio::time::Instant,
+) -> Result<BackendConn, String> {
+    let key = PoolKey {
+        user,
+        caps: CapabilityFlags::empty(),
+        collation: shared.collation,
+    };
+    login::open(
+        shared.pool.connector(),
+        &shared.credentials,
+        &key,
+        deadline,
+        Duration::ZERO,
+    )
+    .await
+    .map_err(|e| match e {
+        LoginError::Refused(e) | LoginError::Failed(e) => e.to_string(),
+        LoginError::UnknownUser => format!("user {} is no longer known", key.user),
+    })
+}
+
+/// Says goodbye to the server on a [`side_connection`] and counts it closed.
+fn close_side_connection(shared: &Shared, conn: BackendConn) {
+    conn.stream.try_quit();
+    drop(conn);
+    shared.stats.backend_closed();
+}
 
 /// Accepts connections on `listener` until the proxy stops, serving at most `max` at once,
 /// each on its own task with what `serve` returns for it. `what` names the listener in logs.

@@ -730,6 +730,36 @@ async fn the_refresh_interval_picks_up_a_new_password_without_a_refusal() {
         !log.contains("reading the secret again") && !log.contains("refused"),
         "something was refused: {log}"
     );
+    // The metrics show the refreshes, none failed, and the user's rotation window open.
+    let metrics = common::http_get(http, "/metrics").await.1;
+    let refreshes = |text: &str, result: &str| {
+        common::sample(text, "sluice_secret_refreshes_total", &[("result", result)])
+            .unwrap_or_else(|| panic!("no {result} refresh count in:\n{text}"))
+    };
+    assert!(refreshes(&metrics, "success") >= 1.0, "{metrics}");
+    assert_eq!(refreshes(&metrics, "failure"), 0.0, "{metrics}");
+    assert_eq!(
+        common::sample(&metrics, "sluice_users_in_rotation_window", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // A secret that can no longer be read: the refresh fails, is counted, and the last good
+    // password keeps working.
+    moto.delete_secret(&arn).unwrap();
+    let failures_counted = eventually(Duration::from_secs(15), async || {
+        refreshes(&common::http_get(http, "/metrics").await.1, "failure") >= 1.0
+    })
+    .await;
+    assert!(
+        failures_counted,
+        "no failed refresh counted:\n{}",
+        log_of(&proxy)
+    );
+    assert!(log_of(&proxy).contains("keeping the last good value"));
+    let mut after = login(addr, &user, &new).await.unwrap();
+    after.query_drop("SELECT 1").await.unwrap();
+    after.disconnect().await.unwrap();
     fresh.disconnect().await.unwrap();
     c.disconnect().await.unwrap();
 }

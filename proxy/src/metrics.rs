@@ -83,6 +83,10 @@ pub mod names {
     pub const ADMIN_LOGIN_FAILURES: &str = "sluice_admin_login_failures_total";
     /// Counter by `result` (`success`, `failure`): configuration reloads.
     pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
+    /// Counter: Secrets Manager reads after the start (refreshes and re-reads), by result.
+    pub const SECRET_REFRESHES: &str = "sluice_secret_refreshes_total";
+    /// Gauge: users whose previous password still lets clients in (a rotation is recent).
+    pub const USERS_IN_ROTATION_WINDOW: &str = "sluice_users_in_rotation_window";
     /// Gauge: 1 while PAUSE holds new transactions.
     pub const PAUSED: &str = "sluice_paused";
     /// Gauge: 1 while Sluice drains before stopping.
@@ -156,6 +160,9 @@ pub struct Scrape {
     pub in_transaction: usize,
     pub paused: bool,
     pub draining: bool,
+    /// Secrets Manager reads after the start: (succeeded, failed).
+    pub secret_refreshes: (u64, u64),
+    pub users_in_rotation_window: usize,
 }
 
 /// One proxy's metrics: its own recorder and the handles into it.
@@ -183,6 +190,9 @@ pub struct Metrics {
     admin_login_failures: Counter,
     paused: Gauge,
     draining: Gauge,
+    /// Succeeded, failed.
+    secret_refreshes: [Counter; 2],
+    users_in_rotation_window: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -258,6 +268,13 @@ impl Metrics {
             admin_login_failures: counter(ADMIN_LOGIN_FAILURES),
             paused: gauge(PAUSED),
             draining: gauge(DRAINING),
+            secret_refreshes: ["success", "failure"].map(|result| {
+                recorder.register_counter(
+                    &Key::from_parts(SECRET_REFRESHES, vec![Label::new("result", result)]),
+                    &METADATA,
+                )
+            }),
+            users_in_rotation_window: gauge(USERS_IN_ROTATION_WINDOW),
             users: RwLock::new(HashMap::new()),
             by_label: Mutex::new(HashMap::new()),
             handle,
@@ -417,6 +434,11 @@ impl Metrics {
         self.max_connections.set(scrape.max_connections as f64);
         self.paused.set(if scrape.paused { 1.0 } else { 0.0 });
         self.draining.set(if scrape.draining { 1.0 } else { 0.0 });
+        let (succeeded, failed) = scrape.secret_refreshes;
+        self.secret_refreshes[0].absolute(succeeded);
+        self.secret_refreshes[1].absolute(failed);
+        self.users_in_rotation_window
+            .set(scrape.users_in_rotation_window as f64);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -490,6 +512,10 @@ fn describe(r: &PrometheusRecorder) {
             CONFIG_RELOADS,
             "Configuration reloads (SIGHUP or RELOAD), by result.",
         ),
+        (
+            SECRET_REFRESHES,
+            "Secrets Manager reads after the start (refresh_interval, or a refused password), by result; a failure keeps the last good value.",
+        ),
     ];
     for (name, help) in counters {
         r.describe_counter(
@@ -525,6 +551,10 @@ fn describe(r: &PrometheusRecorder) {
         (
             MAX_DATABASE_CONNECTIONS,
             "The cap on backend connections (backend.max_connections).",
+        ),
+        (
+            USERS_IN_ROTATION_WINDOW,
+            "Users whose previous password still lets clients in (rotation_window after a new one).",
         ),
         (PAUSED, "1 while PAUSE holds new transactions."),
         (DRAINING, "1 while Sluice drains before stopping."),
@@ -637,6 +667,8 @@ mod tests {
             ERRORS,
             ADMIN_LOGIN_FAILURES,
             CONFIG_RELOADS,
+            SECRET_REFRESHES,
+            USERS_IN_ROTATION_WINDOW,
             PAUSED,
             DRAINING,
             BUILD_INFO,

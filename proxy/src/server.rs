@@ -236,6 +236,8 @@ impl Shared {
                 in_transaction,
                 paused: self.pool.is_paused(),
                 draining: self.is_draining(),
+                secret_refreshes: self.credentials.secret_read_outcomes(),
+                users_in_rotation_window: self.credentials.users_in_rotation_window(),
             },
         );
         self.metrics.render()

@@ -194,6 +194,8 @@ struct SecretSource {
 struct SecretReads {
     /// Reads completed (successful or not).
     completed: AtomicU64,
+    /// Reads that failed (and kept the last good value).
+    failed: AtomicU64,
     state: Mutex<ReadState>,
 }
 
@@ -521,6 +523,9 @@ impl Credentials {
         };
         state.last_outcome = outcome;
         if let Some(reads) = source.reads.get(id) {
+            if outcome == Reread::NotDone {
+                reads.failed.fetch_add(1, Ordering::Relaxed);
+            }
             reads.completed.fetch_add(1, Ordering::Release);
         }
         outcome
@@ -534,6 +539,28 @@ impl Credentials {
                 .map(|r| r.completed.load(Ordering::Relaxed))
                 .sum()
         })
+    }
+
+    /// Reads of Secrets Manager after the start (refreshes and re-reads), all secrets
+    /// together: (succeeded, failed).
+    pub fn secret_read_outcomes(&self) -> (u64, u64) {
+        self.secrets.as_ref().map_or((0, 0), |s| {
+            s.reads.values().fold((0, 0), |(ok, failed), r| {
+                let f = r.failed.load(Ordering::Relaxed);
+                let all = r.completed.load(Ordering::Relaxed);
+                (ok + all.saturating_sub(f), failed + f)
+            })
+        })
+    }
+
+    /// Users whose previous password clients may still log in with (a rotation is recent).
+    pub fn users_in_rotation_window(&self) -> usize {
+        let now = Instant::now();
+        self.read()
+            .secrets
+            .values()
+            .filter(|u| u.credential.live_previous(now).is_some())
+            .count()
     }
 
     /// How many times secret `id` was read successfully.

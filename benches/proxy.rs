@@ -17,17 +17,15 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use mysql_async::prelude::Queryable;
+use anyhow::{Context, Result, bail};
+use sluice_testkit::idle::{self, IdleMemory};
 use sluice_testkit::process::find_program;
 use sluice_testkit::report::{env_number, median, write_markdown};
 use sluice_testkit::sysbench::{Run, Sample, bench_server};
-use sluice_testkit::{MariaDb, SluiceOptions, SluiceProcess, free_port, spawn_tied};
+use sluice_testkit::{SluiceOptions, SluiceProcess, free_port, spawn_tied};
 
 const INSTALL: &str = "apt-get install -y sysbench haproxy";
 /// Client concurrencies measured, in this order.
@@ -38,10 +36,6 @@ const TABLE_SIZE: u32 = 10_000;
 const SLUICE_POOL: usize = 16;
 /// Idle clients held open through Sluice for the memory figure.
 const IDLE_CLIENTS: usize = 5_000;
-/// Logins in flight at once while opening the idle clients.
-const LOGIN_CONCURRENCY: usize = 64;
-/// Deadline for opening (or closing) all idle clients.
-const IDLE_DEADLINE: Duration = Duration::from_secs(180);
 /// How long HAProxy may take to forward a first greeting, or to exit after SIGTERM.
 const HAPROXY_DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
@@ -179,7 +173,9 @@ fn main() -> Result<()> {
     }
 
     eprintln!("  memory: {IDLE_CLIENTS} idle clients through a fresh Sluice");
-    let memory = measure_memory(&db, &sluice_opts);
+    let memory = idle::measure(&db, sluice_opts.clone(), IDLE_CLIENTS, "app", |addr| {
+        sluice_testkit::client_opts(addr, "app", db.app_password(), None).into()
+    });
     let report = Report {
         header,
         points,
@@ -410,125 +406,11 @@ fn greets(addr: SocketAddr) -> bool {
     stream.read_exact(&mut first).is_ok() && first[4] == 10
 }
 
-/// Sluice's resident memory with many idle clients, and the backend connections it keeps.
-struct Memory {
-    rss_before_kib: u64,
-    rss_after_kib: u64,
-    backends_while_idle: u64,
-    /// Sluice's open file descriptors while the clients are idle: proof they are all held.
-    fds_while_idle: usize,
-    login_seconds: f64,
-}
-
-impl Memory {
-    fn kib_per_client(&self) -> f64 {
-        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / IDLE_CLIENTS as f64
-    }
-}
-
-fn measure_memory(db: &MariaDb, opts: &SluiceOptions) -> Result<Memory> {
-    let sluice = SluiceProcess::start(opts.clone()).context("starting a fresh Sluice")?;
-    let rss_before_kib = sluice.rss_kib()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a tokio runtime")?;
-    let client_opts: mysql_async::Opts =
-        sluice_testkit::client_opts(sluice.addr(), "app", db.app_password(), None).into();
-    let result = runtime.block_on(async {
-        let started = Instant::now();
-        let mut conns = tokio::time::timeout(IDLE_DEADLINE, open_idle(client_opts))
-            .await
-            .map_err(|_| anyhow!("opening {IDLE_CLIENTS} clients took over {IDLE_DEADLINE:?}"))?
-            .with_context(|| {
-                format!(
-                    "opening {IDLE_CLIENTS} clients through Sluice; its log ends with:\n{}",
-                    sluice.log_tail()
-                )
-            })?;
-        let login_seconds = started.elapsed().as_secs_f64();
-        let rss_after_kib = sluice.rss_kib()?;
-        let fds_while_idle = fs::read_dir(format!("/proc/{}/fd", sluice.pid()))
-            .context("cannot list Sluice's file descriptors")?
-            .count();
-        // The oldest and the newest session still answer: they are live sessions, not
-        // sockets Sluice has given up on.
-        for i in [0, conns.len() - 1] {
-            conns[i]
-                .query_drop("SELECT 1")
-                .await
-                .with_context(|| format!("idle client {i} no longer answers"))?;
-        }
-        let mut root = db.root_conn().await?;
-        let backends: Option<u64> = root
-            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER='app'")
-            .await
-            .context("counting Sluice's backend connections")?;
-        root.disconnect().await?;
-        tokio::time::timeout(IDLE_DEADLINE, close_all(conns))
-            .await
-            .map_err(|_| anyhow!("closing {IDLE_CLIENTS} clients took over {IDLE_DEADLINE:?}"))?;
-        Ok(Memory {
-            rss_before_kib,
-            rss_after_kib,
-            backends_while_idle: backends.unwrap_or_default(),
-            fds_while_idle,
-            login_seconds,
-        })
-    });
-    let status = sluice.stop();
-    if result.is_ok() && !status.success() {
-        bail!("the memory-run Sluice exited with {status} on SIGTERM");
-    }
-    result
-}
-
-/// Opens [`IDLE_CLIENTS`] logged-in connections, [`LOGIN_CONCURRENCY`] logins at a time.
-async fn open_idle(opts: mysql_async::Opts) -> Result<Vec<mysql_async::Conn>> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..LOGIN_CONCURRENCY {
-        let (next, opts) = (next.clone(), opts.clone());
-        tasks.spawn(async move {
-            let mut conns = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < IDLE_CLIENTS {
-                let n = conns.len();
-                conns.push(
-                    mysql_async::Conn::new(opts.clone())
-                        .await
-                        .with_context(|| format!("login failed after {n} in this task"))?,
-                );
-            }
-            anyhow::Ok(conns)
-        });
-    }
-    let mut all = Vec::with_capacity(IDLE_CLIENTS);
-    while let Some(joined) = tasks.join_next().await {
-        all.extend(joined.context("a login task panicked")??);
-    }
-    Ok(all)
-}
-
-/// Disconnects `conns`, [`LOGIN_CONCURRENCY`] at a time; errors on the way out do not matter.
-async fn close_all(mut conns: Vec<mysql_async::Conn>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    let chunk = conns.len().div_ceil(LOGIN_CONCURRENCY).max(1);
-    while !conns.is_empty() {
-        let batch = conns.split_off(conns.len().saturating_sub(chunk));
-        tasks.spawn(async move {
-            for conn in batch {
-                let _ = conn.disconnect().await;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
 /// Everything measured, rendered as text and as Markdown.
 struct Report {
     header: String,
     points: Vec<Point>,
-    memory: Result<Memory>,
+    memory: Result<IdleMemory>,
     failures: Vec<String>,
 }
 
@@ -603,7 +485,7 @@ impl Report {
         let ratio_64 = self.ratio(64, Target::Sluice);
         let ratio_512 = self.ratio(512, Target::Sluice);
         let added = self.added_p50(Target::Sluice);
-        let per_idle = self.memory.as_ref().ok().map(Memory::kib_per_client);
+        let per_idle = self.memory.as_ref().ok().map(IdleMemory::kib_per_client);
         vec![
             (
                 format!("Sluice/direct q/s at 64 clients >= {TARGET_RATIO_64}"),

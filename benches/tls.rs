@@ -3,7 +3,8 @@
 //! TLS on the client side, rustls with aws-lc-rs in Sluice):
 //! - steady throughput: `oltp_point_select`, 64 clients, text protocol;
 //! - client sessions set up per second: connect, log in, one query, close
-//!   (`benches/sysbench/connect_query.lua`), 8 clients.
+//!   (`benches/sysbench/connect_query.lua`), 8 clients;
+//! - resident memory per idle client, each through a fresh Sluice (mysql_async clients, rustls).
 //!
 //! Run with `cargo bench --bench tls`. Environment: `SLUICE_BENCH_SECONDS` (default 10) and
 //! `SLUICE_BENCH_ROUNDS` (default 3). Figures go to stdout and to `target/bench/tls.md`.
@@ -12,16 +13,20 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use mysql_async::SslOpts;
+use sluice_testkit::idle;
 use sluice_testkit::process::cpu_seconds;
 use sluice_testkit::report::{env_number, median, write_markdown};
 use sluice_testkit::sysbench::{Run, Sample, bench_server};
-use sluice_testkit::{Pki, SluiceOptions, SluiceProcess};
+use sluice_testkit::{Pki, SluiceOptions, SluiceProcess, client_opts};
 
 const CLIENTS: usize = 64;
 const SETUP_CLIENTS: usize = 8;
 const TABLES: u32 = 4;
 const TABLE_SIZE: u32 = 10_000;
 const SLUICE_POOL: usize = 16;
+/// Idle clients held open for the memory figure, with and without TLS.
+const IDLE_CLIENTS: usize = 2_000;
 /// Target: TLS keeps at least this share of plain throughput (printed, not asserted).
 const TARGET_TLS_SHARE: f64 = 0.85;
 
@@ -45,15 +50,16 @@ fn main() -> Result<()> {
         users: vec![("app".to_owned(), db.app_password().to_owned())],
         ..SluiceOptions::for_mariadb(&db)
     };
-    let mut plain = SluiceProcess::start(base.clone())?;
-    let mut tls = SluiceProcess::start(SluiceOptions {
+    let tls_options = SluiceOptions {
         extra_toml: format!(
             "[tls]\nmode = \"required\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
             pki.path("server.pem").display(),
             pki.path("server-key.pem").display()
         ),
-        ..base
-    })?;
+        ..base.clone()
+    };
+    let mut plain = SluiceProcess::start(base.clone())?;
+    let mut tls = SluiceProcess::start(tls_options.clone())?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sysbench/connect_query.lua");
 
     // [load][tls as usize]
@@ -117,6 +123,19 @@ fn main() -> Result<()> {
             bail!("a Sluice process exited during the run:\n{}", p.log_tail());
         }
     }
+    drop((plain, tls));
+
+    eprintln!("  memory: {IDLE_CLIENTS} idle clients through a fresh Sluice, plain then TLS");
+    let password = db.app_password().to_owned();
+    let plain_idle = idle::measure(&db, base, IDLE_CLIENTS, "app", |addr| {
+        client_opts(addr, "app", &password, None).into()
+    })?;
+    let ca = pki.path("ca.pem");
+    let tls_idle = idle::measure(&db, tls_options, IDLE_CLIENTS, "app", |addr| {
+        client_opts(addr, "app", &password, None)
+            .ssl_opts(SslOpts::default().with_root_certs(vec![ca.into()]))
+            .into()
+    })?;
 
     let pick = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     let mut md = format!(
@@ -170,6 +189,18 @@ fn main() -> Result<()> {
                 p50(1),
                 p99(1)
             );
+            // Each round runs plain and TLS back to back: its ratio compares like with like
+            // when the machine's speed drifts between rounds.
+            let per_round: Vec<String> = samples[0][0]
+                .iter()
+                .zip(&samples[0][1])
+                .map(|(p, t)| format!("{:.2}", t.qps / p.qps))
+                .collect();
+            let _ = writeln!(
+                verdicts,
+                "Point select TLS / plain by round: {}.",
+                per_round.join(", ")
+            );
             let _ = writeln!(
                 verdicts,
                 "Target: TLS keeps >= {TARGET_TLS_SHARE:.2} of steady throughput: {:.2}, {}.",
@@ -182,6 +213,12 @@ fn main() -> Result<()> {
             );
         }
     }
+    let (p, t) = (plain_idle.kib_per_client(), tls_idle.kib_per_client());
+    let _ = writeln!(
+        md,
+        "| resident memory per idle client ({IDLE_CLIENTS} clients) | {p:.1} KiB | {t:.1} KiB | {:.2} |",
+        t / p
+    );
     md.push('\n');
     md.push_str(&verdicts);
     println!("\n{md}");

@@ -2,6 +2,8 @@
 
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
+/// Sluice's resident memory with many idle clients (for the benches).
+pub mod idle;
 /// Private MariaDB servers on loopback with real random passwords.
 pub mod mariadb;
 /// A local AWS (Secrets Manager, KMS) for tests: `moto_server` on loopback.

@@ -60,7 +60,9 @@ impl PacketStream {
 
     /// Accepts a client's TLS handshake; bytes the client sent ahead are handed to it.
     pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
-        let ahead = self.buf.split();
+        // A copy, not a split: a split would keep the whole read buffer alive for as long as
+        // the connection lasts, behind the few bytes (if any) the client sent ahead.
+        let ahead = BytesMut::from(&self.buf[..]);
         self.buf = BytesMut::new();
         self.stream.accept_tls(ahead, acceptor).await
     }

@@ -27,6 +27,10 @@ impl AsyncRead for Prefixed {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Gives the memory back: the connection may live for hours.
+                self.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.tcp).poll_read(cx, buf)
@@ -221,5 +225,32 @@ impl AsyncWrite for Transport {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// The bytes put back come first, and their buffer is freed once they are read: a TLS
+    /// connection keeps its `Prefixed` for as long as it lasts.
+    #[tokio::test]
+    async fn prefix_is_read_first_then_freed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut big = BytesMut::with_capacity(16 * 1024);
+        big.extend_from_slice(b"ahead");
+        let mut prefixed = Prefixed { prefix: big, tcp };
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"behind")
+            .await
+            .unwrap();
+        let mut got = [0u8; 11];
+        prefixed.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"aheadbehind");
+        assert_eq!(prefixed.prefix.capacity(), 0);
     }
 }

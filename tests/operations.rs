@@ -479,12 +479,23 @@ async fn reload_changes_users_and_limits_without_dropping_clients() {
     let mut next = config_for(db, 5);
     next.users.push(toml_user(&user, &password));
     next.handshake_timeout = Duration::from_secs(3);
+    next.backend.connect_timeout = Duration::from_secs(7);
+    next.backend.max_prepared_statements_per_connection = 17;
     next.listen = "127.0.0.1:1".into();
     let report = proxy.reload.apply(next.clone());
     assert_eq!(report.needs_restart(), ["listen"]);
-    for key in ["backend.max_connections", "handshake_timeout", "users"] {
+    for key in [
+        "backend.connect_timeout",
+        "backend.max_connections",
+        "backend.max_prepared_statements_per_connection",
+        "handshake_timeout",
+        "users",
+    ] {
         assert!(report.applied().contains(&key), "{key}: {report:?}");
     }
+    let connector = proxy.pool.connector();
+    assert_eq!(connector.connect_timeout(), Duration::from_secs(7));
+    assert_eq!(connector.statement_cache(), 17);
     let mut fresh = Conn::new(login(&user, &password)).await.unwrap();
     let who: Option<String> = fresh.query_first("SELECT CURRENT_USER()").await.unwrap();
     assert_eq!(who.unwrap(), format!("{user}@%"));

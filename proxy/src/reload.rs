@@ -62,6 +62,9 @@ const LIVE_KEYS: &[&str] = &[
     "backend.idle_timeout",
     "backend.max_lifetime",
     "backend.liveness_check_after",
+    "backend.connect_timeout",
+    // Applies to connections opened after the reload; open ones keep their cache's bound.
+    "backend.max_prepared_statements_per_connection",
     "users",
 ];
 
@@ -193,11 +196,6 @@ fn keep_running_value(effective: &mut Config, old: &Config, key: &str) {
         "http_listen" => e.http_listen.clone_from(&o.http_listen),
         "admin_listen" => e.admin_listen.clone_from(&o.admin_listen),
         "backend.address" => e.backend.address.clone_from(&o.backend.address),
-        "backend.connect_timeout" => e.backend.connect_timeout = o.backend.connect_timeout,
-        "backend.max_prepared_statements_per_connection" => {
-            e.backend.max_prepared_statements_per_connection =
-                o.backend.max_prepared_statements_per_connection
-        }
         "backend.tls" => e.backend.tls = o.backend.tls,
         "backend.tls_ca_file" => e.backend.tls_ca_file.clone_from(&o.backend.tls_ca_file),
         "backend.tls_server_name" => e

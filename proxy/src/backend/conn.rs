@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mysql_common::io::ParseBuf;
@@ -102,10 +102,12 @@ impl BackendError {
 #[derive(Debug)]
 pub struct Connector {
     pub address: String,
-    pub connect_timeout: Duration,
+    /// `connect_timeout` in milliseconds; a reload changes it.
+    connect_timeout_ms: AtomicU64,
     pub max_packet: u32,
-    /// `max_prepared_statements_per_connection`.
-    pub statement_cache: usize,
+    /// `max_prepared_statements_per_connection`, for connections opened from now on; a reload
+    /// changes it.
+    statement_cache: AtomicUsize,
     /// Whether and how connections start TLS.
     pub tls: BackendTls,
     stats: Arc<Stats>,
@@ -123,13 +125,31 @@ impl Connector {
     ) -> Self {
         Connector {
             address,
-            connect_timeout,
+            connect_timeout_ms: AtomicU64::new(millis(connect_timeout)),
             max_packet,
-            statement_cache,
+            statement_cache: AtomicUsize::new(statement_cache),
             tls: BackendTls::disabled(),
             stats,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// How long opening a connection may take, login included.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// The statement cache bound connections opened now get.
+    pub fn statement_cache(&self) -> usize {
+        self.statement_cache.load(Ordering::Relaxed)
+    }
+
+    /// Applies reloaded settings to the connections opened from now on.
+    pub fn set_limits(&self, connect_timeout: Duration, statement_cache: usize) {
+        self.connect_timeout_ms
+            .store(millis(connect_timeout), Ordering::Relaxed);
+        self.statement_cache
+            .store(statement_cache, Ordering::Relaxed);
     }
 
     /// Uses `tls` for every connection opened from now on.
@@ -150,7 +170,7 @@ impl Connector {
                 let stream = self.dial().await?;
                 let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
                 let mut conn = BackendConn::login(stream, id, key, password, schema, self).await?;
-                conn.statements = StatementCache::new(self.statement_cache);
+                conn.statements = StatementCache::new(self.statement_cache());
                 conn.prepare_session().await?;
                 Ok(conn)
             })
@@ -193,15 +213,20 @@ impl Connector {
         &self,
         attempt: impl std::future::Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        tokio::time::timeout(self.connect_timeout, attempt)
+        let limit = self.connect_timeout();
+        tokio::time::timeout(limit, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(BackendError::ConnectTimeout {
                     address: self.address.clone(),
-                    timeout: self.connect_timeout,
+                    timeout: limit,
                 })
             })
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn parse_greeting(payload: &[u8]) -> Result<HandshakePacket<'_>, BackendError> {

@@ -205,7 +205,7 @@ impl Pool {
             };
             // A refused login is retried inside, with the user's secret read again.
             let connector = &self.inner.connector;
-            let retry_for = connector.connect_timeout;
+            let retry_for = connector.connect_timeout();
             let attempt = login::open(connector, &self.inner.credentials, key, deadline, retry_for);
             match timeout_at(deadline, attempt).await {
                 Ok(Ok(conn)) => return Ok(slot.fill(conn)),
@@ -545,6 +545,10 @@ impl Pool {
     /// waiting borrowers at once.
     pub fn apply_settings(&self, config: &BackendConfig) {
         self.inner.settings.store(Arc::new(Settings::from(config)));
+        self.inner.connector.set_limits(
+            config.connect_timeout,
+            config.max_prepared_statements_per_connection,
+        );
         let to_close = {
             let mut st = self.lock();
             let max = config.max_connections;

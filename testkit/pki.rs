@@ -15,7 +15,9 @@ use rcgen::{
 /// - `wrong-name.pem` / `wrong-name-key.pem`: for `db.invalid` only, signed by `ca.pem`;
 /// - `other-server.pem` / `other-server-key.pem`: for `127.0.0.1`, signed by `other-ca.pem`;
 /// - `cacert.pem`, `client-cert.pem`, `client-key.pem`: the CA again and a client certificate,
-///   under the names sysbench's `--mysql-ssl=on` reads from its working directory.
+///   under the names sysbench's `--mysql-ssl=on` reads from its working directory;
+/// - `other-client-cert.pem` / `other-client-key.pem`: a client certificate signed by
+///   `other-ca.pem`.
 #[derive(Debug)]
 pub struct Pki {
     dir: PathBuf,
@@ -67,6 +69,11 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
             &issuer,
         )?;
+        let (other_client_pem, other_client_key) = leaf(
+            &["other-client"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &other_issuer,
+        )?;
         for (name, pem) in [
             ("ca.pem", ca_cert.pem()),
             ("other-ca.pem", other_cert.pem()),
@@ -79,6 +86,8 @@ impl Pki {
             ("cacert.pem", ca_cert.pem()),
             ("client-cert.pem", client_pem),
             ("client-key.pem", client_key),
+            ("other-client-cert.pem", other_client_pem),
+            ("other-client-key.pem", other_client_key),
         ] {
             std::fs::write(dir.join(name), pem).with_context(|| format!("writing {name}"))?;
         }

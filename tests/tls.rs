@@ -1,7 +1,7 @@
 //! TLS on both sides of Sluice: clients (mysql_async, PyMySQL, the `mariadb` CLI) over TLS 1.2
 //! and 1.3, `tls.mode = required` refusing plain clients with ERR 3159, a certificate swapped on
-//! disk picked up without a restart, caching_sha2 full authentication (TLS and RSA), and
-//! `backend.tls` in each mode against a MariaDB with TLS. Certificates come from rcgen
+//! disk picked up without a restart, caching_sha2 full authentication (TLS and RSA), client
+//! certificates (mutual TLS), and `backend.tls` in each mode against a MariaDB with TLS. Certificates come from rcgen
 //! ([`sluice_testkit::Pki`]).
 
 mod common;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{TestProxy, config_for};
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
+use mysql_async::{ClientIdentity, Conn, Opts, OptsBuilder, SslOpts};
 use serde_json::Value;
 use sluice::Config;
 use sluice::config::{AuthPluginName, BackendTlsMode, FullAuth, TlsMode};
@@ -122,6 +122,94 @@ async fn clients_log_in_over_tls_1_2_and_1_3() {
     assert!(stdout.contains("Cipher in use is"), "{stdout}");
     assert!(stdout.contains("42"), "{stdout}");
     assert_eq!(proxy.snapshot().client_tls_logins, 4);
+    proxy.stop().await;
+}
+
+/// `tls.client_ca_file`: clients with a certificate from that CA log in; without one they get
+/// ERR 1045 saying a certificate is needed; one from another CA fails the TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_with_a_client_ca() {
+    let db = MariaDb::shared();
+    let pki = Pki::generate().unwrap();
+    let mut config = tls_config(db, &pki, TlsMode::Required);
+    config.tls.client_ca_file = pki.path("ca.pem").display().to_string();
+    config.validate().expect("valid mutual TLS configuration");
+    let proxy = TestProxy::start_with(db, config).await;
+    let ca = pki.path("ca.pem");
+    let pw = proxy.app_password.clone();
+    let with_identity = |cert: &str, key: &str| {
+        proxy.opts("app", &pw, None).ssl_opts(
+            SslOpts::default()
+                .with_root_certs(vec![ca.clone().into()])
+                .with_client_identity(Some(ClientIdentity::new(
+                    pki.path(cert).into(),
+                    pki.path(key).into(),
+                ))),
+        )
+    };
+
+    let mut conn = connect(with_identity("client-cert.pem", "client-key.pem"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut conn).await, 42);
+    conn.disconnect().await.unwrap();
+
+    let refused = server_error(connect(tls_opts(&proxy, "app", &pw, &ca)).await);
+    assert_eq!(refused.code, 1045, "{refused:?}");
+    assert!(
+        refused
+            .message
+            .contains("requires a TLS client certificate"),
+        "{refused:?}"
+    );
+
+    match connect(with_identity(
+        "other-client-cert.pem",
+        "other-client-key.pem",
+    ))
+    .await
+    {
+        Ok(_) => panic!("a certificate from another CA was accepted"),
+        Err(mysql_async::Error::Server(e)) => panic!("expected a TLS failure, got {e:?}"),
+        Err(_) => {}
+    }
+
+    // The mariadb CLI, with and without its certificate.
+    let cert = format!("--ssl-cert={}", pki.path("client-cert.pem").display());
+    let key = format!("--ssl-key={}", pki.path("client-key.pem").display());
+    let ca_arg = format!("--ssl-ca={}", ca.display());
+    let out = mariadb_cli_async(
+        proxy.addr,
+        "app",
+        &pw,
+        None,
+        &[
+            "--ssl",
+            &ca_arg,
+            &cert,
+            &key,
+            "-e",
+            "SELECT 6 * 7 AS answer",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("42"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli_tls(&proxy, &pw, &ca, "SELECT 1").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "logged in without a certificate");
+    assert!(
+        stderr.contains("1045") && stderr.contains("requires a TLS client certificate"),
+        "{stderr}"
+    );
+    // Only the two clients with a certificate logged in.
+    assert_eq!(proxy.snapshot().client_tls_logins, 2);
     proxy.stop().await;
 }
 

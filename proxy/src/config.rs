@@ -87,6 +87,9 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key of that certificate.
     pub key_file: String,
+    /// PEM CA bundle for mutual TLS: when set, every client must present a certificate that
+    /// one of these CAs signed (needs `mode = "required"`). Empty: no client certificates.
+    pub client_ca_file: String,
     /// How often the two files are checked for changes (a renewed certificate is picked up
     /// without a restart).
     #[serde(with = "duration")]
@@ -293,6 +296,7 @@ impl Default for TlsConfig {
             mode: TlsMode::Disabled,
             cert_file: String::new(),
             key_file: String::new(),
+            client_ca_file: String::new(),
             reload_interval: Duration::from_secs(10),
         }
     }
@@ -450,6 +454,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     ("SLUICE_TLS_CERT_FILE", &["tls", "cert_file"], Kind::Text),
     ("SLUICE_TLS_KEY_FILE", &["tls", "key_file"], Kind::Text),
     (
+        "SLUICE_TLS_CLIENT_CA_FILE",
+        &["tls", "client_ca_file"],
+        Kind::Text,
+    ),
+    (
         "SLUICE_SECRETS_MANAGER_SECRET_IDS",
         &["secrets_manager", "secret_ids"],
         Kind::List,
@@ -597,6 +606,13 @@ impl Config {
             return invalid(
                 "tls.cert_file",
                 "tls.mode preferred or required needs tls.cert_file and tls.key_file",
+            );
+        }
+        if !self.tls.client_ca_file.is_empty() && self.tls.mode != TlsMode::Required {
+            // Under `preferred` a plain-text client would skip the certificate check.
+            return invalid(
+                "tls.client_ca_file",
+                "client certificates (mutual TLS) need tls.mode = \"required\"",
             );
         }
         if self.tls.reload_interval.is_zero() {
@@ -805,6 +821,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls.cert_file"), "{err}");
+        let mtls = format!(
+            "{MINIMAL}\n[tls]\nmode = \"preferred\"\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n"
+        );
+        let err = Config::from_toml(&mtls, "test", no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.client_ca_file"), "{err}");
         let verify = MINIMAL.replace("min_idle = 0", "min_idle = 0\ntls = \"verify-ca\"");
         let err = Config::from_toml(&verify, "test", no_env)
             .unwrap_err()

@@ -90,6 +90,16 @@ impl ClientError {
         )
     }
 
+    /// A TLS client without a certificate while `tls.client_ca_file` asks for one.
+    pub fn client_certificate_required() -> Self {
+        Self::new(
+            ER_ACCESS_DENIED,
+            b"28000",
+            "Access denied: this server requires a TLS client certificate (mutual TLS) and \
+             none was presented; connect with a certificate and key (--ssl-cert, --ssl-key)",
+        )
+    }
+
     /// A login packet that cannot be parsed.
     pub fn bad_handshake(why: &str) -> Self {
         Self::new(ER_HANDSHAKE, b"08S01", format!("Bad handshake: {why}"))

@@ -12,7 +12,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::{
+    ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
 use tokio::sync::watch;
 
@@ -42,6 +44,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("backend.tls_server_name / backend.address: {0:?} is not a valid TLS server name")]
     ServerName(String),
+    #[error("tls.client_ca_file: {0}")]
+    ClientVerifier(String),
     #[error("turning client TLS on or off needs a restart")]
     NeedsRestart,
 }
@@ -79,18 +83,24 @@ fn parse_certs(
     Ok(certs)
 }
 
-/// The certificate and key files as last read.
+/// The certificate, key and client CA files as last read.
 #[derive(PartialEq, Eq)]
 struct Files {
     cert: Vec<u8>,
     key: Vec<u8>,
+    /// Absent without `tls.client_ca_file`.
+    client_ca: Option<Vec<u8>>,
 }
 
 impl Files {
     fn read(config: &TlsConfig) -> Result<Files, TlsError> {
+        let client_ca = (!config.client_ca_file.is_empty())
+            .then(|| read("client CA bundle", &config.client_ca_file))
+            .transpose()?;
         Ok(Files {
             cert: read("certificate", &config.cert_file)?,
             key: read("private key", &config.key_file)?,
+            client_ca,
         })
     }
 }
@@ -153,13 +163,41 @@ impl ClientTls {
             path: config.key_file.clone(),
             reason: e.to_string(),
         })?;
-        let mut server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match &files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for ca in parse_certs("client CA bundle", &config.client_ca_file, pem)? {
+                    roots.add(ca)?;
+                }
+                // A client without a certificate completes the TLS handshake, so that the
+                // login can refuse it with an error it can show (a certificate from another
+                // CA fails the handshake itself).
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| TlsError::ClientVerifier(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut server = builder.with_single_cert(certs, key)?;
         server.session_storage = sessions.clone();
         server.ticketer = ticketer.clone();
         Ok(Arc::new(server))
+    }
+
+    /// Whether clients must present a certificate (`tls.client_ca_file` is set).
+    pub fn requires_client_certificate(&self) -> bool {
+        !self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .client_ca_file
+            .is_empty()
     }
 
     /// Whether TLS is optional or required.

@@ -255,6 +255,14 @@ pub async fn login(
             return Err(LoginFailure::silent("TLS handshake failed"));
         }
         (payload, client_caps) = read_login_packet(client, seq).await?;
+        if tls.requires_client_certificate() && !client.client_certificate_presented() {
+            tracing::info!(client = %session.id, %peer, "client refused: no TLS client certificate (tls.client_ca_file is set)");
+            return Err(LoginFailure::with(
+                *seq,
+                ClientError::client_certificate_required(),
+                "no client certificate",
+            ));
+        }
     } else if shared
         .tls
         .as_ref()

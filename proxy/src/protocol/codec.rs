@@ -58,6 +58,11 @@ impl PacketStream {
         self.stream.is_tls()
     }
 
+    /// Whether the client presented a TLS certificate (verified by the handshake).
+    pub fn client_certificate_presented(&self) -> bool {
+        self.stream.client_certificate_presented()
+    }
+
     /// Accepts a client's TLS handshake; bytes the client sent ahead are handed to it.
     pub async fn accept_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
         // A copy, not a split: a split would keep the whole read buffer alive for as long as

@@ -90,6 +90,19 @@ impl Transport {
         matches!(self, Transport::ServerTls(_) | Transport::ClientTls(_))
     }
 
+    /// Whether a client Sluice accepted TLS from presented a certificate (which the
+    /// handshake verified).
+    pub fn client_certificate_presented(&self) -> bool {
+        match self {
+            Transport::ServerTls(t) => t
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty()),
+            _ => false,
+        }
+    }
+
     /// The negotiated TLS version, for logs and metrics.
     pub fn tls_version(&self) -> Option<&'static str> {
         let v = match self {

@@ -476,6 +476,16 @@ async fn raw_tls_login(
     proxy: &TestProxy,
     config: &std::sync::Arc<rustls::ClientConfig>,
 ) -> rustls::HandshakeKind {
+    try_raw_tls_login(proxy, config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`raw_tls_login`], with what went wrong as an error instead of a panic.
+async fn try_raw_tls_login(
+    proxy: &TestProxy,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<rustls::HandshakeKind, String> {
     use sluice::protocol::packets::{HandshakeResponse, ssl_request};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let raw = common::raw::Raw::connect(proxy.addr).await;
@@ -487,7 +497,7 @@ async fn raw_tls_login(
     let mut tls = tokio_rustls::TlsConnector::from(config.clone())
         .connect(name, raw.stream)
         .await
-        .expect("TLS handshake");
+        .map_err(|e| format!("TLS handshake: {e}"))?;
     let auth =
         sluice::auth::client_response(b"mysql_native_password", &scramble, &proxy.app_password)
             .unwrap();
@@ -504,20 +514,23 @@ async fn raw_tls_login(
     .encode();
     let mut out = sluice::protocol::frame_header(hello.len(), 2).to_vec();
     out.extend_from_slice(&hello);
-    tls.write_all(&out).await.unwrap();
+    let io = |e: std::io::Error| format!("login over TLS: {e}");
+    tls.write_all(&out).await.map_err(io)?;
     // Reading the reply also takes in the session tickets the server sent.
     let mut header = [0u8; 4];
-    tls.read_exact(&mut header).await.unwrap();
+    tls.read_exact(&mut header).await.map_err(io)?;
     let mut reply = vec![0u8; sluice::protocol::frame_len(&header)];
-    tls.read_exact(&mut reply).await.unwrap();
-    assert_eq!(
-        reply.as_slice().first(),
-        Some(&0x00),
-        "login over TLS: {reply:?}"
-    );
-    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    tls.read_exact(&mut reply).await.map_err(io)?;
+    if reply.as_slice().first() != Some(&0x00) {
+        return Err(format!("login over TLS refused: {reply:?}"));
+    }
+    let kind = tls
+        .get_ref()
+        .1
+        .handshake_kind()
+        .ok_or("handshake not done")?;
     let _ = tls.shutdown().await;
-    kind
+    Ok(kind)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,6 +557,56 @@ async fn tls_sessions_resume() {
         let second = raw_tls_login(&proxy, &config).await;
         assert_eq!(second, rustls::HandshakeKind::Resumed, "{version:?}");
     }
+    proxy.stop().await;
+}
+
+/// With client certificates, a session resumes while the client CA bundle stays; after the
+/// bundle changes, a session made under the old one does not let its client back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_do_not_outlive_a_client_ca_change() {
+    let db = MariaDb::shared();
+    let pki = Pki::generate().unwrap();
+    let mut config = tls_config(db, &pki, TlsMode::Required);
+    config.tls.client_ca_file = pki.path("ca.pem").display().to_string();
+    let proxy = TestProxy::start_with(db, config.clone()).await;
+    let pem = |name: &str| std::fs::read(pki.path(name)).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem("ca.pem")) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem("client-cert.pem"))
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem("client-key.pem")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    );
+    assert_eq!(
+        raw_tls_login(&proxy, &client).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        raw_tls_login(&proxy, &client).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // Another CA: the client's certificate no longer qualifies, resumed or not.
+    let mut next = config.clone();
+    next.tls.client_ca_file = pki.path("other-ca.pem").display().to_string();
+    let report = proxy.reload.apply(next);
+    assert!(report.failed().is_empty(), "{report:?}");
+    let refused = try_raw_tls_login(&proxy, &client).await;
+    assert!(
+        refused.is_err(),
+        "logged in after the CA change: {refused:?}"
+    );
     proxy.stop().await;
 }
 

@@ -44,8 +44,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("backend.tls_server_name / backend.address: {0:?} is not a valid TLS server name")]
     ServerName(String),
-    #[error("tls.client_ca_file: {0}")]
-    ClientVerifier(String),
+    #[error("cannot build a certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("turning client TLS on or off needs a restart")]
     NeedsRestart,
 }
@@ -83,6 +83,15 @@ fn parse_certs(
     Ok(certs)
 }
 
+/// The certificates a PEM CA bundle holds, as trust roots.
+fn root_store(what: &'static str, path: &str, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certs(what, path, pem)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
 /// The certificate, key and client CA files as last read.
 #[derive(PartialEq, Eq)]
 struct Files {
@@ -110,14 +119,31 @@ struct Current {
     config: TlsConfig,
     files: Files,
     server: Arc<ServerConfig>,
+    /// What resumes sessions. Kept across certificate swaps, so sessions resume after one;
+    /// replaced when the client CA bundle changes, since a resumed session is not checked
+    /// against the bundle again.
+    resumption: Resumption,
+}
+
+/// Session cache and ticket keys.
+#[derive(Clone)]
+struct Resumption {
+    sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl Resumption {
+    fn new() -> Result<Self, TlsError> {
+        Ok(Resumption {
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        })
+    }
 }
 
 /// What Sluice offers clients: the mode and the current rustls configuration.
 pub struct ClientTls {
     current: RwLock<Current>,
-    // Kept across certificate reloads, so sessions resume after a swap as well.
-    sessions: Arc<dyn StoresServerSessions>,
-    ticketer: Arc<dyn ProducesTickets>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -136,26 +162,23 @@ impl ClientTls {
         if config.mode == TlsMode::Disabled {
             return Ok(None);
         }
-        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        let resumption = Resumption::new()?;
         let files = Files::read(config)?;
-        let server = Self::build(config, &files, &sessions, &ticketer)?;
+        let server = Self::build(config, &files, &resumption)?;
         Ok(Some(Arc::new(ClientTls {
             current: RwLock::new(Current {
                 config: config.clone(),
                 files,
                 server,
+                resumption,
             }),
-            sessions,
-            ticketer,
         })))
     }
 
     fn build(
         config: &TlsConfig,
         files: &Files,
-        sessions: &Arc<dyn StoresServerSessions>,
-        ticketer: &Arc<dyn ProducesTickets>,
+        resumption: &Resumption,
     ) -> Result<Arc<ServerConfig>, TlsError> {
         let certs = parse_certs("certificate", &config.cert_file, &files.cert)?;
         let key = PrivateKeyDer::from_pem_slice(&files.key).map_err(|e| TlsError::Pem {
@@ -168,24 +191,20 @@ impl ClientTls {
         let builder = match &files.client_ca {
             None => builder.with_no_client_auth(),
             Some(pem) => {
-                let mut roots = RootCertStore::empty();
-                for ca in parse_certs("client CA bundle", &config.client_ca_file, pem)? {
-                    roots.add(ca)?;
-                }
+                let roots = root_store("client CA bundle", &config.client_ca_file, pem)?;
                 // A client without a certificate completes the TLS handshake, so that the
                 // login can refuse it with an error it can show (a certificate from another
                 // CA fails the handshake itself).
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                         .allow_unauthenticated()
-                        .build()
-                        .map_err(|e| TlsError::ClientVerifier(e.to_string()))?;
+                        .build()?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         let mut server = builder.with_single_cert(certs, key)?;
-        server.session_storage = sessions.clone();
-        server.ticketer = ticketer.clone();
+        server.session_storage = resumption.sessions.clone();
+        server.ticketer = resumption.ticketer.clone();
         Ok(Arc::new(server))
     }
 
@@ -235,17 +254,24 @@ impl ClientTls {
             return Err(TlsError::NeedsRestart);
         }
         let files = Files::read(config)?;
-        {
+        let resumption = {
             let current = self.current.read().unwrap_or_else(|p| p.into_inner());
             if current.files == files && current.config.mode == config.mode {
                 return Ok(false);
             }
-        }
-        let server = Self::build(config, &files, &self.sessions, &self.ticketer)?;
+            if current.files.client_ca == files.client_ca {
+                current.resumption.clone()
+            } else {
+                // Sessions checked against the old bundle (or none) must not resume.
+                Resumption::new()?
+            }
+        };
+        let server = Self::build(config, &files, &resumption)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current {
             config: config.clone(),
             files,
             server,
+            resumption,
         };
         Ok(true)
     }
@@ -311,13 +337,9 @@ impl BackendTls {
             BackendTlsMode::Preferred => Arc::new(AnyCertificate(provider.clone())),
             BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity => {
                 let pem = read("CA bundle", &config.tls_ca_file)?;
-                let mut roots = RootCertStore::empty();
-                for cert in parse_certs("certificate", &config.tls_ca_file, &pem)? {
-                    roots.add(cert)?;
-                }
+                let roots = root_store("certificate", &config.tls_ca_file, &pem)?;
                 let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+                    .build()?;
                 if config.tls == BackendTlsMode::VerifyCa {
                     Arc::new(AnyName(webpki))
                 } else {

@@ -519,10 +519,7 @@ impl Pool {
             let mut st = self.lock();
             st.closed = true;
             st.waiters.clear();
-            st.idle_count = 0;
-            let idle: Vec<_> = st.idle.drain().flat_map(|(_, v)| v).collect();
-            st.open -= idle.len();
-            idle
+            st.take_all_idle()
         };
         for c in idle {
             self.close_conn(c);
@@ -574,10 +571,7 @@ impl Pool {
         let idle: Vec<BackendConn> = {
             let mut st = self.lock();
             st.paused = true;
-            st.idle_count = 0;
-            let idle: Vec<_> = st.idle.drain().flat_map(|(_, v)| v).collect();
-            st.open -= idle.len();
-            idle
+            st.take_all_idle()
         };
         for c in idle {
             self.close_conn(c);
@@ -742,6 +736,14 @@ impl State {
         let conn = conns.remove(0);
         self.idle_count -= 1;
         Some(conn)
+    }
+
+    /// Takes every idle connection out, no longer counted against the cap (to be closed).
+    fn take_all_idle(&mut self) -> Vec<BackendConn> {
+        let idle: Vec<_> = self.idle.drain().flat_map(|(_, v)| v).collect();
+        self.idle_count = 0;
+        self.open -= idle.len();
+        idle
     }
 }
 

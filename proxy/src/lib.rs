@@ -10,6 +10,7 @@
 //! - [`sql`]: the light statement classifier (pins, KILL);
 //! - [`auth`], [`credentials`]: passwords and scrambles;
 //! - [`errors`]: every error Sluice sends, with its code;
+//! - [`context`]: the state every task shares (configuration, pool, credentials, metrics);
 //! - [`server`]: the listener, the client limit and the drain;
 //! - [`stats`], [`registry`]: counters and live sessions;
 //! - [`metrics`]: Prometheus metrics named after RDS Proxy's;
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod context;
 pub mod credentials;
 pub mod errors;
 pub mod frontend;

@@ -286,7 +286,7 @@ impl ClientTls {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = crate::server::stop_requested(&mut shutdown) => return,
+                    _ = crate::context::stop_requested(&mut shutdown) => return,
                 }
                 let Some(tls) = tls.upgrade() else { return };
                 match tls.reload() {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::resultset::{Column, ResultSet, Value};
+use crate::context::Shared;
 use crate::errors::ClientError;
 use crate::registry::{Activity, ClientId};
-use crate::server::Shared;
 
 /// A parsed console command.
 #[derive(Debug, Clone, PartialEq, Eq)]

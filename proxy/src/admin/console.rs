@@ -13,13 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use super::commands::{self, Reply};
 use crate::auth;
 use crate::config::AuthPluginName;
+use crate::context::{Shared, stop_requested};
 use crate::errors::ClientError;
 use crate::frontend::handshake::{self, LoginFailure};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::*;
 use crate::protocol::packets::{self, Greeting};
 use crate::protocol::{CapabilityFlags, StatusFlags};
-use crate::server::{Shared, stop_requested};
 
 /// Console sessions at once; more wait in the accept queue.
 const MAX_SESSIONS: usize = 16;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::server::Shared;
+use crate::context::Shared;
 
 /// How long a database check's answer is reused.
 const ANSWER_FOR: Duration = Duration::from_secs(2);

@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::server::{Shared, stop_requested};
+use crate::context::{Shared, stop_requested};
 
 /// HTTP connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 64;

@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 
 use crate::backend::login::{self, LoginError};
 use crate::backend::{BackendConn, PoolKey};
+use crate::context::{Shared, stop_requested};
 use crate::protocol::CapabilityFlags;
-use crate::server::{Shared, stop_requested};
 
 /// Logs in as `user` on a backend connection of its own, outside the pool (so a busy pool
 /// cannot hold it up), through the pool's login path: every password Sluice knows for the user

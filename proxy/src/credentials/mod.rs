@@ -595,14 +595,14 @@ impl Credentials {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = crate::server::stop_requested(&mut shutdown) => return,
+                    _ = crate::context::stop_requested(&mut shutdown) => return,
                 }
                 let Some(credentials) = weak.upgrade() else {
                     return;
                 };
                 tokio::select! {
                     _ = credentials.refresh() => {}
-                    _ = crate::server::stop_requested(&mut shutdown) => return,
+                    _ = crate::context::stop_requested(&mut shutdown) => return,
                 }
             }
         });

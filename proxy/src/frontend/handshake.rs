@@ -10,13 +10,13 @@ use mysql_common::packets::HandshakeResponse;
 use crate::auth;
 use crate::backend::PoolKey;
 use crate::config::{AuthPluginName, TlsMode};
+use crate::context::Shared;
 use crate::credentials::Credential;
 use crate::errors::ClientError;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::packets::{self, Greeting};
 use crate::protocol::{CapabilityFlags, StatusFlags};
 use crate::registry::SessionHandle;
-use crate::server::Shared;
 
 /// Largest login packet accepted (user, scramble, schema and connect attributes).
 const MAX_LOGIN_PACKET: usize = 64 * 1024;

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{ClientSession, Flow, SYNC_ALL};
 use crate::backend::BackendError;
 use crate::backend::statements::{PrepareMeta, RESPONSE_ID_AT, StatementKey};
 use crate::errors::ClientError;
+use crate::frontend::{ClientSession, Flow, SYNC_ALL};
 use crate::protocol::codec::ProtocolError;
 use crate::protocol::command::*;
 use crate::protocol::response::Expect;
@@ -108,12 +108,12 @@ impl From<BackendError> for NotReady {
 impl ClientSession {
     /// COM_STMT_PREPARE: answered from the backend connection's cache when it has the
     /// statement, else prepared there.
-    pub(super) async fn stmt_prepare(&mut self) -> Flow {
+    pub(in crate::frontend) async fn stmt_prepare(&mut self) -> Flow {
         let max = self.shared.config().max_allowed_packet;
         let payload = match self.client.read_packet(max).await {
             Ok((_, p)) => p,
             Err(ProtocolError::TooLarge { max, .. }) => {
-                super::farewell(
+                crate::frontend::farewell(
                     &self.shared.metrics,
                     &mut self.client,
                     1,
@@ -230,7 +230,7 @@ impl ClientSession {
     }
 
     /// COM_STMT_EXECUTE.
-    pub(super) async fn stmt_execute(&mut self, len: usize) -> Flow {
+    pub(in crate::frontend) async fn stmt_execute(&mut self, len: usize) -> Flow {
         let Some((exec, new_types)) = self.read_execute_header(len).await else {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
@@ -304,7 +304,7 @@ impl ClientSession {
     }
 
     /// COM_STMT_FETCH: only on the backend connection that holds the statement's cursor.
-    pub(super) async fn stmt_fetch(&mut self, len: usize) -> Flow {
+    pub(in crate::frontend) async fn stmt_fetch(&mut self, len: usize) -> Flow {
         let id = read_id(self.payload(len)).unwrap_or(0);
         if !self.stmts.defs.contains_key(&id) {
             return self.unknown_statement(id, COM_STMT_FETCH).await;
@@ -335,7 +335,7 @@ impl ClientSession {
 
     /// COM_STMT_SEND_LONG_DATA: no response; the data stays on the backend statement, which
     /// keeps the connection until the execute.
-    pub(super) async fn stmt_long_data(&mut self, len: usize) -> Flow {
+    pub(in crate::frontend) async fn stmt_long_data(&mut self, len: usize) -> Flow {
         let id = read_id(self.payload(len)).unwrap_or(0);
         let Some(def) = self.stmts.defs.get(&id).cloned() else {
             // The server answers nothing to this either; the execute will fail.
@@ -371,7 +371,7 @@ impl ClientSession {
 
     /// COM_STMT_RESET: clears long data and closes the cursor, which only exist on a held
     /// connection; otherwise there is nothing to reset.
-    pub(super) async fn stmt_reset(&mut self, len: usize) -> Flow {
+    pub(in crate::frontend) async fn stmt_reset(&mut self, len: usize) -> Flow {
         let id = read_id(self.payload(len)).unwrap_or(0);
         if !self.stmts.defs.contains_key(&id) {
             return self.unknown_statement(id, COM_STMT_RESET).await;
@@ -395,7 +395,7 @@ impl ClientSession {
     }
 
     /// COM_STMT_CLOSE: no response. The statement stays cached on the backend for others.
-    pub(super) async fn stmt_close(&mut self, len: usize) -> Flow {
+    pub(in crate::frontend) async fn stmt_close(&mut self, len: usize) -> Flow {
         let id = read_id(self.payload(len)).unwrap_or(0);
         if self.skip_command().await == Flow::Close {
             return Flow::Close;
@@ -587,7 +587,7 @@ impl ClientSession {
                 if let Some(b) = self.backend.as_mut() {
                     b.broken = true;
                 }
-                super::farewell(
+                crate::frontend::farewell(
                     &self.shared.metrics,
                     &mut self.client,
                     1,

@@ -1,0 +1,131 @@
+//! COM_CHANGE_USER: Sluice authenticates the new user itself; the session starts over.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::auth;
+use crate::config::AuthPluginName;
+use crate::errors::ClientError;
+use crate::frontend::{ClientSession, Flow, farewell, pool_key};
+use crate::protocol::CapabilityFlags;
+use crate::protocol::packets::{self, ChangeUser};
+use crate::session::SessionState;
+
+impl ClientSession {
+    /// COM_CHANGE_USER: Sluice authenticates the new user itself; the session starts over.
+    pub(in crate::frontend) async fn change_user(&mut self) -> Flow {
+        let max = self.shared.config().max_allowed_packet.min(64 * 1024);
+        let payload = match self.client.read_packet(max).await {
+            Ok((_, p)) => p,
+            Err(_) => return Flow::Close,
+        };
+        let Some(cu) = ChangeUser::parse(&payload, self.caps) else {
+            farewell(
+                &self.shared.metrics,
+                &mut self.client,
+                1,
+                &ClientError::malformed_packet("COM_CHANGE_USER"),
+            )
+            .await;
+            return Flow::Close;
+        };
+        let user_name = String::from_utf8_lossy(cu.user).into_owned();
+        let known = self.shared.credentials.get(&user_name);
+        let is_known = known.is_some();
+        let plugin = known
+            .as_ref()
+            .map_or(AuthPluginName::MysqlNativePassword, |u| u.auth_plugin);
+        let mut seq = 1u8;
+        let mut scramble = self.scramble;
+        let mut response = cu.auth_response.to_vec();
+        let collation = cu.collation.map_or(self.key.collation, |c| c as u8);
+        let database =
+            (!cu.database.is_empty()).then(|| String::from_utf8_lossy(cu.database).into_owned());
+        if cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
+            // Ask for an answer to a fresh scramble with the user's plugin.
+            scramble = match auth::new_scramble() {
+                Ok(s) => s,
+                Err(_) => return Flow::Close,
+            };
+            if self
+                .client
+                .write_packet(
+                    seq,
+                    &packets::auth_switch_request(plugin.as_str(), &scramble),
+                )
+                .await
+                .is_err()
+            {
+                return Flow::Close;
+            }
+            response = match self.client.read_packet(max).await {
+                Ok((s, p)) => {
+                    seq = s.wrapping_add(1);
+                    p
+                }
+                Err(_) => return Flow::Close,
+            };
+        }
+        let host = self.peer.ip().to_string();
+        let user = match self
+            .shared
+            .credentials
+            .authenticate(known, |u| u.verify_scramble(plugin, &scramble, &response))
+            .await
+        {
+            Some(u) => u,
+            None => {
+                self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
+                self.shared.metrics.auth_failed(&user_name, is_known);
+                tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    seq,
+                    &ClientError::access_denied(&user_name, &host, !response.is_empty()),
+                )
+                .await;
+                return Flow::Close;
+            }
+        };
+        if plugin == AuthPluginName::CachingSha2Password && !response.is_empty() {
+            if self
+                .client
+                .write_packet(seq, &packets::auth_more_data(&[auth::FAST_AUTH_OK]))
+                .await
+                .is_err()
+            {
+                return Flow::Close;
+            }
+            seq = seq.wrapping_add(1);
+        }
+        // The old user's connection goes back (reset first if the session left state on it).
+        if let Some(b) = self.backend.as_mut() {
+            b.needs_reset = true;
+        }
+        self.release().await;
+        self.unpin_all();
+        self.stmts.clear();
+        self.hold_for_next_transaction = false;
+        self.user = user;
+        self.key = pool_key(&self.user.username, self.caps, collation);
+        self.handle.set_user(self.user.username.clone());
+        self.gauge = self.shared.metrics.logged_in(&self.user.username, self.tls);
+        self.state = SessionState {
+            schema: None,
+            multi_statements: self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            ..SessionState::default()
+        };
+        if let Some(db) = database {
+            if let Err(e) = self.shared.check_schema(&self.key, &db).await {
+                farewell(&self.shared.metrics, &mut self.client, seq, &e).await;
+                return Flow::Close;
+            }
+            self.state.schema = Some(db);
+        }
+        let ok = packets::ok(0, 0, self.local_status(), 0);
+        match self.client.write_packet(seq, &ok).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The per-client loop: read a command, dispatch it, account for it; and the small replies
+//! every command handler shares (errors, local OKs, skipping a command).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::{ClientSession, Flow, LoggedIn, farewell};
+use crate::context::Shared;
+use crate::errors::ClientError;
+use crate::frontend::cmd::prepared::SessionStatements;
+use crate::metrics::{SessionGauge, UserMetrics};
+use crate::protocol::codec::{PacketStream, ProtocolError};
+use crate::protocol::command::*;
+use crate::protocol::packets::{self};
+use crate::protocol::response::INSPECT_WHOLE;
+use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
+use crate::registry::{Activity, ClientId, SessionHandle};
+use crate::session::{PinSet, SessionState};
+use crate::sql::{self, Digest};
+
+impl ClientSession {
+    pub(in crate::frontend) fn new(
+        client: PacketStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        handle: Arc<SessionHandle>,
+        l: LoggedIn,
+        gauge: SessionGauge,
+    ) -> Self {
+        let key = l.pool_key();
+        let state = SessionState {
+            schema: l.schema,
+            multi_statements: l.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            ..SessionState::default()
+        };
+        ClientSession {
+            shared,
+            handle,
+            client,
+            peer,
+            user: l.user,
+            caps: l.caps,
+            key,
+            scramble: l.scramble,
+            state,
+            backend: None,
+            hold_for_warnings: false,
+            hold_for_next_transaction: false,
+            stmts: SessionStatements::default(),
+            tls: gauge.tls(),
+            gauge,
+            logged_pins: PinSet::default(),
+            logged_borrow_timeout: false,
+            pending_digest: None,
+        }
+    }
+
+    /// This session's user's metrics.
+    pub(in crate::frontend) fn user_metrics(&self) -> &UserMetrics {
+        self.gauge.user()
+    }
+
+    pub(in crate::frontend) fn id(&self) -> ClientId {
+        self.handle.id
+    }
+
+    pub(in crate::frontend) async fn serve(&mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            if self.backend.is_none() {
+                self.client.release_idle_memory();
+            } else {
+                self.client.trim_memory();
+            }
+            // On shutdown, sessions end between commands unless a transaction is open; a
+            // pinned but idle session ends too (its connection is reset, not reused).
+            let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
+            let stopping = *shutdown.borrow();
+            if stopping && !in_transaction {
+                self.goodbye(&ClientError::shutting_down()).await;
+                return;
+            }
+            let idle_limit = self.shared.config().idle_client_timeout;
+            let header = tokio::select! {
+                biased;
+                _ = self.handle.killed() => {
+                    let err = if *shutdown.borrow() {
+                        ClientError::shutting_down()
+                    } else {
+                        ClientError::connection_killed()
+                    };
+                    self.goodbye(&err).await;
+                    return;
+                }
+                _ = crate::context::stop_requested(&mut shutdown), if !stopping && !in_transaction => {
+                    self.goodbye(&ClientError::shutting_down()).await;
+                    return;
+                }
+                _ = tokio::time::sleep(idle_limit), if !in_transaction => {
+                    tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
+                        idle_client_timeout = %humantime::format_duration(idle_limit),
+                        pinned = !self.state.pins.is_empty(), "closing an idle client");
+                    self.goodbye(&ClientError::idle_timeout(idle_limit)).await;
+                    return;
+                }
+                h = self.client.frame_header() => h,
+            };
+            let Ok((len, seq)) = header else { return };
+            if seq != 0 {
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    seq.wrapping_add(1),
+                    &ClientError::out_of_order(),
+                )
+                .await;
+                return;
+            }
+            if len == 0 {
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::malformed_packet("empty command packet"),
+                )
+                .await;
+                return;
+            }
+            if self
+                .client
+                .fill(HEADER_LEN + len.min(INSPECT_WHOLE))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let cmd = self.client.buffered()[HEADER_LEN];
+            let started = Instant::now();
+            self.handle.set_activity(Activity::Running, started);
+            self.shared.stats.commands.fetch_add(1, Relaxed);
+            self.pending_digest = None;
+            // Boxed: the command's future is large and lives only while the command runs, so
+            // an idle session's task keeps just the session (see the idle-memory bench).
+            let flow = Box::pin(self.dispatch(cmd, len)).await;
+            let done = Instant::now();
+            let m = self.user_metrics();
+            m.queries.increment(1);
+            m.query_latency
+                .record(done.duration_since(started).as_secs_f64());
+            let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
+            let activity = if in_transaction {
+                Activity::InTransaction
+            } else {
+                Activity::Idle
+            };
+            self.handle.set_activity(activity, done);
+            if flow == Flow::Close || self.handle.is_killed() {
+                return;
+            }
+        }
+    }
+
+    /// Tells the client why Sluice closes its session, unasked (sequence id 1, as the answer
+    /// to the command the client would send next).
+    pub(in crate::frontend) async fn goodbye(&mut self, err: &ClientError) {
+        farewell(&self.shared.metrics, &mut self.client, 1, err).await;
+    }
+
+    /// The digest of the COM_QUERY in the read buffer, if that is what is there.
+    pub(in crate::frontend) fn buffered_digest(&self) -> Option<Digest> {
+        let (len, _) = self.client.peek_header()?;
+        let payload = self.payload(len);
+        match payload.split_first() {
+            Some((&COM_QUERY, sql)) => Some(sql::digest(sql)),
+            _ => None,
+        }
+    }
+
+    /// The command's bytes available in the buffer (all of it unless it is very large).
+    pub(in crate::frontend) fn payload(&self, len: usize) -> &[u8] {
+        let buf = self.client.buffered();
+        &buf[HEADER_LEN..buf.len().min(HEADER_LEN + len)]
+    }
+
+    /// Reads and drops the current client command.
+    pub(in crate::frontend) async fn skip_command(&mut self) -> Flow {
+        let max = self.shared.config().max_allowed_packet;
+        match self.client.skip_packet(max).await {
+            Ok(_) => Flow::Continue,
+            Err(ProtocolError::TooLarge { max, .. }) => {
+                farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &ClientError::packet_too_large(max),
+                )
+                .await;
+                Flow::Close
+            }
+            Err(_) => Flow::Close,
+        }
+    }
+
+    pub(in crate::frontend) async fn reply_error(&mut self, err: &ClientError) -> Flow {
+        match self
+            .client
+            .write_packet(1, &self.shared.error_packet(err))
+            .await
+        {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// Relays an ERR packet the server sent to one of Sluice's own commands.
+    pub(in crate::frontend) async fn reply_raw_error(&mut self, packet: &[u8]) -> Flow {
+        match self.client.write_packet(1, packet).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// The status flags a locally generated OK carries.
+    pub(in crate::frontend) fn local_status(&self) -> StatusFlags {
+        let mut s = StatusFlags::empty();
+        if self.state.autocommit.unwrap_or(true) {
+            s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        }
+        if self.backend.as_ref().is_some_and(|b| b.in_transaction()) {
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    /// Answers the current command with OK, after reading it (unless `read` says it was).
+    pub(in crate::frontend) async fn answer_locally(&mut self, seq: Option<u8>) -> Flow {
+        if seq.is_none() && self.skip_command().await == Flow::Close {
+            return Flow::Close;
+        }
+        let ok = packets::ok(0, 0, self.local_status(), 0);
+        match self.client.write_packet(seq.unwrap_or(1), &ok).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// Ends the session: a connection the session left state on is reset before reuse.
+    pub(in crate::frontend) async fn finish(&mut self) {
+        let dirty = !self.state.pins.is_empty() || self.stmts.holds_backend();
+        self.unpin_all();
+        if let Some(b) = self.backend.as_mut()
+            && (dirty || b.in_transaction())
+        {
+            b.needs_reset = true;
+        }
+        self.release().await;
+        tracing::debug!(client = %self.id(), "client session ended");
+    }
+}

@@ -2,6 +2,8 @@
 
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
+/// The differential checker: direct vs through Sluice, step by step.
+pub mod differential;
 /// Sluice's resident memory with many idle clients (for the benches).
 pub mod idle;
 /// Private MariaDB servers on loopback with real random passwords.

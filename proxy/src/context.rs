@@ -38,6 +38,14 @@ pub struct Shared {
     pub registry: Registry,
     /// Version string announced to clients.
     pub server_version: String,
+    /// The backend's server family and version, which decide how statement text is read.
+    pub dialect: crate::sql::Dialect,
+    /// Bytes of large statements read whole for classification, across all sessions.
+    pub classify_buffered: std::sync::atomic::AtomicUsize,
+    /// Prepared statement texts, stored once however many sessions prepare them.
+    pub statement_texts: crate::backend::statements::TextInterner,
+    /// Prepared statements held by all sessions: count and text bytes (bounded).
+    pub statement_budget: Arc<crate::frontend::StatementBudget>,
     /// Capabilities offered to clients.
     pub capabilities: CapabilityFlags,
     /// Collation announced in the greeting.

@@ -263,7 +263,7 @@ impl ClientError {
         Self::new(
             ER_STMT_HAS_NO_OPEN_CURSOR,
             b"HY000",
-            format!("The statement ({id}) has no open cursor."),
+            format!("The statement ({id}) has no open cursor"),
         )
     }
 

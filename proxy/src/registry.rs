@@ -12,6 +12,12 @@ use tokio::sync::Notify;
 
 use crate::session::PinSet;
 
+/// The first client id Sluice hands out. Its ids come from a range far above the thread ids a
+/// database hands out (from 1), so a client that learns a backend thread id (`CONNECTION_ID()`
+/// returns the id of the backend connection a statement runs on) can never name another
+/// client's session with it, and `KILL <thread id>` never reaches a session by accident.
+pub const FIRST_CLIENT_ID: u32 = 1 << 30;
+
 /// A client connection id as Sluice hands it out (in its handshake; the target of `KILL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u32);
@@ -214,7 +220,8 @@ impl Registry {
     pub fn register(&self, peer: SocketAddr) -> Arc<SessionHandle> {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let id = loop {
-            let id = ClientId(self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let id = ClientId(FIRST_CLIENT_ID + n % (u32::MAX - FIRST_CLIENT_ID));
             if id.0 != 0 && !map.contains_key(&id) {
                 break id;
             }

@@ -166,6 +166,7 @@ impl Proxy {
                 (FALLBACK_VERSION.to_string(), OFFERED_CAPS, 45)
             }
         };
+        let dialect = crate::sql::Dialect::from_server_version(&version);
         let server_version = if config.server_version.is_empty() {
             format!("{version}-sluice")
         } else {
@@ -193,6 +194,10 @@ impl Proxy {
             stats,
             registry: Registry::default(),
             server_version,
+            dialect,
+            classify_buffered: std::sync::atomic::AtomicUsize::new(0),
+            statement_texts: Default::default(),
+            statement_budget: Default::default(),
             capabilities,
             collation,
             shutdown,
@@ -265,6 +270,11 @@ impl Proxy {
     /// Live counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// The shared context (live sessions, pool, counters), for inspection by tests.
+    pub fn context(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The pool, for inspection.

@@ -28,6 +28,8 @@ pub struct TestProxy {
     pub reload: ReloadHandle,
     pub app_password: String,
     pub other_password: String,
+    /// Sluice's shared state: live sessions, pool, counters.
+    pub context: Arc<sluice::context::Shared>,
     stop: ShutdownHandle,
     task: tokio::task::JoinHandle<()>,
 }
@@ -80,6 +82,7 @@ impl TestProxy {
             reload: proxy.reload_handle(),
             app_password: db.app_password().to_string(),
             other_password: db.other_password().to_string(),
+            context: proxy.context(),
             stop: proxy.shutdown_handle(),
             task: tokio::spawn(proxy.run()),
         }
@@ -142,6 +145,20 @@ impl TestProxy {
                 return (open, idle);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether session `id` (its handshake id) holds a backend connection, once it has
+    /// finished its command; `None` if there is no such session.
+    pub async fn session_holds(&self, id: u32) -> Option<bool> {
+        use sluice::registry::{Activity, ClientId};
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = self.context.registry.get(ClientId(id))?;
+            if h.activity() != Activity::Running || tokio::time::Instant::now() > deadline {
+                return Some(h.lent_thread().is_some());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

@@ -19,7 +19,7 @@ use crate::protocol::lenenc::Reader;
 use crate::protocol::packets::{self, HandshakeResponse};
 use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, StatusFlags, command, ok, put_packet};
-use crate::session::{CHARSET_VARS, TRACKED_VARS, VarValues, tracked_index};
+use crate::session::{CHARSET_VARS, ResetReason, ResetSet, TRACKED_VARS, VarValues, tracked_index};
 use crate::stats::Stats;
 use crate::tls::BackendTls;
 
@@ -272,6 +272,11 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Served a pinned session or lost its client mid-transaction: reset before reuse.
     pub needs_reset: bool,
+    /// Why it needs the reset (see `session::holds`); cleared by the reset.
+    pub reset_reasons: ResetSet,
+    /// The last statement that ran on it left conditions (warnings, an error) in its
+    /// diagnostics area, which a diagnostics statement would show.
+    pub conditions: bool,
     /// Unusable (I/O error, protocol confusion): close instead of reuse.
     pub broken: bool,
     /// Statements prepared on the server for the sessions that borrow this connection.
@@ -394,6 +399,8 @@ impl BackendConn {
             created: now,
             last_used: now,
             needs_reset: false,
+            reset_reasons: ResetSet::default(),
+            conditions: false,
             broken: false,
             statements: StatementCache::new(1),
         })
@@ -415,7 +422,7 @@ impl BackendConn {
     }
 
     /// Reads every tracked variable the server has (a variable it lacks stays `None`).
-    async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
+    pub async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
         let mut sql = String::from("SHOW SESSION VARIABLES WHERE Variable_name IN (");
         for (i, v) in TRACKED_VARS.iter().enumerate() {
             if i > 0 {
@@ -531,6 +538,53 @@ impl BackendConn {
                     values.push(v.map(|b| String::from_utf8_lossy(b).into_owned()));
                 }
                 rows.push(values);
+            }
+        }
+    }
+
+    /// Runs a query for Sluice itself that answers with one result set and returns its
+    /// packets' payloads: the column count and definitions, then the rows (no EOF packets).
+    pub async fn query_result_set(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        max_rows: usize,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), BackendError> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::COM_QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let (_, first) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        let columns = match first.first() {
+            Some(0xFF) => return Err(command_error(what, &first)),
+            Some(0x00) => return Err(ProtocolError::Malformed("expected a result set").into()),
+            _ => Reader::new(&first)
+                .lenenc_int()
+                .ok_or(ProtocolError::Malformed("column count"))?,
+        };
+        let mut head = vec![first];
+        for _ in 0..columns {
+            head.push(self.stream.read_packet(CONTROL_PACKET_MAX).await?.1);
+        }
+        if !deprecate_eof {
+            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        }
+        let mut rows = Vec::new();
+        loop {
+            let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
+                self.note_status(&p, deprecate_eof)?;
+                return Ok((head, rows));
+            }
+            if p.first() == Some(&0xFF) {
+                return Err(command_error(what, &p));
+            }
+            if rows.len() < max_rows {
+                rows.push(p);
             }
         }
     }
@@ -662,7 +716,15 @@ impl BackendConn {
             .await?;
         self.prepare_session().await?;
         self.needs_reset = false;
+        self.reset_reasons = ResetSet::default();
+        self.conditions = false;
         Ok(())
+    }
+
+    /// Marks the connection for a reset before anyone else borrows it.
+    pub fn taint(&mut self, reason: ResetReason) {
+        self.reset_reasons.insert(reason);
+        self.needs_reset = true;
     }
 
     /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
@@ -693,8 +755,12 @@ impl BackendConn {
         self.status = status;
         self.schema = None;
         self.prepare_session().await?;
-        self.multi_statements = self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
+        // Whether COM_CHANGE_USER keeps a COM_SET_OPTION is the server's business: say it again.
+        let multi_statements = self.multi_statements;
+        self.set_multi_statements(multi_statements).await?;
         self.needs_reset = false;
+        self.reset_reasons = ResetSet::default();
+        self.conditions = false;
         Ok(())
     }
 

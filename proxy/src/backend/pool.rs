@@ -339,6 +339,7 @@ impl Pool {
                 self.slot_freed();
                 return;
             };
+            stats.resets_in_flight.fetch_add(1, Relaxed);
             rt.spawn(async move {
                 stats.backend_resets.fetch_add(1, Relaxed);
                 match conn.reset().await {
@@ -349,6 +350,7 @@ impl Pool {
                         pool.slot_freed();
                     }
                 }
+                stats.resets_in_flight.fetch_sub(1, Relaxed);
             });
             return;
         }

@@ -8,6 +8,7 @@
 //! with ERR 1053 and sessions in a transaction go on until it ends.
 
 mod cmd;
+mod diagnostics;
 mod dispatch;
 pub(crate) mod handshake;
 mod relay;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+pub use cmd::prepared::StatementBudget;
 pub use handshake::{LoggedIn, pool_key};
 
 use crate::auth;
@@ -186,12 +188,13 @@ struct ClientSession {
     scramble: [u8; 20],
     state: SessionState,
     backend: Option<PooledConn>,
-    /// The last statement left warnings: keep the connection for the next command, so
-    /// `SHOW WARNINGS` sees them.
-    hold_for_warnings: bool,
-    /// The last statement was `SET TRANSACTION`, which applies to the next transaction on
-    /// this connection: keep it until that transaction ends.
-    hold_for_next_transaction: bool,
+    /// The session's `LAST_INSERT_ID()` is in `state` (else only its connection knows it,
+    /// after `LAST_INSERT_ID(expr)` or a procedure, and it is read before release).
+    insert_id_known: bool,
+    /// Likewise for `FOUND_ROWS()` (after `SQL_CALC_FOUND_ROWS` or `SELECT ... INTO`).
+    found_rows_known: bool,
+    /// Whether the last statement cleared the diagnostics area is the server's to say.
+    diagnostics_check: bool,
     /// Prepared statements, with Sluice's ids.
     stmts: SessionStatements,
     /// Counts the session in the authenticated-clients gauge; holds the user's metrics.

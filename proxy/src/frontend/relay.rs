@@ -167,43 +167,74 @@ impl ClientSession {
         }
     }
 
-    pub(in crate::frontend) async fn release_if_free(&mut self) {
-        let Some(b) = self.backend.as_ref() else {
-            return;
-        };
-        if b.broken
-            || (self.state.pins.is_empty()
-                && !b.in_transaction()
-                && !self.stmts.holds_backend()
-                && !self.hold_for_next_transaction
-                && !self.keep_for_warnings())
-        {
-            self.release().await;
-        }
-    }
-
-    /// Whether to keep the connection for the next command because the last statement left
-    /// warnings (so `SHOW WARNINGS` sees them), unless another session is waiting for it.
-    pub(in crate::frontend) fn keep_for_warnings(&self) -> bool {
-        self.hold_for_warnings && self.shared.pool.counts().2 == 0
-    }
-
-    /// Gives the backend connection back. Takes the session's kill lock first, so a
-    /// concurrent KILL QUERY finishes before the connection can pass to someone else.
+    /// Gives the backend connection back. First reads what only the connection still knows
+    /// of the session (its diagnostics area, a `LAST_INSERT_ID()` or `FOUND_ROWS()` the
+    /// responses did not carry), then counts why it needs a reset, if it does. Takes the
+    /// session's kill lock, so a concurrent KILL QUERY finishes before the connection can pass
+    /// to someone else.
     pub(in crate::frontend) async fn release(&mut self) {
+        if self.backend.as_ref().is_some_and(|b| !b.broken) {
+            self.before_own_statement().await;
+        }
         self.state.connection_released();
         if self.stmts.holds_backend() {
             // Cursors or long data die with the connection's session state.
             if let Some(b) = self.backend.as_mut() {
-                b.needs_reset = true;
+                for r in self.stmts.hold_reasons().iter() {
+                    b.taint(crate::session::ResetReason::Pinned(r));
+                }
             }
             self.stmts.drop_holds();
         }
         if let Some(conn) = self.backend.take() {
+            if conn.needs_reset && !conn.broken {
+                for reason in conn.reset_reasons.iter() {
+                    self.shared.stats.reset_requested(reason);
+                }
+            }
             let mut slot = self.handle.backend_thread.lock().await;
             *slot = None;
             self.handle.set_lent_thread(None);
             drop(conn);
         }
+    }
+
+    /// Reads from the connection what only it knows of the session (the diagnostics area, a
+    /// `LAST_INSERT_ID()` or `FOUND_ROWS()` no response carried), before a statement of
+    /// Sluice's own takes them over or the connection goes back.
+    pub(in crate::frontend) async fn before_own_statement(&mut self) {
+        self.capture_diagnostics().await;
+        if self.insert_id_known && self.found_rows_known {
+            return;
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        let row = b
+            .query_row("SELECT LAST_INSERT_ID(), FOUND_ROWS()", "reading counters")
+            .await;
+        let number = |v: Option<&Option<String>>| v.and_then(|v| v.as_deref()?.parse::<u64>().ok());
+        match row {
+            Ok(Some(row)) => {
+                if !self.insert_id_known
+                    && let Some(id) = number(row.first())
+                {
+                    self.state.last_insert_id = id;
+                }
+                if !self.found_rows_known
+                    && let Some(n) = number(row.get(1))
+                {
+                    self.state.found_rows = n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot read the session's counters");
+                b.broken = true;
+            }
+        }
+        self.insert_id_known = true;
+        self.found_rows_known = true;
+        self.state.own_statement_ran();
     }
 }

@@ -20,6 +20,9 @@ use crate::registry::{Activity, ClientId, SessionHandle};
 use crate::session::{PinSet, SessionState};
 use crate::sql::{self, Digest};
 
+/// MariaDB's status flag for `ANSI_QUOTES` in the session's `sql_mode`.
+const SERVER_STATUS_ANSI_QUOTES: u16 = 0x8000;
+
 impl ClientSession {
     pub(in crate::frontend) fn new(
         client: PacketStream,
@@ -46,8 +49,9 @@ impl ClientSession {
             scramble: l.scramble,
             state,
             backend: None,
-            hold_for_warnings: false,
-            hold_for_next_transaction: false,
+            insert_id_known: true,
+            found_rows_known: true,
+            diagnostics_check: false,
             stmts: SessionStatements::default(),
             tls: gauge.tls(),
             gauge,
@@ -149,6 +153,10 @@ impl ClientSession {
             m.queries.increment(1);
             m.query_latency
                 .record(done.duration_since(started).as_secs_f64());
+            // A session that ends stays "active" until it has given its connection back.
+            if flow == Flow::Close || self.handle.is_killed() {
+                return;
+            }
             let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
             let activity = if in_transaction {
                 Activity::InTransaction
@@ -156,9 +164,6 @@ impl ClientSession {
                 Activity::Idle
             };
             self.handle.set_activity(activity, done);
-            if flow == Flow::Close || self.handle.is_killed() {
-                return;
-            }
         }
     }
 
@@ -231,6 +236,14 @@ impl ClientSession {
         if self.backend.as_ref().is_some_and(|b| b.in_transaction()) {
             s |= StatusFlags::SERVER_STATUS_IN_TRANS;
         }
+        // The servers also report the sql_mode flags that change how text is read.
+        let mode = self.lex_mode();
+        if !mode.backslash_escapes {
+            s |= StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES;
+        }
+        if mode.ansi_quotes && matches!(mode.dialect, crate::sql::Dialect::MariaDb(_)) {
+            s |= StatusFlags::from_bits_retain(SERVER_STATUS_ANSI_QUOTES);
+        }
         s
     }
 
@@ -246,15 +259,15 @@ impl ClientSession {
         }
     }
 
-    /// Ends the session: a connection the session left state on is reset before reuse.
+    /// Ends the session: a connection the session left state on, or a transaction open, is
+    /// reset before reuse (the pins already marked it; `unpin_all` keeps those marks).
     pub(in crate::frontend) async fn finish(&mut self) {
-        let dirty = !self.state.pins.is_empty() || self.stmts.holds_backend();
-        self.unpin_all();
         if let Some(b) = self.backend.as_mut()
-            && (dirty || b.in_transaction())
+            && b.in_transaction()
         {
-            b.needs_reset = true;
+            b.taint(crate::session::ResetReason::AbandonedTransaction);
         }
+        self.unpin_all();
         self.release().await;
         tracing::debug!(client = %self.id(), "client session ended");
     }

@@ -105,7 +105,8 @@ impl ClientSession {
         self.release().await;
         self.unpin_all();
         self.stmts.clear();
-        self.hold_for_next_transaction = false;
+        self.insert_id_known = true;
+        self.found_rows_known = true;
         self.user = user;
         self.key = pool_key(&self.user.username, self.caps, collation);
         self.handle.set_user(self.user.username.clone());

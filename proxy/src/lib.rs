@@ -39,5 +39,5 @@ pub mod tls;
 pub use config::Config;
 pub use reload::{ReloadHook, ReloadReport};
 pub use server::{Proxy, ReloadHandle, ShutdownHandle, StartError};
-pub use session::PinReason;
+pub use session::{PinReason, ResetReason};
 pub use stats::{Snapshot, Stats};

@@ -167,12 +167,16 @@ impl ClientSession {
         }
     }
 
-    /// Gives the backend connection back. First reads what only the connection still knows
+    /// Gives the backend connection back. First sends the client the end of the response held
+    /// for tracking, then reads what only the connection still knows
     /// of the session (its diagnostics area, a `LAST_INSERT_ID()` or `FOUND_ROWS()` the
     /// responses did not carry), then counts why it needs a reset, if it does. Takes the
     /// session's kill lock, so a concurrent KILL QUERY finishes before the connection can pass
     /// to someone else.
     pub(in crate::frontend) async fn release(&mut self) {
+        // What the response reported is applied by now; the client need not wait for the
+        // statements that follow. A client that went away is noticed at its next read.
+        let _ = self.client.send_held().await;
         if self.backend.as_ref().is_some_and(|b| !b.broken) {
             self.before_own_statement().await;
         }

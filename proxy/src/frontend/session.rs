@@ -73,6 +73,10 @@ impl ClientSession {
     pub(in crate::frontend) async fn serve(&mut self) {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
+            // The end of the last response, held until its effects were applied.
+            if self.client.send_held().await.is_err() {
+                return;
+            }
             if self.backend.is_none() {
                 self.client.release_idle_memory();
             } else {

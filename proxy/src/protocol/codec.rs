@@ -36,6 +36,9 @@ pub enum ProtocolError {
 pub struct PacketStream {
     stream: Transport,
     buf: BytesMut,
+    /// The end of a response kept back until the proxy has applied what it reported; it goes
+    /// out before anything else is written and before any read waits (see `hold`).
+    held: Vec<u8>,
 }
 
 impl PacketStream {
@@ -45,6 +48,7 @@ impl PacketStream {
         Ok(PacketStream {
             stream: Transport::Plain(stream),
             buf: BytesMut::new(),
+            held: Vec::new(),
         })
     }
 
@@ -113,6 +117,8 @@ impl PacketStream {
     /// Reads at least one more byte into the buffer. A peer that closed is an error here,
     /// because every caller is waiting for the rest of something.
     pub async fn read_more(&mut self) -> Result<(), ProtocolError> {
+        // The peer may be waiting for the held bytes before it sends anything.
+        self.send_held().await?;
         if self.buf.capacity() == 0 {
             // An idle connection holds no buffer; allocate only once there is data.
             self.stream.readable().await?;
@@ -205,9 +211,31 @@ impl PacketStream {
         }
     }
 
-    /// Writes bytes that are already framed.
+    /// Writes bytes that are already framed (after any held bytes).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(bytes);
+            return self.send_held().await;
+        }
         self.stream.write_all(bytes).await?;
+        self.flush_tls().await
+    }
+
+    /// Keeps framed bytes back until `send_held`, the next write or the next read: the proxy
+    /// holds a response's last packet while it applies what the response reported, so a client
+    /// that has its answer sees a proxy that has caught up with it.
+    pub fn hold(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Sends the held bytes, if any.
+    pub async fn send_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let sent = self.stream.write_all(&self.held).await;
+        self.held.clear();
+        sent?;
         self.flush_tls().await
     }
 
@@ -237,6 +265,9 @@ impl PacketStream {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
     }
 
     /// Shrinks a buffer that grew for a large packet, keeping small ones for reuse.
@@ -244,10 +275,14 @@ impl PacketStream {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = BytesMut::new();
         }
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        }
     }
 
     /// Shuts down the write side, flushing what was written.
     pub async fn shutdown(&mut self) {
+        let _ = self.send_held().await;
         let _ = self.stream.shutdown().await;
     }
 }

@@ -1,7 +1,8 @@
 //! `ROW_COUNT()` and `FOUND_ROWS()`: values of the session's previous statement, which
 //! another backend connection does not have. Sluice puts the session's values in where it must,
-//! in a form whose parse cannot differ from the call's: a parenthesised integer literal in the
-//! call's place, the rest of the text untouched.
+//! in a form whose parse and type cannot differ from the call's: `COALESCE(value, ROW_COUNT())`
+//! in the call's place (a function call is one operand wherever it stands, and the server types
+//! it as the call itself: BIGINT, signed, not null), the rest of the text untouched.
 
 /// A session counter function whose value depends on the session's previous statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,7 @@ pub struct CounterCall {
     pub end: usize,
 }
 
-/// `sql` with each call in `calls` (in text order) replaced by `(value)`.
+/// `sql` with each call in `calls` (in text order) replaced by `COALESCE(value, CALL())`.
 pub fn substitute(sql: &[u8], calls: &[CounterCall], row_count: i64, found_rows: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(sql.len() + 24 * calls.len());
     let mut at = 0;
@@ -33,8 +34,10 @@ pub fn substitute(sql: &[u8], calls: &[CounterCall], row_count: i64, found_rows:
         }
         out.extend_from_slice(before);
         let value = match c.counter {
-            Counter::RowCount => format!("({row_count})"),
-            Counter::FoundRows => format!("({found_rows})"),
+            // The call itself is never evaluated (the value before it is not NULL); it is
+            // there so the result's column type is the call's, not a literal's.
+            Counter::RowCount => format!("COALESCE({row_count}, ROW_COUNT())"),
+            Counter::FoundRows => format!("COALESCE({found_rows}, FOUND_ROWS())"),
         };
         out.extend_from_slice(value.as_bytes());
         at = c.end;
@@ -60,14 +63,14 @@ mod tests {
     }
 
     #[test]
-    fn calls_become_literals_and_nothing_else_changes() {
+    fn calls_become_values_and_nothing_else_changes() {
         assert_eq!(
             sub("INSERT INTO log VALUES (ROW_COUNT ( ), found_rows())"),
-            "INSERT INTO log VALUES ((-1), (7))"
+            "INSERT INTO log VALUES (COALESCE(-1, ROW_COUNT()), COALESCE(7, FOUND_ROWS()))"
         );
         assert_eq!(
             sub("SELECT a FROM t WHERE b = ROW_COUNT() /*M!999999 , @u := NULL */"),
-            "SELECT a FROM t WHERE b = (-1) /*M!999999 , @u := NULL */"
+            "SELECT a FROM t WHERE b = COALESCE(-1, ROW_COUNT()) /*M!999999 , @u := NULL */"
         );
         assert_eq!(sub("SELECT 'ROW_COUNT()'"), "SELECT 'ROW_COUNT()'");
     }

@@ -108,10 +108,26 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + self.config().backend.borrow_timeout;
         let result = self.pool.borrow(key, schema, deadline).await;
         user.borrow_latency.record(started.elapsed().as_secs_f64());
-        if matches!(result, Err(BorrowError::Timeout { .. })) {
+        if matches!(
+            result,
+            Err(BorrowError::Timeout { .. } | BorrowError::Unavailable { .. })
+        ) {
             user.borrow_timeouts.increment(1);
         }
         result
+    }
+
+    /// The capabilities offered to a client logging in now: those of start, less
+    /// `CLIENT_DEPRECATE_EOF` when the current writer does not have it (server capabilities
+    /// are taken from the writer the monitor found, never assumed from the start).
+    pub fn offered_caps(&self) -> CapabilityFlags {
+        let mut caps = self.capabilities;
+        if let Some(server) = self.pool.topology().server_caps()
+            && !server.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        {
+            caps.remove(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        }
+        caps
     }
 
     /// Counts an error Sluice sends to a client (by kind) and returns its packet.
@@ -298,6 +314,23 @@ impl Shared {
                 }
                 ClientError::borrow_timeout(waited, &key.user, cap, waiting, last_error.as_deref())
             }
+            BorrowError::Unavailable {
+                waited,
+                down_for,
+                last_error,
+            } => {
+                if log_timeout {
+                    tracing::warn!(
+                        user = %key.user,
+                        waited_ms = waited.as_millis() as u64,
+                        down_ms = down_for.as_millis() as u64,
+                        last_error = last_error.as_deref().unwrap_or(""),
+                        "no writable database host; failing a borrow that cannot be served in time"
+                    );
+                }
+                ClientError::database_unavailable(down_for, last_error.as_deref())
+            }
+            BorrowError::Incompatible(e) => ClientError::backend_incompatible(&e.to_string()),
             BorrowError::Login(e) => {
                 tracing::error!(user = %key.user, error = %e, "the database refused Sluice's login");
                 ClientError::backend_login(&key.user, &e.to_string())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::backend::Route;
 use crate::session::PinSet;
 
 /// A client connection id as Sluice hands it out (in its handshake; the target of `KILL`).
@@ -64,6 +65,8 @@ pub struct SessionHandle {
     pub peer: SocketAddr,
     /// When the client connected.
     pub connected_at: Instant,
+    /// Which endpoint it connected to: the writer's (`listen`) or the reader's.
+    pub route: Route,
     user: Mutex<Arc<str>>,
     /// The backend thread the session is using, if any. A `KILL QUERY` holds this lock while it
     /// runs, and the session takes it before giving its connection back, so the kill can never
@@ -86,9 +89,15 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A handle for a client that just connected from `peer`.
     pub fn new(id: ClientId, peer: SocketAddr) -> Self {
+        Self::on_route(id, peer, Route::Writer)
+    }
+
+    /// A handle for a client that connected to `route`'s endpoint.
+    pub fn on_route(id: ClientId, peer: SocketAddr, route: Route) -> Self {
         SessionHandle {
             id,
             peer,
+            route,
             connected_at: Instant::now(),
             user: Mutex::new(Arc::from("")),
             backend_thread: tokio::sync::Mutex::new(None),
@@ -212,6 +221,11 @@ pub struct Registry {
 impl Registry {
     /// Registers a new session from `peer` under a fresh, non-zero id that no live session has.
     pub fn register(&self, peer: SocketAddr) -> Arc<SessionHandle> {
+        self.register_on(peer, Route::Writer)
+    }
+
+    /// Registers a new client session that connected to `route`'s endpoint.
+    pub fn register_on(&self, peer: SocketAddr, route: Route) -> Arc<SessionHandle> {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let id = loop {
             let id = ClientId(self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
@@ -219,7 +233,7 @@ impl Registry {
                 break id;
             }
         };
-        let handle = Arc::new(SessionHandle::new(id, peer));
+        let handle = Arc::new(SessionHandle::on_route(id, peer, route));
         map.insert(id, handle.clone());
         handle
     }

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::admin::health::Readiness;
 use crate::auth::{ServerRsaKey, Sha2Cache};
-use crate::backend::{Connector, Pool};
+use crate::backend::{Connector, Pool, Route, Topology};
 use crate::config::{Config, FullAuth};
 use crate::context::{RefusalLog, Shared, stop_requested};
 use crate::credentials::{Credentials, SecretError};
@@ -78,6 +78,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    /// The reader endpoint (`reader_listen`), when on.
+    reader_listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
     shared: Arc<Shared>,
@@ -146,22 +148,45 @@ impl Proxy {
             FullAuth::Never => None,
             FullAuth::FirstLogin => Some(ServerRsaKey::generate().map_err(StartError::RsaKey)?),
         };
+        let reader_listener = if config.reader_listen.is_empty() {
+            None
+        } else {
+            Some(
+                listen(&config.reader_listen, config.listen_backlog).map_err(|source| {
+                    StartError::Bind {
+                        address: config.reader_listen.clone(),
+                        source,
+                    }
+                })?,
+            )
+        };
         let http_listener = listen_optional(&config.http_listen).await?;
         let admin_listener = listen_optional(&config.admin_listen).await?;
         let stats = Arc::new(Stats::default());
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
-        let connector = Connector::new(
-            config.backend.address.clone(),
-            config.backend.connect_timeout,
-            max_packet,
-            config.backend.max_prepared_statements_per_connection,
-            stats.clone(),
-        )
-        .with_tls(backend_tls);
-        let (version, caps, collation) = match connector.probe().await {
-            Ok((version, caps)) => (version, caps, 45),
-            Err(e) => {
-                tracing::warn!(address = %config.backend.address, error = %e,
+        let mut connectors = Vec::new();
+        for address in config.backend.hosts() {
+            let tls = backend_tls
+                .for_address(&address)
+                .map_err(|source| StartError::Tls {
+                    setting: "backend.tls_server_name",
+                    source,
+                })?;
+            connectors.push(Arc::new(
+                Connector::new(
+                    address,
+                    config.backend.connect_timeout,
+                    max_packet,
+                    config.backend.max_prepared_statements_per_connection,
+                    stats.clone(),
+                )
+                .with_tls(tls),
+            ));
+        }
+        let (version, caps, collation) = match probe_any(&connectors).await {
+            Some((version, caps)) => (version, caps, 45),
+            None => {
+                tracing::warn!(address = %config.backend.address,
                     "cannot reach the backend at start; announcing a default server version");
                 (FALLBACK_VERSION.to_string(), OFFERED_CAPS, 45)
             }
@@ -178,9 +203,11 @@ impl Proxy {
         if tls.is_some() {
             capabilities.insert(CapabilityFlags::CLIENT_SSL);
         }
+        let topology = Topology::new(connectors, config.backend.max_replica_lag);
+        topology.configure(&config.backend);
         let pool = Pool::new(
             &config.backend,
-            connector,
+            topology,
             credentials.clone(),
             stats.clone(),
         );
@@ -223,6 +250,7 @@ impl Proxy {
         }
         Ok(Proxy {
             listener,
+            reader_listener,
             http_listener,
             admin_listener,
             shared: Arc::new(shared),
@@ -255,6 +283,13 @@ impl Proxy {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// The reader endpoint's address, when `reader_listen` is set.
+    pub fn reader_addr(&self) -> Option<SocketAddr> {
+        self.reader_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -283,6 +318,7 @@ impl Proxy {
     pub async fn run(self) {
         let Proxy {
             listener,
+            reader_listener,
             http_listener,
             admin_listener,
             shared,
@@ -290,6 +326,7 @@ impl Proxy {
             stopped_tx,
         } = self;
         shared.pool.spawn_maintenance();
+        crate::backend::monitor::spawn(&shared.pool, stopped_tx.subscribe());
         if let Some(tls) = &shared.tls {
             tls.spawn_watch(shared.config().tls.reload_interval, shutdown_tx.subscribe());
         }
@@ -301,30 +338,23 @@ impl Proxy {
         }
         spawn_metrics_upkeep(&shared);
         shared.credentials.spawn_refresh(shutdown_tx.subscribe());
-        let mut shutdown = shutdown_tx.subscribe();
+        if let Some(l) = reader_listener {
+            let (shared, stop) = (shared.clone(), shutdown_tx.subscribe());
+            tokio::spawn(accept_loop(l, shared, Route::Reader, stop));
+        }
+        let main = accept_loop(
+            listener,
+            shared.clone(),
+            Route::Writer,
+            shutdown_tx.subscribe(),
+        );
         {
             let config = shared.config();
             tracing::info!(listen = %config.listen, backend = %config.backend.address,
                 http = %config.http_listen, admin = %config.admin_listen,
                 version = %shared.server_version, "sluice is accepting clients");
         }
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let shared = shared.clone();
-                        tokio::spawn(serve(socket, peer, shared));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = stop_requested(&mut shutdown) => break,
-            }
-        }
-        drop(listener);
+        main.await;
         let limit = shared.config().shutdown_timeout;
         tracing::info!(
             sessions = shared.registry.len(),
@@ -343,6 +373,45 @@ impl Proxy {
         let _ = stopped_tx.send(true);
         tracing::info!("sluice stopped");
     }
+}
+
+/// Accepts clients on `listener` (whose sessions take `route`) until shutdown is requested;
+/// the listener closes when this returns.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    route: Route,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    tokio::spawn(serve(socket, peer, shared.clone(), route));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop_requested(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The version and capabilities of the first host that greets (no login), in the order of
+/// `backend.address`.
+async fn probe_any(connectors: &[Arc<Connector>]) -> Option<(String, CapabilityFlags)> {
+    for c in connectors {
+        match c.probe().await {
+            Ok(found) => return Some(found),
+            Err(e) => {
+                tracing::warn!(address = %c.address, error = %e, "backend host did not greet")
+            }
+        }
+    }
+    None
 }
 
 /// Folds histogram samples into buckets now and then, until the proxy stops.
@@ -417,7 +486,7 @@ fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, route: Route) {
     let stats = shared.stats.clone();
     stats.client_connections_total.fetch_add(1, Relaxed);
     let limit = shared.config().max_client_connections as u64;
@@ -439,7 +508,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .await;
         return;
     }
-    let handle = shared.registry.register(peer);
+    let handle = shared.registry.register_on(peer, route);
     let id = handle.id;
     crate::frontend::run(socket, peer, shared.clone(), handle).await;
     shared.registry.unregister(id);
@@ -449,7 +518,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     /// The size of the future a function returns, without calling it.
-    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
@@ -457,7 +526,7 @@ mod tests {
     /// idle or not: the large login and command futures are boxed so that it stays small.
     #[test]
     fn a_session_task_stays_small() {
-        let size = future_size(super::serve as fn(_, _, _) -> _);
+        let size = future_size(super::serve as fn(_, _, _, _) -> _);
         assert!(
             size <= 4096,
             "a client session's task takes {size} bytes; box the future that grew it"

@@ -8,7 +8,7 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
 
 use crate::auth;
-use crate::backend::PoolKey;
+use crate::backend::{PoolKey, Route};
 use crate::config::{AuthPluginName, TlsMode};
 use crate::context::Shared;
 use crate::credentials::Credential;
@@ -31,21 +31,25 @@ pub struct LoggedIn {
     pub schema: Option<String>,
     /// The connection's scramble, for COM_CHANGE_USER.
     pub scramble: [u8; 20],
+    /// The endpoint it connected to (writer or reader).
+    pub route: Route,
 }
 
 impl LoggedIn {
     /// The pool this client borrows from.
     pub fn pool_key(&self) -> PoolKey {
-        pool_key(&self.user.username, self.caps, self.collation)
+        pool_key(&self.user.username, self.caps, self.collation, self.route)
     }
 }
 
-/// The pool key for a client of `user` with these capabilities and login collation.
-pub fn pool_key(user: &Arc<str>, caps: CapabilityFlags, collation: u8) -> PoolKey {
+/// The pool key for a client of `user` with these capabilities and login collation, on the
+/// endpoint of `route`.
+pub fn pool_key(user: &Arc<str>, caps: CapabilityFlags, collation: u8, route: Route) -> PoolKey {
     PoolKey {
         user: user.clone(),
         caps: caps & crate::backend::KEY_CAPS,
         collation,
+        route,
     }
 }
 
@@ -79,7 +83,7 @@ impl LoginFailure {
     fn reading(e: ProtocolError, seq: u8) -> Self {
         let reply = seq.wrapping_add(1);
         match e {
-            ProtocolError::Closed | ProtocolError::Io(_) => {
+            ProtocolError::Closed | ProtocolError::Io(_) | ProtocolError::TimedOut => {
                 LoginFailure::silent("client disconnected during login")
             }
             ProtocolError::TooLarge { .. } => LoginFailure::with(
@@ -228,11 +232,12 @@ pub async fn login(
     let scramble =
         auth::new_scramble().map_err(|_| LoginFailure::silent("no randomness for a scramble"))?;
     let greeting_plugin = shared.credentials.greeting_plugin();
+    let offered = shared.offered_caps();
     let greeting = Greeting {
         server_version: &shared.server_version,
         connection_id: session.id.0,
         scramble: &scramble,
-        capabilities: shared.capabilities,
+        capabilities: offered,
         collation: shared.collation,
         status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
         auth_plugin: greeting_plugin.as_str(),
@@ -277,7 +282,7 @@ pub async fn login(
     }
     let response = parse_login(&payload, client_caps, *seq)?;
 
-    let caps = response.capabilities() & shared.capabilities;
+    let caps = response.capabilities() & offered;
     let user_name = String::from_utf8_lossy(response.user()).into_owned();
     let host = peer.ip().to_string();
     let known = shared.credentials.get(&user_name);
@@ -364,6 +369,7 @@ pub async fn login(
         collation: response.collation(),
         schema,
         scramble,
+        route: session.route,
     };
     if let Some(db) = &logged_in.schema
         && let Err(e) = shared.check_schema(&logged_in.pool_key(), db).await

@@ -10,7 +10,9 @@
 mod cmd;
 mod dispatch;
 pub(crate) mod handshake;
+mod intake;
 mod relay;
+mod reroute;
 mod session;
 mod sync;
 mod tracking;

@@ -28,6 +28,9 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("packet out of order: expected sequence id {expected}, got {got}")]
     OutOfOrder { expected: u8, got: u8 },
+    /// The peer did not send what it started within the time it was given.
+    #[error("timed out waiting for the rest of a packet")]
+    TimedOut,
 }
 
 /// A connection speaking the MySQL protocol (over TCP, or TLS after an upgrade), with its

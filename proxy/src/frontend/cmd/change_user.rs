@@ -107,7 +107,7 @@ impl ClientSession {
         self.stmts.clear();
         self.hold_for_next_transaction = false;
         self.user = user;
-        self.key = pool_key(&self.user.username, self.caps, collation);
+        self.key = pool_key(&self.user.username, self.caps, collation, self.key.route);
         self.handle.set_user(self.user.username.clone());
         self.gauge = self.shared.metrics.logged_in(&self.user.username, self.tls);
         self.state = SessionState {

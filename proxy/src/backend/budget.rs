@@ -8,14 +8,23 @@
 //!   count is below the budget, and releases the lock once the new connection has logged in
 //!   (so it shows in the count the next instance takes). Two instances can therefore never
 //!   open past the budget together, however their requests interleave.
-//! - Every monitor tick, each instance counts the connections the database shows per user
-//!   and sizes its own cap for that user to the budget minus what the others hold, so its
-//!   borrowers wait in its queue instead of asking the database in vain.
+//! - Each instance holds one of [`MAX_INSTANCES`] named locks (`sluice-instance-N`) for as
+//!   long as its coordination connection lives; every monitor tick it counts the locks held,
+//!   which is how many instances share the database, and caps each user in this instance at
+//!   its fair share of the budget (the budget divided by the instances, the remainder going to
+//!   the lowest-numbered ones). Its borrowers wait in its own queue for that share, so one
+//!   busy instance cannot starve another.
+//!
+//! When an instance dies its connections close and its instance lock goes with them; the
+//! others see one instance fewer at their next tick and take its share. When the service
+//! scales out, the new instance's opens pass the count check only as others' connections
+//! close: those above their new share close as they come back to their pool, so the budget
+//! holds throughout. An instance cut off without its TCP connections closing (a lost host)
+//! keeps its connections, and its share, until the database times them out (`wait_timeout`).
 //!
 //! The lock and the count run on one connection of their own per instance (logged in as the
 //! monitor user), to the writer.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +36,16 @@ use crate::credentials::Credentials;
 /// The longest an instance waits for another to finish opening a connection.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// Instances that can share a budget (named locks `sluice-instance-0` and up).
+pub(crate) const MAX_INSTANCES: usize = 32;
+
 /// What became of a request to open a connection under the budget.
 #[derive(Debug)]
 pub(crate) enum Admission<T> {
     /// The count allowed it; the open's own result.
     Opened(T),
-    /// The database already shows the whole budget; `peers` of it are not this instance's.
-    Full { peers: usize },
+    /// The database already shows the whole budget.
+    Full,
     /// The lock or the count could not be taken.
     Failed(BackendError),
 }
@@ -43,8 +55,9 @@ pub(crate) enum Admission<T> {
 pub(crate) struct Budget {
     topology: Topology,
     credentials: Arc<Credentials>,
-    /// One open at a time per instance; the connection is kept between opens.
-    coordinator: tokio::sync::Mutex<Option<BackendConn>>,
+    /// One open at a time per instance; the connection is kept between opens, with the
+    /// instance lock it holds.
+    coordinator: tokio::sync::Mutex<Option<(BackendConn, usize)>>,
 }
 
 impl Budget {
@@ -57,14 +70,12 @@ impl Budget {
     }
 
     /// Runs `open` for `user` if the database shows fewer than `budget` of its connections,
-    /// holding the budget's lock until it is done. `ours` is how many places this instance
-    /// holds for the user (this one included).
+    /// holding the budget's lock until it is done.
     pub(crate) async fn admit<T>(
         &self,
         target: Target,
         user: &str,
         budget: usize,
-        ours: usize,
         open: impl Future<Output = T>,
     ) -> Admission<T> {
         let mut slot = self.coordinator.lock().await;
@@ -92,10 +103,7 @@ impl Budget {
         }
         let result = match count_user(conn, user).await {
             Ok(shown) if shown < budget => Admission::Opened(open.await),
-            // Places of ours that the database shows are ours; the rest belong to others.
-            Ok(shown) => Admission::Full {
-                peers: shown.saturating_sub(ours.saturating_sub(1)),
-            },
+            Ok(_) => Admission::Full,
             Err(e) => Admission::Failed(e),
         };
         let released = conn
@@ -108,53 +116,55 @@ impl Budget {
         result
     }
 
-    /// Connections the database shows per user now (every user), for sizing the caps.
-    pub(crate) async fn shown_per_user(&self) -> Result<HashMap<String, usize>, BackendError> {
+    /// The part of a `budget` that belongs to the other instances now: the budget less this
+    /// instance's fair share, by how many instances hold an instance lock.
+    pub(crate) async fn others_share(&self, budget: usize) -> Result<usize, BackendError> {
         let Ok(target) = self.topology.target(Route::Writer) else {
-            return Ok(HashMap::new());
+            return Ok(0);
         };
         let mut slot = self.coordinator.lock().await;
-        let conn = self.coordinator_conn(&mut slot, target).await?;
-        let rows = conn
-            .query_rows(
-                "SELECT USER, COUNT(*) FROM information_schema.PROCESSLIST GROUP BY USER",
-                "counting connections per user",
-                10_000,
-            )
-            .await;
-        let rows = match rows {
-            Ok(r) => r,
+        self.coordinator_conn(&mut slot, target).await?;
+        let Some((conn, ours)) = slot.as_mut() else {
+            return Ok(0);
+        };
+        let ours = *ours;
+        let mut sql = String::from("SELECT ");
+        for n in 0..MAX_INSTANCES {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("IS_USED_LOCK('{}') IS NOT NULL", instance_lock(n)));
+        }
+        let row = match conn.query_row(&sql, "counting Sluice instances").await {
+            Ok(row) => row.unwrap_or_default(),
             Err(e) => {
                 *slot = None;
                 return Err(e);
             }
         };
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let mut cols = r.into_iter();
-                let user = cols.next()??;
-                let n = cols.next()??.parse().ok()?;
-                Some((user, n))
-            })
-            .collect())
+        let held: Vec<bool> = row.iter().map(|v| v.as_deref() == Some("1")).collect();
+        let instances = held.iter().filter(|h| **h).count().max(1);
+        let rank = held.iter().take(ours).filter(|h| **h).count();
+        Ok(budget - fair_share(budget, instances, rank))
     }
 
-    /// The coordination connection to `target`'s host, opened (again) when needed.
+    /// The coordination connection to `target`'s host, opened (again) when needed, with an
+    /// instance lock taken on it.
     async fn coordinator_conn<'a>(
         &self,
-        slot: &'a mut Option<BackendConn>,
+        slot: &'a mut Option<(BackendConn, usize)>,
         target: Target,
     ) -> Result<&'a mut BackendConn, BackendError> {
-        let usable = slot.as_ref().is_some_and(|c| {
+        let usable = slot.as_ref().is_some_and(|(c, _)| {
             c.host == target.host && c.epoch == target.epoch && !c.stream.is_stale()
         });
         if !usable {
             *slot = None;
-            let conn = self.open_coordinator(target).await?;
-            *slot = Some(conn);
+            let mut conn = self.open_coordinator(target).await?;
+            let n = take_instance_lock(&mut conn).await?;
+            *slot = Some((conn, n));
         }
-        slot.as_mut().ok_or_else(|| {
+        slot.as_mut().map(|(c, _)| c).ok_or_else(|| {
             BackendError::Coordination("no connection to count connections on".into())
         })
     }
@@ -163,6 +173,36 @@ impl Budget {
         super::monitor::open_side(&self.topology, &self.credentials, target.host, target.epoch)
             .await
     }
+}
+
+/// Takes the first free instance lock on `conn` (held while it lives); returns its number.
+async fn take_instance_lock(conn: &mut BackendConn) -> Result<usize, BackendError> {
+    for n in 0..MAX_INSTANCES {
+        let row = conn
+            .query_row(
+                &format!("SELECT GET_LOCK('{}', 0)", instance_lock(n)),
+                "GET_LOCK",
+            )
+            .await?;
+        if row.and_then(|r| r.into_iter().next().flatten()).as_deref() == Some("1") {
+            return Ok(n);
+        }
+    }
+    Err(BackendError::Coordination(format!(
+        "more than {MAX_INSTANCES} Sluice instances share this database's budget"
+    )))
+}
+
+/// The name of instance lock `n`.
+fn instance_lock(n: usize) -> String {
+    format!("sluice-instance-{n}")
+}
+
+/// The share of `budget` of the instance at `rank` among `instances`: an even split, the
+/// remainder going to the lowest ranks.
+fn fair_share(budget: usize, instances: usize, rank: usize) -> usize {
+    let instances = instances.max(1);
+    budget / instances + usize::from(rank < budget % instances)
 }
 
 /// How many connections of `user` the database shows.
@@ -213,5 +253,20 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
         );
         assert_eq!(hex(b"a'\n"), "61270a");
+    }
+
+    #[test]
+    fn shares_add_up_to_the_budget() {
+        for budget in 1..20 {
+            for instances in 1..6 {
+                let total: usize = (0..instances)
+                    .map(|r| fair_share(budget, instances, r))
+                    .sum();
+                assert_eq!(total, budget, "{budget} over {instances}");
+            }
+        }
+        assert_eq!(fair_share(5, 2, 0), 3);
+        assert_eq!(fair_share(5, 2, 1), 2);
+        assert_eq!(fair_share(4, 0, 0), 4);
     }
 }

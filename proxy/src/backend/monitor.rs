@@ -17,7 +17,6 @@
 //! With `per_user_scope = "database"` one more task counts, every interval, the connections
 //! the database shows per user and sizes this instance's per-user caps (see `budget`).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -301,8 +300,8 @@ fn lag_from(names: &[String], row: Option<&[Option<String>]>) -> Lag {
     }
 }
 
-/// With `per_user_scope = "database"`: every interval, learns how many connections each user
-/// has on the database beyond this instance's, and sizes the per-user caps to match.
+/// With `per_user_scope = "database"`: every interval, learns how many Sluice instances
+/// share the database and sizes this one's per-user caps to its fair share (see `budget`).
 async fn size_budgets(pool: Pool, mut stop: watch::Receiver<bool>) {
     loop {
         let interval = pool.topology().interval();
@@ -310,24 +309,13 @@ async fn size_budgets(pool: Pool, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if !pool.budget_is_shared() {
+        let Some(budget) = pool.shared_budget() else {
             continue;
-        }
-        let shown = match pool.budget().shown_per_user().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot count connections per user on the database");
-                continue;
-            }
         };
-        let ours = pool.user_open();
-        for (user, mine) in &ours {
-            let on_db = shown.get(user.as_ref()).copied().unwrap_or(0);
-            pool.set_peers(user, on_db.saturating_sub(*mine));
-        }
-        for (user, on_db) in shown {
-            if !ours.keys().any(|u| u.as_ref() == user) {
-                pool.set_peers(&Arc::from(user), on_db);
+        match pool.budget().others_share(budget).await {
+            Ok(others) => pool.set_peers_share(others),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the Sluice instances sharing the database");
             }
         }
     }

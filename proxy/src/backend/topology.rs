@@ -248,18 +248,19 @@ impl Topology {
 
     /// Whether a pooled connection to `host`, opened in `epoch` for `route`, may still be
     /// lent: writer connections only in the current writer epoch; reader connections while
-    /// their host is an eligible replica or the writer.
+    /// their host is an eligible replica, or the writer while no replica is.
     pub fn still_valid(&self, route: Route, host: HostId, epoch: u64) -> bool {
         let max_lag = Duration::from_millis(self.inner.max_lag_ms.load(Relaxed));
         let v = self.view();
         let writer_ok = v.writer == Some(host) && v.epoch == epoch;
         match route {
             Route::Writer => writer_ok,
-            Route::Reader => {
+            Route::Reader if v.writer == Some(host) => {
                 writer_ok
-                    || (v.writer != Some(host)
-                        && v.hosts.get(host.0).is_some_and(|h| reader_ok(h, max_lag)))
+                    && !(0..v.hosts.len())
+                        .any(|h| Some(HostId(h)) != v.writer && reader_ok(&v.hosts[h], max_lag))
             }
+            Route::Reader => v.hosts.get(host.0).is_some_and(|h| reader_ok(h, max_lag)),
         }
     }
 
@@ -580,6 +581,10 @@ mod tests {
         };
         t.configure(&config);
         assert_eq!(t.target(Route::Reader).unwrap().host, HostId(1));
+        assert!(
+            !t.still_valid(Route::Reader, HostId(0), w.epoch),
+            "readers leave the writer once a replica qualifies again"
+        );
     }
 
     #[test]

@@ -24,7 +24,6 @@ mod guard;
 mod state;
 mod upkeep;
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -151,8 +150,10 @@ pub enum BorrowError {
 
 /// How one attempt at opening a connection ended, short of success.
 enum OpenError {
-    /// Worth trying again (the host is down or busy): why.
+    /// Worth trying again (the host may be down): why.
     Retry(String),
+    /// The database-wide budget is taken for now: try again shortly, the host is fine.
+    Busy(String),
     /// Not worth trying again.
     Fatal(BorrowError),
 }
@@ -196,10 +197,10 @@ impl Pool {
         &self.inner.budget
     }
 
-    /// Whether `max_connections_per_user` is a budget for every Sluice on the database.
-    pub(crate) fn budget_is_shared(&self) -> bool {
+    /// `max_connections_per_user`, when it is a budget for every Sluice on the database.
+    pub(crate) fn shared_budget(&self) -> Option<usize> {
         let s = self.inner.settings.load();
-        s.scope == UserCapScope::Database && s.per_user > 0
+        (s.scope == UserCapScope::Database && s.per_user > 0).then_some(s.per_user)
     }
 
     /// Where passwords come from.
@@ -267,6 +268,12 @@ impl Pool {
                         pause = (pause * 2).min(MAX_RETRY_PAUSE);
                         until.min(deadline)
                     }
+                    Err(OpenError::Busy(why)) => {
+                        last_error = Some(why);
+                        let until = now + pause;
+                        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                        until.min(deadline)
+                    }
                 },
                 Err(no_writer) => {
                     if no_writer.last_error.is_some() {
@@ -308,7 +315,7 @@ impl Pool {
         target: Target,
         key: &PoolKey,
         deadline: tokio::time::Instant,
-        user: &Arc<str>,
+        user: &str,
     ) -> Result<BackendConn, OpenError> {
         let settings = self.inner.settings.load();
         let topology = &self.inner.topology;
@@ -324,27 +331,26 @@ impl Pool {
                 connector.connect_timeout(),
             );
             if !budgeted {
-                return Ok(attempt.await);
+                return Some(attempt.await);
             }
-            let ours = self.lock().user_count(user);
             match self
                 .inner
                 .budget
-                .admit(target, user, settings.per_user, ours, attempt)
+                .admit(target, user, settings.per_user, attempt)
                 .await
             {
-                Admission::Opened(result) => Ok(result),
-                Admission::Full { peers } => Err(peers),
-                Admission::Failed(why) => Ok(Err(LoginError::Failed(why))),
+                Admission::Opened(result) => Some(result),
+                Admission::Full => None,
+                Admission::Failed(why) => Some(Err(LoginError::Failed(why))),
             }
         };
         let result = match timeout_at(deadline, open).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(peers)) => {
-                self.set_peers(user, peers);
-                return Err(OpenError::Retry(format!(
-                    "user {user}'s backend.max_connections_per_user budget is taken by other \
-                     Sluice instances ({peers} connections)"
+            Ok(Some(result)) => result,
+            Ok(None) => {
+                return Err(OpenError::Busy(format!(
+                    "the database already holds user {user}'s backend.max_connections_per_user \
+                     ({}) across Sluice instances",
+                    settings.per_user
                 )));
             }
             Err(_) => {
@@ -532,7 +538,7 @@ impl Pool {
             if st.closed
                 || st.paused
                 || st.open > s.max_connections
-                || st.user_count(&user) > st.user_cap(&user, s.caps())
+                || st.user_count(&user) > st.user_cap(s.caps())
             {
                 st.release_place(&user);
                 let mut to_close = self.serve_waiters(&mut st);
@@ -614,20 +620,23 @@ impl Pool {
         to_close
     }
 
-    /// Sets how many connections the database shows for `user` beyond this Sluice's own,
-    /// and serves waiters the new figure lets through.
-    pub(crate) fn set_peers(&self, user: &Arc<str>, peers: usize) {
+    /// Sets the part of each user's budget that belongs to other Sluice instances, and serves
+    /// waiters a larger share lets through (connections above a smaller one close as they
+    /// come back).
+    pub(crate) fn set_peers_share(&self, share: usize) {
         let to_close = {
             let mut st = self.lock();
-            st.peers.insert(user.clone(), peers);
+            if st.peers_share == share {
+                return;
+            }
+            tracing::info!(
+                others = share,
+                "share of max_connections_per_user left to other Sluice instances changed"
+            );
+            st.peers_share = share;
             self.serve_waiters(&mut st)
         };
         self.close_all(to_close);
-    }
-
-    /// Connections this Sluice holds per user, for the budget's accounting.
-    pub(crate) fn user_open(&self) -> HashMap<Arc<str>, usize> {
-        self.lock().user_open.clone()
     }
 }
 

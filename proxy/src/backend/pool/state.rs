@@ -56,9 +56,9 @@ pub(super) struct State<G> {
     pub closed: bool,
     /// PAUSE: no grants; connections coming back are closed.
     pub paused: bool,
-    /// Connections the database shows for each user beyond this Sluice's own (kept only
-    /// with `per_user_scope = "database"`).
-    pub peers: HashMap<Arc<str>, usize>,
+    /// The part of each user's `max_connections_per_user` left to other Sluice instances
+    /// (with `per_user_scope = "database"`; 0 otherwise).
+    pub peers_share: usize,
 }
 
 impl<G> Default for State<G> {
@@ -72,7 +72,7 @@ impl<G> Default for State<G> {
             warm_keys: HashMap::new(),
             closed: false,
             paused: false,
-            peers: HashMap::new(),
+            peers_share: 0,
         }
     }
 }
@@ -101,12 +101,11 @@ impl<G> State<G> {
     }
 
     /// How many connections `user` may hold in this Sluice.
-    pub fn user_cap(&self, user: &str, caps: Caps) -> usize {
+    pub fn user_cap(&self, caps: Caps) -> usize {
         if caps.per_user == 0 {
             return usize::MAX;
         }
-        caps.per_user
-            .saturating_sub(self.peers.get(user).copied().unwrap_or(0))
+        caps.per_user.saturating_sub(self.peers_share).max(1)
     }
 
     /// What `key` can have now (see [`Decision`]); counts a place when it grants one.
@@ -114,7 +113,7 @@ impl<G> State<G> {
         if let Some(conn) = self.take_idle(key, schema) {
             return Decision::Conn(conn);
         }
-        if self.user_count(&key.user) >= self.user_cap(&key.user, caps) {
+        if self.user_count(&key.user) >= self.user_cap(caps) {
             // At its own cap, a user may still swap an idle connection of another kind of
             // its own for one it can use.
             return match self.take_idle_where(|k| k.user == key.user) {
@@ -237,20 +236,23 @@ mod tests {
         assert!(matches!(st.decide(&a, None, caps(4, 2)), Decision::Slot));
         assert!(matches!(st.decide(&b, None, caps(4, 2)), Decision::Slot));
         assert!(matches!(st.decide(&b, None, caps(4, 0)), Decision::Full));
-        assert_eq!(st.user_cap("b", caps(4, 0)), usize::MAX);
+        assert_eq!(st.user_cap(caps(4, 0)), usize::MAX);
     }
 
     #[test]
-    fn peers_holding_connections_shrink_a_database_wide_budget() {
-        let mut st: State<()> = State::default();
-        st.peers.insert(Arc::from("a"), 3);
+    fn other_instances_shares_shrink_a_database_wide_budget() {
+        let mut st: State<()> = State {
+            peers_share: 3,
+            ..State::default()
+        };
         let a = key("a");
         assert!(matches!(st.decide(&a, None, caps(10, 4)), Decision::Slot));
         assert!(matches!(
             st.decide(&a, None, caps(10, 4)),
             Decision::UserAtCap
         ));
-        st.peers.insert(Arc::from("a"), 5);
-        assert_eq!(st.user_cap("a", caps(10, 4)), 0);
+        // Never below one: an instance can always make progress.
+        st.peers_share = 5;
+        assert_eq!(st.user_cap(caps(10, 4)), 1);
     }
 }

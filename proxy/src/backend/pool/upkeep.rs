@@ -54,7 +54,7 @@ impl Pool {
                     let have = st.idle.get(&key).map_or(0, Vec::len);
                     for _ in have..s.min_idle {
                         if st.open >= s.max_connections
-                            || st.user_count(&key.user) >= st.user_cap(&key.user, s.caps())
+                            || st.user_count(&key.user) >= st.user_cap(s.caps())
                         {
                             break;
                         }

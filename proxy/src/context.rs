@@ -17,6 +17,7 @@ use crate::backend::{BackendError, BorrowError, Pool, PoolKey, PooledConn};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::errors::ClientError;
+use crate::logsafe::Escaped;
 use crate::metrics::{Metrics, Scrape, UserMetrics};
 use crate::protocol::CapabilityFlags;
 use crate::registry::Registry;
@@ -308,7 +309,7 @@ impl Shared {
                         paused = self.pool.is_paused(),
                         last_error = last_error.as_deref().unwrap_or(""),
                         digest = %statement.map(ToString::to_string).unwrap_or_default(),
-                        statement = statement.map_or("", |d| d.text.as_str()),
+                        statement = %Escaped(statement.map_or("", |d| d.text.as_str())),
                         "borrow timeout"
                     );
                 }

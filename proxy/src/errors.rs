@@ -361,6 +361,19 @@ impl ClientError {
         )
     }
 
+    /// A client still logging in, closed to make room for a new one at the client limit (the
+    /// oldest unfinished login goes first, so a flood of stalled handshakes keeps no one out).
+    pub fn login_evicted(limit: usize) -> Self {
+        Self::new(
+            ER_CON_COUNT,
+            b"08004",
+            format!(
+                "Too many connections (max_client_connections is {limit}); this login was the \
+                 oldest unfinished one and was closed to make room"
+            ),
+        )
+    }
+
     /// A client idle for longer than `idle_client_timeout`, outside a transaction.
     pub fn idle_timeout(limit: Duration) -> Self {
         Self::new(

@@ -337,6 +337,7 @@ impl Proxy {
             tokio::spawn(crate::admin::console::serve(l, shared.clone()));
         }
         spawn_metrics_upkeep(&shared);
+        spawn_login_reaper(&shared);
         shared.credentials.spawn_refresh(shutdown_tx.subscribe());
         if let Some(l) = reader_listener {
             let (shared, stop) = (shared.clone(), shutdown_tx.subscribe());
@@ -355,6 +356,8 @@ impl Proxy {
                 version = %shared.server_version, "sluice is accepting clients");
         }
         main.await;
+        // Logins in progress end now: only logged-in sessions get the drain.
+        shared.registry.expire_logins(Duration::ZERO);
         let limit = shared.config().shutdown_timeout;
         tracing::info!(
             sessions = shared.registry.len(),
@@ -412,6 +415,64 @@ async fn probe_any(connectors: &[Arc<Connector>]) -> Option<(String, CapabilityF
         }
     }
     None
+}
+
+/// How often logins are checked against `handshake_timeout`.
+const LOGIN_REAPER_TICK: Duration = Duration::from_millis(100);
+
+/// Ends logins that took longer than `handshake_timeout`, until the proxy stops: one timer
+/// for every connection still logging in.
+fn spawn_login_reaper(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let mut stopped = shared.stopped.clone();
+    tokio::spawn(async move {
+        let mut flood_memory = FloodMemory::default();
+        let mut tick = tokio::time::interval(LOGIN_REAPER_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_requested(&mut stopped) => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            let limit = shared.config().handshake_timeout;
+            shared.registry.expire_logins(limit);
+            flood_memory.observe(shared.registry.len());
+        }
+    });
+}
+
+/// Gives memory back to the system once a flood of connections is gone: the allocator keeps
+/// freed memory for reuse, which after thousands of short-lived connections would stay
+/// resident long after them.
+#[derive(Debug, Default)]
+struct FloodMemory {
+    /// The most sessions seen since memory was last given back.
+    high: usize,
+}
+
+/// Sessions a burst must have reached before its end gives memory back.
+const FLOOD_MIN: usize = 256;
+
+impl FloodMemory {
+    /// Notes the sessions live now; gives memory back once they fell to a quarter of a high
+    /// mark above [`FLOOD_MIN`].
+    fn observe(&mut self, sessions: usize) {
+        self.high = self.high.max(sessions);
+        if self.high >= FLOOD_MIN && sessions * 4 < self.high {
+            release_free_memory();
+            self.high = sessions;
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the system (glibc only; elsewhere a no-op).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Folds histogram samples into buckets now and then, until the proxy stops.
@@ -490,21 +551,29 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, route: 
     let stats = shared.stats.clone();
     stats.client_connections_total.fetch_add(1, Relaxed);
     let limit = shared.config().max_client_connections as u64;
-    let admitted = stats
+    let mut admitted = stats
         .client_connections
         .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
         .is_ok();
+    // At the limit, a connection that has not logged in yet (the oldest) makes room, so a
+    // flood of stalled handshakes cannot keep real clients out. The count goes over the limit
+    // for the moment the evicted one takes to end.
+    if !admitted && shared.registry.evict_oldest_login() {
+        stats.client_connections.fetch_add(1, Relaxed);
+        admitted = true;
+    }
     if !admitted {
         shared.metrics.setup_failed("too many connections");
         if let Some(suppressed) = shared.refusals.should_log() {
             tracing::warn!(%peer, max_client_connections = limit, refused_since_last_log = suppressed,
                 "client refused: max_client_connections reached (ERR 1040)");
         }
-        crate::frontend::refuse(
+        // Boxed: a rare path whose future would otherwise enlarge every client's task.
+        Box::pin(crate::frontend::refuse(
             socket,
             &shared,
             ClientError::too_many_connections(limit as usize),
-        )
+        ))
         .await;
         return;
     }
@@ -522,14 +591,15 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Each client's task holds its session's future for as long as the client is connected,
-    /// idle or not: the large login and command futures are boxed so that it stays small.
+    /// Each client's task holds its future for as long as the client is connected: until it
+    /// speaks, only its socket, the greeting's offer and a kill signal; the login and the
+    /// session are boxed once needed, so a flood of silent connections costs little.
     #[test]
     fn a_session_task_stays_small() {
         let size = future_size(super::serve as fn(_, _, _, _) -> _);
         assert!(
-            size <= 4096,
-            "a client session's task takes {size} bytes; box the future that grew it"
+            size <= 768,
+            "a client's task takes {size} bytes; box the future that grew it"
         );
     }
 }

@@ -76,7 +76,7 @@ impl ClientSession {
             None => {
                 self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
                 self.shared.metrics.auth_failed(&user_name, is_known);
-                tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
+                tracing::info!(client = %self.id(), user = %crate::logsafe::Escaped(&user_name), %host, "COM_CHANGE_USER refused");
                 farewell(
                     &self.shared.metrics,
                     &mut self.client,

@@ -140,7 +140,10 @@ async fn two_thousand_half_open_connections_cost_little_and_keep_no_one_out() {
         started.elapsed()
     );
     // Before: 16 KiB of read buffer and a 4 KiB task each, and 30-55 MB kept after floods.
-    assert!(per_silent <= 2048, "{per_silent} bytes per silent connection");
+    assert!(
+        per_silent <= 2048,
+        "{per_silent} bytes per silent connection"
+    );
     assert!(per_stalled <= 3072, "{per_stalled} bytes per stalled login");
     assert!(
         after <= before + 2048,

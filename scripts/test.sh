@@ -20,4 +20,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 # The benchmarks are run by hand (cargo bench); here they only have to build.
 cargo bench --no-run
+# Every fuzz target for a bounded time (SLUICE_FUZZ_SECONDS, default 15 s each).
+scripts/fuzz.sh
 infra/test.sh

@@ -162,7 +162,7 @@ pub(crate) fn quote(s: &str) -> String {
 }
 
 /// Random passwords of a sandbox server's accounts `root`, `app` and `other`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Passwords {
     pub(crate) root: String,
     pub(crate) app: String,
@@ -456,6 +456,60 @@ impl Sandbox {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Waits up to `limit` for a restarted server to greet on `port` again: its log already
+    /// holds the first start's "ready" line, so the new one is counted.
+    pub(crate) fn wait_ready_again(
+        &mut self,
+        name: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Result<String, LaunchError> {
+        let deadline = Instant::now() + limit;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let ready_lines = |log: &str| log.matches("ready for connections").count();
+        let before = ready_lines(&fs::read_to_string(self.error_log()).unwrap_or_default());
+        loop {
+            let child = self.child.as_mut().expect("spawn sets the child");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                register(&self.dir, None);
+                let port_taken = ["Bind on TCP/IP port", "Address already in use"];
+                return Err(exited_at_start(
+                    name,
+                    status,
+                    &self.error_log(),
+                    &port_taken,
+                    LOG_TAIL_LINES,
+                ));
+            }
+            let log = fs::read_to_string(self.error_log()).unwrap_or_default();
+            if ready_lines(&log) > before
+                && let Ok(packet) = first_packet(addr)
+            {
+                return Ok(greeting_version(name, &packet)?);
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(anyhow!(
+                    "{name} did not accept connections again on {addr} within {limit:?}; \
+                     error.log ends with:\n{}",
+                    self.error_log_tail()
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Kills the server with SIGKILL at once and reaps it.
+    pub(crate) fn kill_now(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        register(&self.dir, None);
+        let _ = stop_child(&mut child, Duration::ZERO);
     }
 
     /// Stops the server, if one runs: see [`stop_child`].

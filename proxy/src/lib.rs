@@ -26,6 +26,8 @@ pub mod context;
 pub mod credentials;
 pub mod errors;
 pub mod frontend;
+/// Client-supplied text made safe for logs (escaped, capped).
+pub mod logsafe;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

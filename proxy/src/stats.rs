@@ -132,6 +132,13 @@ impl Stats {
         self.backend_connections_peak.fetch_max(now, Relaxed);
     }
 
+    /// Takes a connection just counted by [`Stats::backend_opened`] out of the counts again:
+    /// the monitor's own connections are not the pool's.
+    pub fn backend_not_pooled(&self) {
+        self.backend_connections.fetch_sub(1, Relaxed);
+        self.backend_connections_opened.fetch_sub(1, Relaxed);
+    }
+
     /// Counts a closed backend connection.
     pub fn backend_closed(&self) {
         self.backend_connections.fetch_sub(1, Relaxed);

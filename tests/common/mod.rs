@@ -19,6 +19,8 @@ pub const ADMIN_PASSWORD: &str = "admin-test-pw";
 /// A running in-process Sluice.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The reader endpoint, when `reader_listen` is set.
+    pub reader_addr: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`, when `http_listen` is set.
     pub http_addr: Option<SocketAddr>,
     /// The admin console, when `admin_listen` is set.
@@ -35,7 +37,8 @@ pub struct TestProxy {
 }
 
 /// Configuration text for Sluice in front of `db`, with both sandbox users. The HTTP listener
-/// and the admin console take free ports (parallel tests must not share one).
+/// and the admin console take free ports (parallel tests must not share one). The monitor
+/// logs in as root, so the users' connection counts on the server are the pool's alone.
 pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
     let text = format!(
         r#"
@@ -49,6 +52,8 @@ pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
         address = "{addr}"
         max_connections = {max_connections}
         borrow_timeout = "20s"
+        monitor_user = "root"
+        monitor_password = "{root}"
         [[users]]
         username = "app"
         password = "{app}"
@@ -59,6 +64,7 @@ pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
         addr = db.addr(),
         app = db.app_password(),
         other = db.other_password(),
+        root = db.root_password(),
     );
     Config::from_toml(&text, "test", |_| None).expect("test configuration")
 }
@@ -75,6 +81,7 @@ impl TestProxy {
         let proxy = sluice::Proxy::bind(config).await.expect("bind");
         TestProxy {
             addr: proxy.local_addr(),
+            reader_addr: proxy.reader_addr(),
             http_addr: proxy.http_addr(),
             admin_addr: proxy.admin_addr(),
             stats: proxy.stats(),

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::pool::PoolKey;
 use super::statements::{PrepareMeta, StatementCache, StatementKey};
+use super::topology::HostId;
 use crate::auth::{self, AuthError};
 use crate::config::Secret;
 use crate::protocol::codec::{PacketStream, ProtocolError};
@@ -46,6 +47,9 @@ const BASE_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
 /// Largest packet Sluice reads whole on its own account (handshakes, its own small queries).
 const CONTROL_PACKET_MAX: usize = 1 << 20;
 
+/// Serial numbers of backend connections, shared by every host's connector.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// A Sluice-internal serial number of a backend connection (not the server's thread id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendId(pub u64);
@@ -72,6 +76,9 @@ pub enum BackendError {
     LoginRefused { code: u16, message: String },
     #[error("the server lacks {0}, which Sluice needs")]
     Unsupported(&'static str),
+    /// Coordinating with other Sluice instances through the database failed.
+    #[error("{0}")]
+    Coordination(String),
     #[error("the server answered {what} with error {code}: {message}")]
     Command {
         what: &'static str,
@@ -98,9 +105,10 @@ impl BackendError {
     }
 }
 
-/// Opens backend connections.
+/// Opens backend connections to one host.
 #[derive(Debug)]
 pub struct Connector {
+    /// `host:port`, resolved again at every connect.
     pub address: String,
     /// `connect_timeout` in milliseconds; a reload changes it.
     connect_timeout_ms: AtomicU64,
@@ -111,7 +119,6 @@ pub struct Connector {
     /// Whether and how connections start TLS.
     pub tls: BackendTls,
     stats: Arc<Stats>,
-    next_id: AtomicU64,
 }
 
 impl Connector {
@@ -130,7 +137,6 @@ impl Connector {
             statement_cache: AtomicUsize::new(statement_cache),
             tls: BackendTls::disabled(),
             stats,
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -168,7 +174,7 @@ impl Connector {
         let result = self
             .within_timeout(async {
                 let stream = self.dial().await?;
-                let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
+                let id = BackendId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
                 let mut conn = BackendConn::login(stream, id, key, password, schema, self).await?;
                 conn.statements = StatementCache::new(self.statement_cache());
                 conn.prepare_session().await?;
@@ -184,6 +190,11 @@ impl Connector {
             }
         }
         result
+    }
+
+    /// Takes a connection this connector opened out of the pool's counts (a monitor's).
+    pub(crate) fn not_pooled(&self) {
+        self.stats.backend_not_pooled();
     }
 
     /// Reads the server's greeting without logging in: its version and capabilities.
@@ -281,6 +292,27 @@ pub struct BackendConn {
     pub broken: bool,
     /// Statements prepared on the server for the sessions that borrow this connection.
     pub statements: StatementCache,
+    /// The host this connection goes to (set by the pool when it opens one).
+    pub host: HostId,
+    /// The writer epoch it was opened in (see `topology`).
+    pub epoch: u64,
+    /// The capabilities the server's greeting announced.
+    pub server_caps: CapabilityFlags,
+}
+
+impl BackendConn {
+    /// This connection's share of `max_lifetime`: between 90 % and 100 %, spread by its serial
+    /// number, so connections opened in one burst do not all expire at once.
+    pub fn lifetime(&self, max_lifetime: Duration) -> Duration {
+        // A multiplicative hash spreads consecutive ids over the whole range.
+        let spread = self.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+        max_lifetime.mul_f64(1.0 - spread as f64 / 10_240.0)
+    }
+
+    /// Whether it outlived its share of `max_lifetime`.
+    pub fn expired(&self, max_lifetime: Duration) -> bool {
+        self.created.elapsed() > self.lifetime(max_lifetime)
+    }
 }
 
 impl BackendConn {
@@ -314,6 +346,13 @@ impl BackendConn {
             if !server_caps.contains(cap) {
                 return Err(BackendError::Unsupported(name));
             }
+        }
+        // A session keeps the wire format it negotiated; a server (a new writer, say) that
+        // cannot speak it cannot serve the session.
+        if !server_caps.contains(key.caps & CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+            return Err(BackendError::Unsupported(
+                "CLIENT_DEPRECATE_EOF, which this client session negotiated",
+            ));
         }
         let mut caps = BASE_CAPS | (key.caps & KEY_CAPS);
         // Multi-statements imply multi-results on the server; only ask when the client copes.
@@ -403,6 +442,9 @@ impl BackendConn {
             conditions: false,
             broken: false,
             statements: StatementCache::new(1),
+            host: HostId(0),
+            epoch: 0,
+            server_caps,
         })
     }
 
@@ -493,6 +535,16 @@ impl BackendConn {
         what: &'static str,
         max_rows: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        Ok(self.query_named(sql, what, max_rows).await?.1)
+    }
+
+    /// Runs a query for Sluice itself: its column names and up to `max_rows` rows.
+    pub async fn query_named(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        max_rows: usize,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BackendError> {
         let mut payload = Vec::with_capacity(1 + sql.len());
         payload.push(command::COM_QUERY);
         payload.extend_from_slice(sql.as_bytes());
@@ -505,15 +557,17 @@ impl BackendConn {
         let columns = match first.first() {
             Some(0x00) => {
                 self.note_status(&first, true)?;
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
             Some(0xFF) => return Err(command_error(what, &first)),
             _ => Reader::new(&first)
                 .lenenc_int()
                 .ok_or(ProtocolError::Malformed("column count"))?,
         };
+        let mut names = Vec::new();
         for _ in 0..columns {
-            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            let (_, def) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            names.push(column_name(&def).unwrap_or_default());
         }
         if !deprecate_eof {
             self.stream.read_packet(CONTROL_PACKET_MAX).await?;
@@ -523,7 +577,7 @@ impl BackendConn {
             let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
             if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
                 self.note_status(&p, deprecate_eof)?;
-                return Ok(rows);
+                return Ok((names, rows));
             }
             if p.first() == Some(&0xFF) {
                 return Err(command_error(what, &p));
@@ -848,6 +902,15 @@ async fn auth_exchange(
             _ => return Err(ProtocolError::Malformed("authentication exchange").into()),
         }
     }
+}
+
+/// The name of a column definition (catalog, schema, table, original table, then the name).
+fn column_name(def: &[u8]) -> Option<String> {
+    let mut r = Reader::new(def);
+    for _ in 0..4 {
+        r.lenenc_bytes()?;
+    }
+    Some(String::from_utf8_lossy(r.lenenc_bytes()?).into_owned())
 }
 
 fn command_error(what: &'static str, p: &[u8]) -> BackendError {

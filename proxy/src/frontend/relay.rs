@@ -7,7 +7,7 @@ use super::{ClientSession, Flow, Sync, farewell};
 use crate::backend::BackendError;
 use crate::errors::ClientError;
 use crate::protocol::codec::ProtocolError;
-use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
+use crate::protocol::relay::{RelayError, forward_command_within, relay_response};
 use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, HEADER_LEN};
 
@@ -25,7 +25,7 @@ impl ClientSession {
             }
             return (self.reply_error(&err).await, None);
         }
-        if let Some(flow) = self.send_command().await {
+        if let Some(flow) = self.send_command_rerouting(sync).await {
             return (flow, None);
         }
         match expect {
@@ -37,14 +37,12 @@ impl ClientSession {
     /// Forwards the client's command packet as it is in the buffer.
     pub(in crate::frontend) async fn send_command(&mut self) -> Option<Flow> {
         let max = self.shared.config().max_allowed_packet;
+        // The rest of a command too large to buffer must come within client_read_timeout.
+        let limit = self.shared.config().client_read_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         let backend = self.backend.as_mut()?;
-        let result = forward_packet(
-            &mut self.client,
-            &mut backend.stream,
-            max,
-            Direction::ToBackend,
-        )
-        .await;
+        let result =
+            forward_command_within(&mut self.client, &mut backend.stream, max, deadline).await;
         match result {
             Ok(n) => {
                 backend.last_used = std::time::Instant::now();
@@ -68,8 +66,12 @@ impl ClientSession {
             Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
                 Some(self.backend_lost(e, false).await)
             }
-            Err(RelayError::Client(_)) => {
+            Err(RelayError::Client(e)) => {
                 backend.broken = true;
+                if matches!(e, ProtocolError::TimedOut) {
+                    let err = ClientError::command_read_timeout(limit);
+                    farewell(&self.shared.metrics, &mut self.client, 1, &err).await;
+                }
                 Some(Flow::Close)
             }
         }
@@ -105,7 +107,10 @@ impl ClientSession {
             .record(started.elapsed().as_secs_f64());
         metrics.bytes_to_client.increment(summary.relayed_bytes);
         match result {
-            Ok(()) => (Flow::Continue, Some(summary)),
+            Ok(()) => {
+                self.note_server_error(summary.error);
+                (Flow::Continue, Some(summary))
+            }
             Err(RelayError::Client(_)) | Err(RelayError::TooLarge { .. }) => {
                 // The backend is mid-response or mid-file: nobody can use it any more.
                 backend.broken = true;
@@ -129,9 +134,11 @@ impl ClientSession {
         if let Some(b) = self.backend.as_mut() {
             b.broken = true;
         }
+        // The host may be gone: the monitor looks now, not at its next tick.
+        self.shared.pool.topology().recheck();
         self.unpin_all();
         self.release().await;
-        let err = ClientError::backend_lost(&e.to_string());
+        let err = ClientError::statement_interrupted(&e.to_string(), state_lost);
         if response_started || state_lost {
             if !response_started {
                 farewell(&self.shared.metrics, &mut self.client, 1, &err).await;

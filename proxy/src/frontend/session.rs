@@ -14,7 +14,6 @@ use crate::metrics::{SessionGauge, UserMetrics};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::*;
 use crate::protocol::packets::{self};
-use crate::protocol::response::INSPECT_WHOLE;
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{Activity, ClientId, SessionHandle};
 use crate::session::{PinSet, SessionState};
@@ -91,6 +90,7 @@ impl ClientSession {
                 return;
             }
             let idle_limit = self.shared.config().idle_client_timeout;
+            let idle_in_transaction = self.shared.config().idle_in_transaction_timeout;
             let header = tokio::select! {
                 biased;
                 _ = self.handle.killed() => {
@@ -111,6 +111,10 @@ impl ClientSession {
                         idle_client_timeout = %humantime::format_duration(idle_limit),
                         pinned = !self.state.pins.is_empty(), "closing an idle client");
                     self.goodbye(&ClientError::idle_timeout(idle_limit)).await;
+                    return;
+                }
+                _ = super::intake::idle_in_transaction(idle_in_transaction), if in_transaction => {
+                    self.end_idle_transaction(idle_in_transaction).await;
                     return;
                 }
                 h = self.client.frame_header() => h,
@@ -136,12 +140,9 @@ impl ClientSession {
                 .await;
                 return;
             }
-            if self
-                .client
-                .fill(HEADER_LEN + len.min(INSPECT_WHOLE))
-                .await
-                .is_err()
-            {
+            // The whole command (or, if very large, its first part) arrives before anything is
+            // borrowed for it, within client_read_timeout.
+            if self.read_command(len).await.is_err() {
                 return;
             }
             let cmd = self.client.buffered()[HEADER_LEN];

@@ -81,7 +81,7 @@ impl ClientSession {
                 .reasons()
                 .contains(PinReason::SessionVariable)
             {
-                tracing::info!(client = %self.handle.id, variable = %name, "session variable outside the replayable set");
+                tracing::info!(client = %self.handle.id, variable = %crate::logsafe::Escaped(name), "session variable outside the replayable set");
             }
             self.state.pins.add(PinReason::SessionVariable, None);
         }
@@ -266,7 +266,7 @@ impl ClientSession {
                 let digest = self.pending_digest.as_ref();
                 tracing::info!(client = %self.id(), user = %self.key.user, reason = reason.as_str(),
                     digest = %digest.map(ToString::to_string).unwrap_or_default(),
-                    statement = digest.map_or("", |d| d.text.as_str()),
+                    statement = %crate::logsafe::Escaped(digest.map_or("", |d| d.text.as_str())),
                     "session pinned to its backend connection");
             } else {
                 tracing::debug!(client = %self.id(), user = %self.key.user, reason = reason.as_str(), "session pinned to its backend connection again");

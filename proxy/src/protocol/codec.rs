@@ -12,6 +12,9 @@ use super::{HEADER_LEN, MAX_FRAME, frame_len, put_packet};
 /// How much spare room a read asks for; large results are relayed in chunks of about this size.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The least a [`PacketStream::fill`] asks for: a typical command or login packet in one read.
+const SMALL_READ: usize = 256;
+
 /// Buffers above this size are given back once they are empty, so an idle connection holds none.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -28,6 +31,9 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("packet out of order: expected sequence id {expected}, got {got}")]
     OutOfOrder { expected: u8, got: u8 },
+    /// The peer did not send what it started within the time it was given.
+    #[error("timed out waiting for the rest of a packet")]
+    TimedOut,
 }
 
 /// A connection speaking the MySQL protocol (over TCP, or TLS after an upgrade), with its
@@ -119,26 +125,37 @@ impl PacketStream {
     pub async fn read_more(&mut self) -> Result<(), ProtocolError> {
         // The peer may be waiting for the held bytes before it sends anything.
         self.send_held().await?;
-        if self.buf.capacity() == 0 {
-            // An idle connection holds no buffer; allocate only once there is data.
+        if self.buf.is_empty() {
+            // Nothing pending: allocate only once there is data, so an idle or stalled peer
+            // holds no buffer.
             self.stream.readable().await?;
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
+        self.read_some().await
+    }
+
+    async fn read_some(&mut self) -> Result<(), ProtocolError> {
         match self.stream.read_buf(&mut self.buf).await? {
             0 => Err(ProtocolError::Closed),
             _ => Ok(()),
         }
     }
 
-    /// Reads until at least `n` bytes are buffered.
+    /// Reads until at least `n` bytes are buffered, growing the buffer only by what is
+    /// missing (at least [`SMALL_READ`], so a small command arrives in one read): a client
+    /// that stops half-way through a short packet holds a few hundred bytes, not a chunk.
     pub async fn fill(&mut self, n: usize) -> Result<(), ProtocolError> {
-        if n > self.buf.capacity() {
-            self.buf.reserve(n - self.buf.len());
-        }
         while self.buf.len() < n {
-            self.read_more().await?;
+            if self.buf.is_empty() {
+                self.stream.readable().await?;
+            }
+            let want = (n - self.buf.len()).max(SMALL_READ);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want);
+            }
+            self.read_some().await?;
         }
         Ok(())
     }

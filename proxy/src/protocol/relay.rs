@@ -167,6 +167,21 @@ pub enum Direction {
     ToClient,
 }
 
+/// [`forward_packet`] from a client to the backend, which must be done by `deadline`: a client
+/// that stalls half-way through a command cannot hold a backend connection for longer.
+/// Past the deadline it fails with `RelayError::Client(ProtocolError::TimedOut)`.
+pub async fn forward_command_within(
+    client: &mut PacketStream,
+    backend: &mut PacketStream,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<usize, RelayError> {
+    let forward = forward_packet(client, backend, max, Direction::ToBackend);
+    tokio::time::timeout_at(deadline, forward)
+        .await
+        .unwrap_or(Err(RelayError::Client(ProtocolError::TimedOut)))
+}
+
 /// Forwards one logical packet from the front of `from` to `to`, frame by frame as bytes arrive.
 /// Returns its payload length. Fails with `TooLarge` once it exceeds `max` bytes; the packet is
 /// then half-sent and the receiving connection unusable.

@@ -86,10 +86,12 @@ pub const TRACKED_VARS: &[TrackedVar] = &[
 ];
 
 /// Variables servers report through session tracking that are not session state a client set:
-/// MySQL 8 and later report `statement_id`, which changes with every statement; the database
-/// character set and collation follow the current schema, which Sluice replays itself.
+/// MySQL 8 and later report `statement_id`, which changes with every statement; MariaDB with a
+/// binary log reports `last_gtid` (read-only) after every write; the database character set and
+/// collation follow the current schema, which Sluice replays itself.
 pub const IGNORED_VARS: &[&str] = &[
     "statement_id",
+    "last_gtid",
     "character_set_database",
     "collation_database",
 ];

@@ -76,7 +76,7 @@ impl ClientSession {
             None => {
                 self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
                 self.shared.metrics.auth_failed(&user_name, is_known);
-                tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
+                tracing::info!(client = %self.id(), user = %crate::logsafe::Escaped(&user_name), %host, "COM_CHANGE_USER refused");
                 farewell(
                     &self.shared.metrics,
                     &mut self.client,
@@ -108,7 +108,7 @@ impl ClientSession {
         self.insert_id_known = true;
         self.found_rows_known = true;
         self.user = user;
-        self.key = pool_key(&self.user.username, self.caps, collation);
+        self.key = pool_key(&self.user.username, self.caps, collation, self.key.route);
         self.handle.set_user(self.user.username.clone());
         self.gauge = self.shared.metrics.logged_in(&self.user.username, self.tls);
         self.state = SessionState {

@@ -35,15 +35,46 @@ pub(crate) fn once<T>(
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// `TMP/sluice-sandbox-UID`, created on first use; leftovers of dead processes are removed then.
+/// `BASE/sluice-sandbox-UID`, created on first use; leftovers of dead processes are removed then.
+/// BASE is `/dev/shm` when it is a writable tmpfs with room, else the temporary directory.
 pub(crate) fn sandbox_root() -> Result<&'static Path> {
     static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     once(&ROOT, || {
-        let root = std::env::temp_dir().join(format!("sluice-sandbox-{}", euid()));
+        let root = base_dir().join(format!("sluice-sandbox-{}", euid()));
         prepare_root(&root)?;
         Ok(root)
     })
     .map(PathBuf::as_path)
+}
+
+/// Room a memory file system must have to hold the sandboxes (a dozen servers' data directories).
+const MEMORY_FS_ROOM: u64 = 4 << 30;
+
+/// Where sandboxes go. Data directories in memory make DDL (`TRUNCATE`, `CREATE TABLE`) cost a
+/// few milliseconds instead of tens, which the differential checker does between runs; what a
+/// test checks after `kill -9` of a server is unaffected (the files outlive the process).
+fn base_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if free_bytes(shm).is_some_and(|free| free >= MEMORY_FS_ROOM) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Free bytes in the file system of `dir`, if it exists and this user may write there.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by statvfs before it is read.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Creates `root` (mode 0700, with its parents) and removes the leftovers of dead processes in it.

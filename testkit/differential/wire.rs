@@ -183,6 +183,11 @@ pub fn lenenc(p: &[u8], at: &mut usize) -> Option<u64> {
     Some(n)
 }
 
+/// The bytes before the first NUL (all of them if there is none).
+fn nul_terminated(b: &[u8]) -> &[u8] {
+    b.iter().position(|&x| x == 0).map_or(b, |n| &b[..n])
+}
+
 /// One connection, directly to the server or through Sluice.
 pub struct Wire {
     stream: TcpStream,
@@ -209,7 +214,9 @@ pub fn base_caps() -> CapabilityFlags {
 }
 
 impl Wire {
-    /// Connects and logs in with `mysql_native_password`.
+    /// Connects and logs in with the plugin the server asks for: `mysql_native_password`, or
+    /// `caching_sha2_password` (its fast path, or full authentication with the password sent
+    /// under the server's RSA key, as there is no TLS).
     pub async fn login(
         addr: SocketAddr,
         user: &str,
@@ -249,7 +256,14 @@ impl Wire {
         let rest_at = version_end + 12 + 1 + 2 + 1 + 2 + 2 + 1 + 10;
         let rest = greeting.get(rest_at..).unwrap_or_default();
         nonce.extend_from_slice(rest.get(..12).unwrap_or_default());
-        let response = sluice::auth::client_response(b"mysql_native_password", &nonce, password)?;
+        // After the 12 scramble bytes and their NUL: the plugin name.
+        let plugin = nul_terminated(rest.get(13..).unwrap_or_default());
+        let mut plugin = if plugin.is_empty() {
+            b"mysql_native_password".to_vec()
+        } else {
+            plugin.to_vec()
+        };
+        let response = sluice::auth::client_response(&plugin, &nonce, password)?;
         let mut caps = caps;
         if db.is_some() {
             caps |= CapabilityFlags::CLIENT_CONNECT_WITH_DB;
@@ -261,14 +275,39 @@ impl Wire {
             user: user.as_bytes(),
             auth_response: &response,
             database: db.map(str::as_bytes),
-            auth_plugin: b"mysql_native_password",
+            auth_plugin: &plugin,
             connect_attributes: &[],
         }
         .encode();
-        w.write_packet(seq.wrapping_add(1), &hello).await?;
-        let (_, reply) = w.read_packet().await?.context("no login reply")?;
-        if reply.first() != Some(&0x00) {
-            bail!("login refused: {}", String::from_utf8_lossy(&reply));
+        let mut seq = seq.wrapping_add(1);
+        w.write_packet(seq, &hello).await?;
+        loop {
+            let (s, reply) = w.read_packet().await?.context("no login reply")?;
+            seq = s.wrapping_add(1);
+            match reply.first() {
+                Some(0x00) => break,
+                Some(0xFE) => {
+                    // Auth switch: the plugin's name, then its nonce.
+                    let body = reply.get(1..).unwrap_or_default();
+                    plugin = nul_terminated(body).to_vec();
+                    let data = body.get(plugin.len() + 1..).unwrap_or_default();
+                    nonce = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
+                    let response = sluice::auth::client_response(&plugin, &nonce, password)?;
+                    w.write_packet(seq, &response).await?;
+                }
+                Some(0x01) if reply.get(1) == Some(&sluice::auth::FAST_AUTH_OK) => {}
+                Some(0x01) if reply.get(1) == Some(&sluice::auth::PERFORM_FULL_AUTH) => {
+                    w.write_packet(seq, &[sluice::auth::REQUEST_PUBLIC_KEY])
+                        .await?;
+                }
+                Some(0x01) => {
+                    // The server's public key (PEM): send the password under it.
+                    let pem = reply.get(1..).unwrap_or_default();
+                    let cipher = sluice::auth::encrypt_password(password, &nonce, pem)?;
+                    w.write_packet(seq, &cipher).await?;
+                }
+                _ => bail!("login refused: {}", String::from_utf8_lossy(&reply)),
+            }
         }
         w.caps = caps;
         Ok(w)

@@ -204,17 +204,7 @@ impl ClientSession {
         let Some(b) = self.backend.as_mut() else {
             return Ok(());
         };
-        // FOUND_ROWS() of a SELECT SQL_CALC_FOUND_ROWS ... LIMIT 0 is the rows it would have
-        // returned: generate exactly that many (past a million, a million: never another's).
-        let n = self.state.found_rows.min(1_000_000);
-        let sql = if n == 0 {
-            "SELECT 1 FROM DUAL WHERE 0".to_string()
-        } else {
-            format!(
-                "WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 999) \
-                 SELECT SQL_CALC_FOUND_ROWS 1 FROM d AS a, d AS b WHERE a.i * 1000 + b.i < {n} LIMIT 0"
-            )
-        };
+        let sql = found_rows_statement(self.state.found_rows);
         b.query_row(&sql, "restoring FOUND_ROWS()").await?;
         self.state.own_statement_ran();
         self.state.found_rows_on_backend = true;
@@ -288,4 +278,28 @@ impl ClientSession {
         self.state.insert_id_on_backend = true;
         Ok(())
     }
+}
+
+/// A statement after which `FOUND_ROWS()` is `n`: a `SELECT SQL_CALC_FOUND_ROWS ... LIMIT 0`
+/// over exactly `n` generated rows (past a million, a million: never another session's
+/// value). The work is proportional to `n`; recursion stays within MySQL's default
+/// `cte_max_recursion_depth` (1,000).
+fn found_rows_statement(n: u64) -> String {
+    let n = n.min(1_000_000);
+    if n == 0 {
+        return "SELECT 1 FROM DUAL WHERE 0".to_string();
+    }
+    if n <= 1000 {
+        return format!(
+            "WITH RECURSIVE d(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM d WHERE i < {n}) \
+             SELECT SQL_CALC_FOUND_ROWS 1 FROM d LIMIT 0"
+        );
+    }
+    // q full thousands (the filter on `a` applies before the join), then r more.
+    let (q, r) = (n / 1000, n % 1000);
+    format!(
+        "WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 999) \
+         SELECT SQL_CALC_FOUND_ROWS 1 FROM (SELECT 1 AS x FROM d AS a, d AS b WHERE a.i < {q} \
+         UNION ALL SELECT 1 FROM d WHERE i < {r}) AS g LIMIT 0"
+    )
 }

@@ -315,7 +315,7 @@ def run_suite(ctx, name, server, via, scope, outdir, only=None):
     )
     if name in ctx.binaries:
         env["COMPAT_BINARIES"] = str(ctx.binaries[name])
-    env.update(suite.get("env", {}))
+    env.update({k: str(v) for k, v in suite.get("env", {}).items()})
     env.pop("COMPAT_ONLY", None)
     if only:
         only_file = outdir / "only.txt"
@@ -520,6 +520,10 @@ def prepare(ctx, names, outdir):
             ctx.versions[name] = suite["version"]
             if suite["sdist"] == "mariadb":
                 ensure_mariadb_module(ctx.python, archive, suite["version"])
+            elif suite.get("needs_mariadb_connector"):
+                connector = ctx.suites["mariadb_python"]
+                _, connector_archive = ensure_sdist(ctx.python, connector)
+                ensure_mariadb_module(ctx.python, connector_archive, connector["version"])
         else:
             crate = suite.get("crate", name)
             version = locked_version(crate) if suite["version"] == "Cargo.lock" \

@@ -542,8 +542,9 @@ def main():
                         help="only this suite (repeatable); see suites.toml")
     parser.add_argument("--server", action="append", default=[], choices=SERVERS,
                         help="only this server (repeatable)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at once (default 1; timing-sensitive tests prefer 1)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="suite runs at once (default 2: a suite's direct and Sluice runs "
+                        "side by side)")
     parser.add_argument("--out", type=Path, default=ROOT / "target/compat",
                         help="where logs and report.md go (default target/compat)")
     parser.add_argument("--env-binary", type=Path, required=True,

@@ -97,18 +97,23 @@ def compression():
     return f"compress=True, Compression = {cur.fetchone()[1]}"
 
 
+def outcome(conn, sql):
+    """What a PyMySQL connection gets for sql: the first value, OK, or the error."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            row = cur.fetchone()
+        return "OK" if row is None else str(row[0])
+    except pymysql.Error as e:
+        return error(e)
+
+
 @case("session-wait-timeout")
 def session_wait_timeout():
     conn = pym()
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION wait_timeout = 1")
+    outcome(conn, "SET SESSION wait_timeout = 1")
     time.sleep(3)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            return f"SET SESSION wait_timeout = 1, 3 s idle, SELECT 1 -> {cur.fetchone()[0]}"
-    except pymysql.Error as e:
-        return f"SET SESSION wait_timeout = 1, 3 s idle, SELECT 1 -> {error(e)}"
+    return f"SET SESSION wait_timeout = 1, 3 s idle, SELECT 1 -> {outcome(conn, 'SELECT 1')}"
 
 
 @case("new-session-globals")
@@ -155,43 +160,20 @@ def connection_id():
 
 
 @case("kill")
-def kill_self():
+def kill():
     conn = pym()
-    own = conn.thread_id()  # the handshake's id, as drivers' kill() use it
-    with conn.cursor() as cur:
-        try:
-            cur.execute(f"KILL {own}")
-            first = "OK"
-        except pymysql.Error as e:
-            first = error(e)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            then = "SELECT 1 works"
-    except pymysql.Error as e:
-        then = f"SELECT 1 -> {error(e)}"
-    return f"KILL <own id> -> {first}; then {then}"
+    # The handshake's id, as drivers' kill() use it.
+    first = outcome(conn, f"KILL {conn.thread_id()}")
+    return f"KILL <own id> -> {first}; then SELECT 1 -> {outcome(conn, 'SELECT 1')}"
 
 
 @case("kill-idle-victim")
-def kill_other():
+def kill_idle_victim():
     victim = pym()
-    vid = victim.thread_id()
-    killer = pym()
-    with killer.cursor() as cur:
-        try:
-            cur.execute(f"KILL {vid}")
-            first = "OK"
-        except pymysql.Error as e:
-            first = error(e)
+    first = outcome(pym(), f"KILL {victim.thread_id()}")
     time.sleep(0.5)
-    try:
-        with victim.cursor() as cur:
-            cur.execute("SELECT 1")
-            then = "victim's SELECT 1 works"
-    except pymysql.Error as e:
-        then = f"victim's SELECT 1 -> {error(e)}"
-    return f"KILL <idle victim> -> {first}; then {then}"
+    return f"KILL <idle victim> -> {first}; then the victim's SELECT 1 -> " \
+        f"{outcome(victim, 'SELECT 1')}"
 
 
 @case("unknown-users")
@@ -204,6 +186,56 @@ def unknown_user():
         return "a user created with CREATE USER logs in"
     except pymysql.Error as e:
         return f"a user created with CREATE USER: {error(e)}"
+
+
+def mcp(**extra):
+    return mysql.connector.connect(host=HOST, port=PORT, user=USER, password=PASSWORD,
+                                   use_pure=True, **extra)
+
+
+@case("statement-ids")
+def statement_ids():
+    # As Connector/Python's MySQLCursorPreparedTests.test_execute does it.
+    cnx = mcp()
+    cur, cur2 = cnx.cursor(prepared=True), cnx.cursor(prepared=True)
+    cur.execute("SELECT (? * 2) AS c1", (5,))
+    first = cur._prepared["statement_id"]
+    try:
+        cur2.execute("SELECT (? * 3) AS c2")  # refused: cur's result is unread
+    except mysql.connector.Error:
+        pass
+    cur.fetchall()
+    try:
+        cur2.execute("SELECT (? * 3) AS c2", (1, 3))  # refused: too many parameters
+    except mysql.connector.Error:
+        pass
+    cur2.execute("SELECT (? * 3) AS c2", (5,))
+    cur2.fetchall()
+    return f"statement ids {first}, then {cur2._prepared['statement_id']}"
+
+
+@case("query-attributes")
+def query_attributes():
+    # MySQL 8.0.23+ (the function does not exist on MariaDB).
+    cnx = mcp()
+    cur = cnx.cursor()
+    try:
+        cur.execute("INSTALL COMPONENT 'file://component_query_attributes'")
+    except mysql.connector.Error:
+        pass  # installed already
+    cur.add_attribute("attr1", "foo")
+    cur.execute("SELECT mysql_query_attribute_string('attr1')")
+    return f"query attribute attr1 = 'foo' seen by the server as {cur.fetchone()[0]!r}"
+
+
+@case("connect-attributes")
+def connect_attributes():
+    # performance_schema is on by default in MySQL, off in the MariaDB sandbox.
+    cnx = mcp(conn_attrs={"foo": "bar"})
+    cur = cnx.cursor()
+    cur.execute("SELECT ATTR_VALUE FROM performance_schema.session_connect_attrs "
+                "WHERE PROCESSLIST_ID = CONNECTION_ID() AND ATTR_NAME = 'foo'")
+    return f"connection attribute foo = 'bar' seen by the server as {cur.fetchall()}"
 
 
 @case("replication")

@@ -21,7 +21,9 @@ cargo build --quiet -p sluice-testkit --bin sluice-compat-env
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for via in direct sluice; do
-    target/debug/sluice-compat-env --server "$server" --via "$via" -- \
+    # A loopback-only network namespace, as the harness runs suites.
+    unshare --net -- sh -c 'ip link set lo up && exec "$@"' sh \
+        target/debug/sluice-compat-env --server "$server" --via "$via" -- \
         "$python" compat/repro.py "$@" >"$out/$via" 2>"$out/$via.err" || {
         cat "$out/$via.err" >&2
         exit 1

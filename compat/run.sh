@@ -6,6 +6,7 @@
 #   compat/run.sh --full           every suite, every test, on every server it supports
 #   compat/run.sh --suite NAME ... one suite (all its servers); --server mariadb|mysql9 narrows
 #
+# Every suite runs in a network namespace with only the loopback interface (unshare, as root).
 # Exits 1 when a test passes directly but fails through Sluice and compat/known-differences.toml
 # does not list it, 2 when the harness itself cannot run.
 set -euo pipefail
@@ -24,12 +25,17 @@ if ! python3 -c 'import ensurepip' 2>/dev/null; then
 fi
 ensure_apt mariadb_config libmariadb-dev
 ensure_apt gcc gcc
+# The loopback-only network namespace every suite runs in.
+ensure_apt unshare util-linux
+ensure_apt ip iproute2
 # MySQL 9 (a cached Debian sid chroot) unless only MariaDB was asked for.
 case " $* " in
 *" --server mariadb "* | *" --server=mariadb "*) ;;
 *) as_root env SLUICE_CACHE="$SLUICE_CACHE" scripts/mysql9-chroot.sh ;;
 esac
 
-# The sandbox wrapper (it builds the sluice binary itself, with the same profile, on first use).
+# The sandbox wrapper, and the sluice binary it starts (built here, outside the suites'
+# network namespace, so the wrapper's own `cargo build` finds it up to date).
 cargo build --quiet -p sluice-testkit --bin sluice-compat-env
+cargo build --quiet -p sluice --bin sluice
 exec nice -n 5 python3 compat/harness.py --env-binary target/debug/sluice-compat-env "$@"

@@ -35,6 +35,8 @@ SERVERS = ("mariadb", "mysql9")
 SERVER_NAMES = {"mariadb": "MariaDB 10.11", "mysql9": "MySQL 9"}
 # More new differences than this in one suite means something broke wholesale: no re-run.
 MAX_RERUN = 60
+# How often an unlisted difference is run again (directly and through Sluice) before it counts.
+RERUNS = 2
 # sluice-compat-env's own failure (as env(1)): the command never ran.
 ENV_FAILED = 125
 # Every run happens in a network namespace of its own with only the loopback interface up:
@@ -397,6 +399,12 @@ def load_known(suites):
     data = tomllib.loads((HERE / "known-differences.toml").read_text())
     causes = data.get("causes", {})
     known = {}
+    flaky = set()
+    for entry in data.get("flaky", []):
+        if entry["suite"] not in suites or not entry.get("reason"):
+            raise HarnessError(f"known-differences.toml: bad [[flaky]] entry {entry}")
+        for server in entry.get("servers", SERVERS):
+            flaky.update((entry["suite"], server, test) for test in entry["tests"])
     for entry in data.get("known", []):
         cause, suite = entry["cause"], entry["suite"]
         if cause not in causes:
@@ -406,7 +414,7 @@ def load_known(suites):
         for server in entry.get("servers", SERVERS):
             for test in entry["tests"]:
                 known[(suite, server, test)] = cause
-    return causes, known
+    return causes, known, flaky
 
 
 # ----------------------------------------------------------------------------------------
@@ -440,14 +448,24 @@ def compare(ctx, name, server, direct, sluice, scope):
             out.known[test] = cause
         else:
             out.new[test] = through
-    if out.new and len(out.new) <= MAX_RERUN and not sluice.timed_out:
-        ids = [sluice.rerun_ids.get(t, direct.rerun_ids.get(t, t)) for t in out.new]
-        log(f"{name} on {server}: {len(ids)} unlisted difference(s); running them again "
-            f"through Sluice")
-        again = run_suite(ctx, name, server, "sluice", scope,
-                          sluice.outdir.parent / "sluice-rerun", only=ids)
+    for test in [t for t in out.new if (name, server, t) in ctx.flaky]:
+        out.flaky.append(test)
+        del out.new[test]
+    # A difference counts only if it holds up: run the tests again, directly and through
+    # Sluice; one that fails directly too, or passes through Sluice, is flaky, not a difference.
+    for attempt in range(1, RERUNS + 1):
+        if not out.new or len(out.new) > MAX_RERUN or sluice.timed_out:
+            break
+        log(f"{name} on {server}: {len(out.new)} unlisted difference(s); running them again "
+            f"directly and through Sluice ({attempt} of {RERUNS})")
+        again = {}
+        for via, first in (("direct", direct), ("sluice", sluice)):
+            ids = [first.rerun_ids.get(t, t) for t in out.new]
+            again[via] = run_suite(ctx, name, server, via, scope,
+                                   first.outdir.parent / f"{via}-rerun{attempt}", only=ids)
         for test in list(out.new):
-            if again.results.get(test) == "passed":
+            if again["direct"].results.get(test) != "passed" or \
+                    again["sluice"].results.get(test) == "passed":
                 out.flaky.append(test)
                 del out.new[test]
     return out
@@ -522,6 +540,8 @@ class Context:
     suites: dict
     causes: dict
     known: dict
+    # (suite, server, test) that fail at random, directly too (known-differences.toml [[flaky]])
+    flaky: set
     python: Path = None
     env_binary: Path = None
     src: dict = field(default_factory=dict)
@@ -578,8 +598,8 @@ def main():
     unknown = [s for s in args.suite if s not in suites]
     if unknown:
         parser.error(f"unknown suite(s) {unknown}; suites.toml has {sorted(suites)}")
-    causes, known = load_known(suites)
-    ctx = Context(suites, causes, known, env_binary=args.env_binary)
+    causes, known, flaky = load_known(suites)
+    ctx = Context(suites, causes, known, flaky, env_binary=args.env_binary)
     scope = "full" if args.full else "subset"
 
     plan = []
@@ -643,7 +663,7 @@ def main():
             for test, through in o.new.items():
                 print(f"  {test}  ({through} through Sluice)")
         if o.flaky:
-            print(f"\n{where}: failed through Sluice once, passed when run again (flaky):")
+            print(f"\n{where}: differed once, not when run again, or listed as flaky:")
             for test in o.flaky:
                 print(f"  {test}")
         if o.fixed:

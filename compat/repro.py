@@ -37,12 +37,12 @@ def case(name):
 def mdb(**extra):
     """MariaDB Connector/Python (Connector/C underneath), the driver most causes show in."""
     return mariadb.connect(host=HOST, port=PORT, user=USER, password=PASSWORD,
-                           database="mysql", **extra)
+                           database="mysql", read_timeout=15, **extra)
 
 
 def pym(**extra):
     return pymysql.connect(host=HOST, port=PORT, user=USER, password=PASSWORD,
-                           database="mysql", **extra)
+                           database="mysql", read_timeout=15, **extra)
 
 
 def error(e):
@@ -190,7 +190,7 @@ def unknown_user():
 
 def mcp(**extra):
     return mysql.connector.connect(host=HOST, port=PORT, user=USER, password=PASSWORD,
-                                   use_pure=True, **extra)
+                                   use_pure=True, read_timeout=15, **extra)
 
 
 @case("statement-ids")
@@ -236,6 +236,23 @@ def connect_attributes():
     cur.execute("SELECT ATTR_VALUE FROM performance_schema.session_connect_attrs "
                 "WHERE PROCESSLIST_ID = CONNECTION_ID() AND ATTR_NAME = 'foo'")
     return f"connection attribute foo = 'bar' seen by the server as {cur.fetchall()}"
+
+
+@case("call-out-params")
+def call_out_params():
+    # MariaDB Connector/Python's test_conpy178: CALL with an OUT parameter, binary protocol.
+    conn = mdb()
+    cur = conn.cursor()
+    cur.execute("DROP PROCEDURE IF EXISTS p2")
+    cur.execute("CREATE PROCEDURE p2(IN s1 VARCHAR(20), IN s2 VARCHAR(20), OUT o1 VARCHAR(40))"
+                " BEGIN SET o1 := CONCAT(s1, s2); END")
+    for i in range(3):
+        try:
+            cur.callproc("p2", ("foo", "bar", 1))
+            row = cur.fetchone()
+        except mariadb.Error as e:
+            return f"callproc #{i + 1}: {error(e)}"
+    return f"3 x callproc('p2', ('foo', 'bar', 1)): OUT parameter {row[0]!r}"
 
 
 @case("replication")

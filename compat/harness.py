@@ -479,14 +479,15 @@ def fmt_counts(run):
 
 
 def table(ctx, outcomes):
-    head = ["suite", "version", "server", "direct p / f / s", "through Sluice p / f / s",
-            "differences (known / new)"]
+    head = ["suite", "language", "version", "server", "direct p / f / s",
+            "through Sluice p / f / s", "differences known / new / flaky"]
     rows = []
     for o in outcomes:
         suite = ctx.suites[o.suite]
         rows.append([
-            o.suite, ctx.versions[o.suite], SERVER_NAMES[o.server], fmt_counts(o.direct),
-            fmt_counts(o.sluice), f"{len(o.known)} / {len(o.new)}",
+            o.suite, suite["language"], ctx.versions[o.suite], SERVER_NAMES[o.server],
+            fmt_counts(o.direct), fmt_counts(o.sluice),
+            f"{len(o.known)} / {len(o.new)} / {len(o.flaky)}",
         ])
     return head, rows
 

@@ -14,4 +14,4 @@ else
     paths=(test)
 fi
 exec "$COMPAT_PYTHON" -m pytest -p no:cacheprovider "${paths[@]}" \
-    -q -rN --tb=short --junitxml="$COMPAT_OUT/junit.xml"
+    -q -rN --tb=short --timeout="${COMPAT_TEST_TIMEOUT:-120}" --junitxml="$COMPAT_OUT/junit.xml"

@@ -11,6 +11,7 @@ of such ids), exactly those tests are loaded instead of the modules unittests.py
 import json
 import os
 import re
+import signal
 import sys
 import unittest
 
@@ -22,6 +23,20 @@ sys.path.insert(0, sdist)
 import unittests  # noqa: E402  (the sdist's runner; importing it only sets up paths)
 
 OUTCOMES = {}
+# A test that waits for an answer that never comes (a client that forces compression on a
+# server that did not offer it, say) fails after this long instead of stopping the suite.
+TEST_TIMEOUT = int(os.environ.get("COMPAT_TEST_TIMEOUT", "120"))
+
+
+class TestTimeout(Exception):
+    pass
+
+
+def on_alarm(signum, frame):
+    raise TestTimeout(f"the test took over {TEST_TIMEOUT} s")
+
+
+signal.signal(signal.SIGALRM, on_alarm)
 
 
 def record(test, outcome):
@@ -33,6 +48,14 @@ def record(test, outcome):
 
 
 class RecordingResult(unittests.BasicTestResult):
+    def startTest(self, test):
+        signal.alarm(TEST_TIMEOUT)
+        super().startTest(test)
+
+    def stopTest(self, test):
+        signal.alarm(0)
+        super().stopTest(test)
+
     def addSuccess(self, test):
         super().addSuccess(test)
         record(test, "passed")

@@ -16,4 +16,4 @@ else
 fi
 # -p no:cacheprovider: the sdist's directory stays as unpacked.
 exec "$COMPAT_PYTHON" -m pytest -p no:cacheprovider "${paths[@]}" --dburi "$url" \
-    -q -rN --tb=short --maxfail=100000 --junitxml="$COMPAT_OUT/junit.xml"
+    -q -rN --tb=short --timeout="${COMPAT_TEST_TIMEOUT:-120}" --maxfail=100000 --junitxml="$COMPAT_OUT/junit.xml"

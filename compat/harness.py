@@ -439,11 +439,13 @@ class Outcome:
 
 def compare(ctx, name, server, direct, sluice, scope):
     out = Outcome(name, server, direct, sluice)
+    # A variant shares its base suite's tests, and so its list of known differences.
+    listed = ctx.suites[name].get("known_as", name)
     for test, outcome in sorted(direct.results.items()):
         if outcome != "passed":
             continue
         through = sluice.results.get(test, "not run")
-        cause = ctx.known.get((name, server, test))
+        cause = ctx.known.get((listed, server, test))
         if through == "passed":
             if cause:
                 out.fixed.append(test)
@@ -452,7 +454,7 @@ def compare(ctx, name, server, direct, sluice, scope):
             out.known[test] = cause
         else:
             out.new[test] = through
-    for test in [t for t in out.new if (name, server, t) in ctx.flaky]:
+    for test in [t for t in out.new if (listed, server, t) in ctx.flaky]:
         out.flaky.append(test)
         del out.new[test]
     # A difference counts only if it holds up: run the tests again, directly and through

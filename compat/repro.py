@@ -214,6 +214,20 @@ def statement_ids():
     return f"statement ids {first}, then {cur2._prepared['statement_id']}"
 
 
+@case("prepared-param-types")
+def prepared_param_types():
+    # Two prepared cursors with the same text, one after the other, as Connector/Python's
+    # CursorDataIntegrity.test_select_query_with_params does.
+    cnx = mcp()
+    seen = []
+    for params in [(1,), ("abc",)]:
+        cur = cnx.cursor(prepared=True)
+        cur.execute("SELECT %s", params)
+        seen.append(cur.fetchone()[0])
+        cur.close()
+    return f"prepare+execute 'SELECT ?' with 1, close, again with 'abc': {seen}"
+
+
 @case("query-attributes")
 def query_attributes():
     # MySQL 8.0.23+ (the function does not exist on MariaDB).

@@ -38,7 +38,22 @@ impl Running {
     /// `password` and whose clients authenticate with `plugin`.
     async fn start(backend: SocketAddr, password: &str, plugin: &str) -> Result<Running> {
         // Plain TCP, so the tap between Sluice and the server can read the login.
-        Self::start_with(backend, password, plugin, "tls = \"disabled\"", "").await
+        Self::start_with(backend, password, plugin, "tls = \"disabled\"", "", 4).await
+    }
+
+    /// Sluice with a pool of one connection, its clients on caching_sha2 and the backend on
+    /// Sluice's default TLS.
+    async fn pool_of_one(db: &Mysql9) -> Running {
+        Self::start_with(
+            db.addr(),
+            db.app_password(),
+            "caching_sha2_password",
+            "",
+            "",
+            1,
+        )
+        .await
+        .expect("start Sluice")
     }
 
     /// As [`Running::start`], with more `[backend]` lines and top-level settings.
@@ -48,6 +63,7 @@ impl Running {
         plugin: &str,
         backend_extra: &str,
         top_extra: &str,
+        max_connections: usize,
     ) -> Result<Running> {
         let text = format!(
             r#"
@@ -60,7 +76,7 @@ shutdown_timeout = "5s"
 
 [backend]
 address = "{backend}"
-max_connections = 4
+max_connections = {max_connections}
 borrow_timeout = "20s"
 connect_timeout = "10s"
 {backend_extra}
@@ -504,6 +520,7 @@ async fn caching_sha2_end_to_end_over_tls() {
         "caching_sha2_password",
         &backend_tls,
         &client_tls,
+        4,
     )
     .await
     .unwrap();
@@ -547,28 +564,8 @@ async fn leaving_a_schema_reauthenticates_with_caching_sha2() {
     let db = Mysql9::shared();
     db.sql("CREATE DATABASE IF NOT EXISTS sluice_leave_schema")
         .unwrap();
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-http_listen = ""
-admin_listen = ""
-[backend]
-address = "{}"
-max_connections = 1
-borrow_timeout = "5s"
-[[users]]
-username = "app"
-password = "{}"
-"#,
-        db.addr(),
-        db.app_password()
-    );
-    let proxy = sluice::Proxy::bind(sluice::Config::from_toml(&text, "test", |_| None).unwrap())
-        .await
-        .unwrap();
-    let addr = proxy.local_addr();
-    let stop = proxy.shutdown_handle();
-    let task = tokio::spawn(proxy.run());
+    let proxy = Running::pool_of_one(db).await;
+    let addr = proxy.addr;
     let mut with =
         Conn::new(client_opts(addr, db.app_password()).db_name(Some("sluice_leave_schema")))
             .await
@@ -598,8 +595,7 @@ password = "{}"
     let again: Option<String> = with.query_first("SELECT DATABASE()").await.unwrap();
     assert_eq!(again.as_deref(), Some("sluice_leave_schema"));
     drop((with, without));
-    stop.shutdown();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    proxy.stop().await;
 }
 
 /// MySQL resolves a statement's parameter types at its first execution and keeps them (`SELECT
@@ -610,28 +606,8 @@ password = "{}"
 async fn parameter_types_stay_with_their_client_statement() {
     use mysql_async::Value;
     let db = Mysql9::shared();
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-http_listen = ""
-admin_listen = ""
-[backend]
-address = "{}"
-max_connections = 1
-borrow_timeout = "5s"
-[[users]]
-username = "app"
-password = "{}"
-"#,
-        db.addr(),
-        db.app_password()
-    );
-    let proxy = sluice::Proxy::bind(sluice::Config::from_toml(&text, "test", |_| None).unwrap())
-        .await
-        .unwrap();
-    let addr = proxy.local_addr();
-    let stop = proxy.shutdown_handle();
-    let task = tokio::spawn(proxy.run());
+    let proxy = Running::pool_of_one(db).await;
+    let addr = proxy.addr;
     let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
     // The same sequence on a direct connection, for what the server answers.
     let mut direct = Conn::new(direct_opts).await.unwrap();
@@ -668,6 +644,5 @@ password = "{}"
     let fresh: Option<Value> = a.exec_first("SELECT ?", ("abc",)).await.unwrap();
     assert_eq!(fresh, Some(Value::Bytes(b"abc".to_vec())));
     drop((a, b, direct));
-    stop.shutdown();
-    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    proxy.stop().await;
 }

@@ -200,30 +200,7 @@ pub fn script(
     sessions: usize,
     long: bool,
 ) -> Script {
-    let kind = ClientKind {
-        found_rows: rng.chance(30),
-        multi_statements: rng.chance(60),
-        deprecate_eof: rng.chance(50),
-    };
-    let mut g = Gen {
-        rng,
-        c,
-        server,
-        kind,
-        schema: schema.to_string(),
-        long,
-        slots: 0,
-        steps: Vec::new(),
-        probes: Vec::new(),
-    };
-    for _ in 0..sessions {
-        g.session();
-    }
-    Script {
-        kind,
-        steps: g.steps,
-        probes: g.probes,
-    }
+    generate(rng, c, server, schema, sessions, long, |g| g.session())
 }
 
 /// Generates one client's script for an isolation run: short sessions, each opening with the
@@ -235,6 +212,21 @@ pub fn isolation_script(
     schema: &str,
     sessions: usize,
     long: bool,
+) -> Script {
+    generate(rng, c, server, schema, sessions, long, |g| {
+        g.isolation_session()
+    })
+}
+
+/// A client of a random kind and `sessions` sessions made by `session`.
+fn generate(
+    rng: &mut Rng,
+    c: usize,
+    server: Server,
+    schema: &str,
+    sessions: usize,
+    long: bool,
+    session: fn(&mut Gen<'_>),
 ) -> Script {
     let kind = ClientKind {
         found_rows: rng.chance(30),
@@ -253,7 +245,7 @@ pub fn isolation_script(
         probes: Vec::new(),
     };
     for _ in 0..sessions {
-        g.isolation_session();
+        session(&mut g);
     }
     Script {
         kind,

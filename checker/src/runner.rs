@@ -321,6 +321,32 @@ fn needs_connection(cmd: &Cmd) -> bool {
     !matches!(cmd, Cmd::Disconnect)
 }
 
+/// Whether client `c` may send `cmd` now without waiting through Sluice: it needs no
+/// connection, already holds one, or the model says one of the `pool` is free.
+fn may_step(clients: &[Client], c: usize, cmd: &Cmd, pool: usize) -> bool {
+    let holding = clients.iter().filter(|c| c.holds.holds()).count();
+    !needs_connection(cmd) || clients[c].holds.holds() || holding < pool
+}
+
+/// A client whose next step may run now (chosen by `rng`), if any.
+fn pick_runnable(
+    scripts: &[Script],
+    clients: &[Client],
+    next: &[usize],
+    pool: usize,
+    rng: &mut Rng,
+) -> Option<usize> {
+    let runnable: Vec<usize> = (0..scripts.len())
+        .filter(|&c| {
+            scripts[c]
+                .steps
+                .get(next[c])
+                .is_some_and(|step| may_step(clients, c, &step.cmd, pool))
+        })
+        .collect();
+    (!runnable.is_empty()).then(|| runnable[rng.below(runnable.len())])
+}
+
 /// The checker: one database, one schema, Sluice in front of it.
 pub struct Checker {
     pub direct: Target,
@@ -488,22 +514,7 @@ impl Checker {
         let mut order = Vec::new();
         let mut answers = Vec::new();
         let mut holds = Vec::new();
-        loop {
-            let holding = clients.iter().filter(|c| c.holds.holds()).count();
-            let runnable: Vec<usize> = (0..scripts.len())
-                .filter(|&c| {
-                    let Some(step) = scripts[c].steps.get(next[c]) else {
-                        return false;
-                    };
-                    !needs_connection(&step.cmd)
-                        || clients[c].holds.holds()
-                        || holding < self.sluice.pool
-                })
-                .collect();
-            if runnable.is_empty() {
-                break;
-            }
-            let c = runnable[rng.below(runnable.len())];
+        while let Some(c) = pick_runnable(scripts, &clients, &next, self.sluice.pool, rng) {
             let step = scripts[c].steps[next[c]].clone();
             next[c] += 1;
             let before = clients[c].connection_id();
@@ -534,11 +545,7 @@ impl Checker {
         let mut holds = Vec::new();
         let mut valid = true;
         for s in &schedule.steps {
-            let holding = clients.iter().filter(|c| c.holds.holds()).count();
-            if needs_connection(&s.step.cmd)
-                && !clients[s.client].holds.holds()
-                && holding >= self.sluice.pool
-            {
+            if !may_step(&clients, s.client, &s.step.cmd, self.sluice.pool) {
                 valid = false;
                 break;
             }
@@ -746,21 +753,7 @@ impl Checker {
         let mut rng = Rng::new(seed ^ 0x150_1A7E);
         // Sessions ended by a RELEASE (the server closes them; the client may not know yet).
         let mut released = vec![false; scripts.len()];
-        loop {
-            let holding = clients.iter().filter(|c| c.holds.holds()).count();
-            let runnable: Vec<usize> = (0..scripts.len())
-                .filter(|&c| {
-                    scripts[c].steps.get(next[c]).is_some_and(|step| {
-                        !needs_connection(&step.cmd)
-                            || clients[c].holds.holds()
-                            || holding < self.sluice.pool
-                    })
-                })
-                .collect();
-            if runnable.is_empty() {
-                break;
-            }
-            let c = runnable[rng.below(runnable.len())];
+        while let Some(c) = pick_runnable(&scripts, &clients, &next, self.sluice.pool, &mut rng) {
             let k = next[c];
             let step = scripts[c].steps[k].clone();
             next[c] += 1;

@@ -486,30 +486,42 @@ impl BackendConn {
 
     /// Reads every tracked variable the server has (a variable it lacks stays `None`).
     pub async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
-        let mut sql = String::from("SHOW SESSION VARIABLES WHERE Variable_name IN (");
-        for (i, v) in TRACKED_VARS.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push('\'');
-            sql.push_str(v.name);
-            sql.push('\'');
-        }
-        sql.push(')');
+        let names: Vec<&str> = TRACKED_VARS.iter().map(|v| v.name).collect();
         let rows = self
-            .query_rows(&sql, "reading session variables", TRACKED_VARS.len())
+            .session_variables(&names, "reading session variables")
             .await?;
         let mut vars = vec![None; TRACKED_VARS.len()];
-        for row in rows {
-            let mut cols = row.into_iter();
-            if let (Some(Some(name)), Some(value)) = (cols.next(), cols.next())
-                && let Some(i) = tracked_index(&name)
-            {
-                vars[i] = Some(value.unwrap_or_default());
+        for (name, value) in rows {
+            if let Some(i) = tracked_index(&name) {
+                vars[i] = Some(value);
             }
         }
         self.vars = VarValues(vars);
         Ok(())
+    }
+
+    /// The session's values of `names` (plain variable names), as `SHOW SESSION VARIABLES`
+    /// writes them, which is how session tracking reports them (ON/OFF, not 1/0): (name in
+    /// lower case, value; NULL reads as empty). Names the server lacks are left out.
+    pub async fn session_variables(
+        &mut self,
+        names: &[&str],
+        what: &'static str,
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        let sql = format!(
+            "SHOW SESSION VARIABLES WHERE Variable_name IN ({})",
+            list.join(",")
+        );
+        let rows = self.query_rows(&sql, what, names.len()).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let mut cols = row.into_iter();
+                let name = cols.next()??.to_ascii_lowercase();
+                Some((name, cols.next()?.unwrap_or_default()))
+            })
+            .collect())
     }
 
     /// Reads the schema and the connection character set variables from the server. Needed

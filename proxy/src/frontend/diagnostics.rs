@@ -238,8 +238,7 @@ impl ClientSession {
         };
         put_packet(&mut out, seq, &end);
         // As the server's own answer would: a result set, so ROW_COUNT() is -1.
-        self.state.row_count = -1;
-        self.state.counters_on_backend = false;
+        self.state.answered_locally(-1);
         match self.client.write_all(&out).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,

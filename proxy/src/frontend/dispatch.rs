@@ -14,8 +14,7 @@ impl ClientSession {
             COM_QUIT => Flow::Close,
             COM_PING if self.backend.is_none() => {
                 // As the server's OK would: ROW_COUNT() is 0 after it.
-                self.state.row_count = 0;
-                self.state.counters_on_backend = false;
+                self.state.answered_locally(0);
                 self.answer_locally(None).await
             }
             COM_PING => {

@@ -37,19 +37,25 @@ impl ClientSession {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Flow::Close),
             Err(_) => {
-                tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
-                    announced = len, client_read_timeout = %humantime::format_duration(limit),
-                    "closing a client that stalled in the middle of a command");
-                farewell(
-                    &self.shared.metrics,
-                    &mut self.client,
-                    1,
-                    &ClientError::command_read_timeout(limit),
-                )
-                .await;
+                self.stalled_mid_command(len, limit).await;
                 Err(Flow::Close)
             }
         }
+    }
+
+    /// Tells a client that stopped sending in the middle of a command of `len` bytes, for
+    /// `limit`, that it is being closed.
+    pub(in crate::frontend) async fn stalled_mid_command(&mut self, len: usize, limit: Duration) {
+        tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
+            announced = len, client_read_timeout = %humantime::format_duration(limit),
+            "closing a client that stalled in the middle of a command");
+        farewell(
+            &self.shared.metrics,
+            &mut self.client,
+            1,
+            &ClientError::command_read_timeout(limit),
+        )
+        .await;
     }
 
     /// Ends a session idle inside a transaction for `limit`: the client is told, and the

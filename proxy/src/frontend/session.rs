@@ -229,8 +229,7 @@ impl ClientSession {
     pub(in crate::frontend) async fn reply_server_error(&mut self, err: &ClientError) -> Flow {
         self.state.diagnostics.local_error(err);
         // After an error ROW_COUNT() is -1.
-        self.state.row_count = -1;
-        self.state.counters_on_backend = false;
+        self.state.answered_locally(-1);
         self.reply_error(err).await
     }
 

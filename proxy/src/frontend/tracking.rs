@@ -228,23 +228,11 @@ impl ClientSession {
         let Some(b) = self.backend.as_mut() else {
             return;
         };
-        // SHOW VARIABLES writes values as session tracking does (ON/OFF, not 1/0).
         let rows = if readable {
-            let sql = format!(
-                "SHOW SESSION VARIABLES WHERE Variable_name IN ({})",
-                names
-                    .iter()
-                    .map(|n| format!("'{n}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            b.query_rows(
-                &sql,
-                "reading variables SET STATEMENT restored",
-                names.len(),
-            )
-            .await
-            .ok()
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            b.session_variables(&names, "reading variables SET STATEMENT restored")
+                .await
+                .ok()
         } else {
             None
         };
@@ -255,15 +243,11 @@ impl ClientSession {
             return;
         };
         let mut found = 0;
-        for row in rows.unwrap_or_default() {
-            let mut cols = row.into_iter();
-            if let (Some(Some(name)), Some(value)) = (cols.next(), cols.next()) {
-                let name = name.to_ascii_lowercase();
-                if names.contains(&name) {
-                    b.restored.retain(|(n, _)| *n != name);
-                    b.restored.push((name, value.unwrap_or_default()));
-                    found += 1;
-                }
+        for (name, value) in rows.unwrap_or_default() {
+            if names.contains(&name) {
+                b.restored.retain(|(n, _)| *n != name);
+                b.restored.push((name, value));
+                found += 1;
             }
         }
         if found < names.len() {

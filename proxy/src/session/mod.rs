@@ -113,6 +113,13 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Sluice answered the client itself, as the server would have: `ROW_COUNT()` is then
+    /// what that answer sets (0 after an OK, -1 after an error or a result set).
+    pub fn answered_locally(&mut self, row_count: i64) {
+        self.row_count = row_count;
+        self.counters_on_backend = false;
+    }
+
     /// Sluice ran a statement of its own on the borrowed connection: the connection's
     /// `ROW_COUNT()`, `FOUND_ROWS()` and diagnostics area are no longer the session's.
     pub fn own_statement_ran(&mut self) {

@@ -545,8 +545,7 @@ impl ClientSession {
         }
         let Some(hold) = self.stmts.holds.get(&id).cloned() else {
             // As the server's OK would: ROW_COUNT() is 0 after it.
-            self.state.row_count = 0;
-            self.state.counters_on_backend = false;
+            self.state.answered_locally(0);
             return self.answer_locally(None).await;
         };
         if let Some(flow) = self.forward_with_id(hold.server_id).await {

@@ -79,16 +79,7 @@ impl ClientSession {
             Ok(Ok(())) => Some(true),
             Ok(Err(_)) => None,
             Err(_) => {
-                tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
-                    announced = len, client_read_timeout = %humantime::format_duration(limit),
-                    "closing a client that stalled in the middle of a command");
-                crate::frontend::farewell(
-                    &self.shared.metrics,
-                    &mut self.client,
-                    1,
-                    &crate::errors::ClientError::command_read_timeout(limit),
-                )
-                .await;
+                self.stalled_mid_command(len, limit).await;
                 None
             }
         }

@@ -559,6 +559,9 @@ async fn authenticate(
     {
         return Err(LoginFailure::with(*seq, e, "initial schema refused"));
     }
+    // Before the OK: the moment the client reads it, another session of the same user may
+    // KILL it, and KILL checks the owner.
+    session.set_user(logged_in.user.username.clone());
     client
         .write_packet(
             *seq,

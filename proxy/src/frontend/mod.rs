@@ -90,7 +90,6 @@ async fn serve_session(
     // Feeds the `tls` metric label and SHOW CLIENTS.
     let tls = client.is_tls();
     handle.set_tls(tls);
-    handle.set_user(logged_in.user.username.clone());
     handle.set_activity(Activity::Idle, Instant::now());
     let gauge = shared.metrics.logged_in(&logged_in.user.username, tls);
     tracing::debug!(client = %handle.id, user = %crate::logsafe::Escaped(&logged_in.user.username), %peer, tls, "client logged in");

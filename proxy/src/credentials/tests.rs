@@ -22,6 +22,7 @@ fn store(window: Duration, ids: &[&str]) -> Credentials {
             settings,
             reads,
         }),
+        ..Credentials::default()
     }
 }
 
@@ -56,7 +57,11 @@ fn user(name: &str, password: &str) -> UserConfig {
 }
 
 fn passwords(login: &BackendLogin) -> Vec<&str> {
-    login.passwords.iter().map(Secret::expose).collect()
+    login
+        .secrets
+        .iter()
+        .map(|s| s.password().unwrap_or("(not a password)"))
+        .collect()
 }
 
 #[test]
@@ -125,15 +130,15 @@ fn backend_logins_try_the_accepted_then_current_pending_and_previous_passwords()
     )
     .unwrap();
     assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v1", "v2"]);
-    c.backend_accepted("app", &Secret::new("v2"));
+    c.backend_accepted("app", &BackendSecret::Password(Secret::new("v2")));
     assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v2", "v1"]);
-    assert_eq!(c.backend_password("app").unwrap().expose(), "v2");
+    assert_eq!(c.backend_password("app").unwrap().password(), Some("v2"));
 
     // v2 became current: v1 is previous, still worth a try while its window lasts.
     apply(&c, "s1", "app", "v2");
     assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v2", "v1"]);
     // Had the database kept v1, it stays first until refused.
-    c.backend_accepted("app", &Secret::new("v1"));
+    c.backend_accepted("app", &BackendSecret::Password(Secret::new("v1")));
     assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v1", "v2"]);
     // A password no longer known is never tried.
     apply(&c, "s1", "app", "v3");

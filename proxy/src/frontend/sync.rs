@@ -62,7 +62,7 @@ impl ClientSession {
                     let credentials = &self.shared.credentials;
                     let password = credentials
                         .backend_password(&self.user.username)
-                        .unwrap_or_else(|| self.user.password.clone());
+                        .unwrap_or_else(|| self.user.password.clone().into());
                     b.change_user_no_schema(&password).await?
                 }
             }

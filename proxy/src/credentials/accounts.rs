@@ -1,0 +1,389 @@
+//! The database's own accounts (`[database_accounts]`): a user Sluice does not know is looked
+//! up in `mysql.user` through the lookup account, as PgBouncer's `auth_query` does.
+//!
+//! For a `mysql_native_password` account the stored hash, SHA1(SHA1(password)), is enough both
+//! to check the client's scramble and to recover SHA1(password) from it
+//! ([`crate::auth::verify_native_hash`]), which is all a backend login with that plugin needs;
+//! Sluice keeps it in memory for the account's backend logins. Other plugins store nothing that
+//! could do both, and their clients are told so.
+//!
+//! Lookups are cached for `cache_ttl`; a failed login reads the account again at once (at most
+//! once a second), so a changed password is picked up; a lookup that fails refuses the login
+//! (a stale entry is never used past its time).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use super::BackendSecret;
+use crate::auth::{self, NativeProof};
+use crate::config::{DatabaseAccountsConfig, Secret};
+
+/// A failed login reads its account again only if the cached copy is at least this old.
+const MIN_REREAD_AGE: Duration = Duration::from_secs(1);
+/// Accounts kept before the cache is swept.
+const CACHE_MAX: usize = 10_000;
+
+/// One row of `mysql.user` for the user looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub host: String,
+    pub plugin: String,
+    pub authentication_string: String,
+}
+
+/// What the account stores that Sluice can use.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Account {
+    /// mysql_native_password with this SHA1(SHA1(password)).
+    Native([u8; 20]),
+    /// mysql_native_password without a password.
+    NoPassword,
+    /// Another plugin (named), which Sluice cannot log in with on the client's behalf.
+    Unsupported(String),
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Account::Native(_) => f.write_str("Native(***)"),
+            Account::NoPassword => f.write_str("NoPassword"),
+            Account::Unsupported(p) => write!(f, "Unsupported({p})"),
+        }
+    }
+}
+
+impl Account {
+    /// The account a row describes.
+    pub fn from_row(row: &AccountRow) -> Account {
+        let plugin = row.plugin.trim();
+        if plugin == auth::NATIVE || plugin.is_empty() {
+            if row.authentication_string.is_empty() {
+                return Account::NoPassword;
+            }
+            if let Some(hash) = auth::parse_native_hash(&row.authentication_string) {
+                return Account::Native(hash);
+            }
+        }
+        Account::Unsupported(if plugin.is_empty() {
+            auth::NATIVE.to_owned()
+        } else {
+            plugin.to_owned()
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    account: Option<Account>,
+    read: Instant,
+    /// SHA1(password), from the last client login that proved it.
+    proof: Option<NativeProof>,
+}
+
+/// Lookups so far, by result.
+#[derive(Debug, Default)]
+pub struct AccountCounts {
+    pub found: AtomicU64,
+    pub absent: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Looked-up accounts.
+#[derive(Debug)]
+pub struct DatabaseAccounts {
+    /// The user the lookups log in as.
+    pub lookup_user: String,
+    ttl: Duration,
+    entries: Mutex<HashMap<String, Entry>>,
+    /// One lookup at a time: a burst of logins for one new user costs one query.
+    reading: tokio::sync::Mutex<()>,
+    pub counts: AccountCounts,
+}
+
+impl DatabaseAccounts {
+    /// Lookups as `config` says.
+    pub fn new(config: &DatabaseAccountsConfig) -> Self {
+        DatabaseAccounts {
+            lookup_user: config.lookup_user.clone(),
+            ttl: config.cache_ttl,
+            entries: Mutex::new(HashMap::new()),
+            reading: tokio::sync::Mutex::new(()),
+            counts: AccountCounts::default(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached account of `name` if read within the TTL (`Some(None)`: known to be absent).
+    fn cached(&self, name: &str, max_age: Duration) -> Option<Option<Account>> {
+        let entries = self.entries();
+        entries
+            .get(name)
+            .filter(|e| e.read.elapsed() < max_age)
+            .map(|e| e.account.clone())
+    }
+
+    /// The account called `name`: cached while younger than `cache_ttl`, else read with
+    /// `fetch` (which returns its rows and the host the database sees Sluice as). With
+    /// `reread`, a cached copy older than a second is read again (a login just failed against
+    /// it). `Ok(None)`: no such account. `Err`: the lookup failed; refuse the login.
+    pub async fn get<F, Fut>(
+        &self,
+        name: &str,
+        reread: bool,
+        fetch: F,
+    ) -> Result<Option<Account>, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Vec<AccountRow>, String), String>>,
+    {
+        let max_age = if reread { MIN_REREAD_AGE } else { self.ttl };
+        if let Some(hit) = self.cached(name, max_age) {
+            return Ok(hit);
+        }
+        let _one = self.reading.lock().await;
+        // Someone else may have read it while this task waited.
+        if let Some(hit) = self.cached(name, max_age) {
+            return Ok(hit);
+        }
+        let (rows, our_host) = match fetch().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.counts.failed.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+        };
+        let account = pick_row(&rows, &our_host).map(Account::from_row);
+        let counter = if account.is_some() {
+            &self.counts.found
+        } else {
+            &self.counts.absent
+        };
+        counter.fetch_add(1, Relaxed);
+        let mut entries = self.entries();
+        if entries.len() >= CACHE_MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, e| e.read.elapsed() < ttl);
+            if entries.len() >= CACHE_MAX {
+                entries.clear();
+            }
+        }
+        let proof = entries
+            .remove(name)
+            .filter(|old| old.account == account)
+            .and_then(|old| old.proof);
+        entries.insert(
+            name.to_owned(),
+            Entry {
+                account: account.clone(),
+                read: Instant::now(),
+                proof,
+            },
+        );
+        Ok(account)
+    }
+
+    /// Keeps the SHA1(password) a client of `name` just proved, for backend logins.
+    pub fn remember(&self, name: &str, proof: NativeProof) {
+        if let Some(e) = self.entries().get_mut(name) {
+            e.proof = Some(proof);
+        }
+    }
+
+    /// What the backend logins of `name` use: the proof of its last client login, or an empty
+    /// password for an account without one.
+    pub fn backend_secret(&self, name: &str) -> Option<BackendSecret> {
+        let entries = self.entries();
+        let entry = entries.get(name)?;
+        match (&entry.account, &entry.proof) {
+            (Some(Account::NoPassword), _) => Some(BackendSecret::Password(Secret::default())),
+            (Some(Account::Native(_)), Some(proof)) => Some(BackendSecret::Native(proof.clone())),
+            _ => None,
+        }
+    }
+
+    /// The database refused `name`'s proof: forget the account, so the next login reads it.
+    pub fn forget(&self, name: &str) {
+        self.entries().remove(name);
+    }
+}
+
+/// The row the database would use for a connection from `our_host`, as MySQL orders them:
+/// hosts without wildcards first, then patterns by how much they fix, `%` last.
+fn pick_row<'a>(rows: &'a [AccountRow], our_host: &str) -> Option<&'a AccountRow> {
+    let mut matching: Vec<&AccountRow> = rows
+        .iter()
+        .filter(|r| host_matches(&r.host, our_host))
+        .collect();
+    matching.sort_by_key(|r| {
+        let wild = r.host.contains(['%', '_']);
+        let fixed = r.host.chars().filter(|c| *c != '%' && *c != '_').count();
+        (wild, std::cmp::Reverse(fixed))
+    });
+    matching.first().copied()
+}
+
+/// SQL `LIKE` matching of a host pattern (`%` any run, `_` one character), case-insensitive;
+/// an empty pattern matches any host, as in MySQL.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern.is_empty() {
+        return true;
+    }
+    let glob: String = pattern
+        .chars()
+        .map(|c| match c {
+            '%' => '*',
+            other => other.to_ascii_lowercase(),
+        })
+        .collect();
+    like_one(&glob, &host.to_ascii_lowercase())
+}
+
+/// `*` for any run and `_` for exactly one character.
+fn like_one(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '_' || Some(&c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_none_or(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, plugin: &str, auth: &str) -> AccountRow {
+        AccountRow {
+            host: host.into(),
+            plugin: plugin.into(),
+            authentication_string: auth.into(),
+        }
+    }
+
+    #[test]
+    fn accounts_from_rows() {
+        let hash = "*D821809F681A40A6E379B50D0463EFAE20BDD122";
+        assert!(matches!(
+            Account::from_row(&row("%", "mysql_native_password", hash)),
+            Account::Native(_)
+        ));
+        assert_eq!(
+            Account::from_row(&row("%", "mysql_native_password", "")),
+            Account::NoPassword
+        );
+        assert_eq!(
+            Account::from_row(&row(
+                "%",
+                "ed25519",
+                "ZIgUREUg5PVgQ6LskhXmO+eZLS0nC8be6HPjYWR4YJY"
+            )),
+            Account::Unsupported("ed25519".into())
+        );
+        assert_eq!(
+            Account::from_row(&row("%", "caching_sha2_password", "$A$005$x")),
+            Account::Unsupported("caching_sha2_password".into())
+        );
+    }
+
+    #[test]
+    fn the_most_specific_host_wins() {
+        let rows = [
+            row("%", "mysql_native_password", "a"),
+            row("127.0.0.%", "mysql_native_password", "b"),
+            row("127.0.0.1", "mysql_native_password", "c"),
+            row("10.%", "mysql_native_password", "d"),
+        ];
+        assert_eq!(
+            pick_row(&rows, "127.0.0.1").unwrap().authentication_string,
+            "c"
+        );
+        assert_eq!(
+            pick_row(&rows, "127.0.0.2").unwrap().authentication_string,
+            "b"
+        );
+        assert_eq!(
+            pick_row(&rows, "10.1.2.3").unwrap().authentication_string,
+            "d"
+        );
+        assert_eq!(
+            pick_row(&rows, "192.168.0.1")
+                .unwrap()
+                .authentication_string,
+            "a"
+        );
+        assert!(pick_row(&rows[1..2], "192.168.0.1").is_none());
+        assert!(host_matches("LOCALHOST", "localhost"));
+        assert!(host_matches("10.0.0._", "10.0.0.7"));
+        assert!(!host_matches("10.0.0._", "10.0.0.17"));
+    }
+
+    #[tokio::test]
+    async fn cached_then_reread_and_failures_refuse() {
+        let accounts = DatabaseAccounts::new(&DatabaseAccountsConfig {
+            enabled: true,
+            lookup_user: "lookup".into(),
+            cache_ttl: Duration::from_secs(60),
+        });
+        let reads = std::sync::atomic::AtomicU64::new(0);
+        let fetch = |auth: &'static str| {
+            let reads = &reads;
+            move || async move {
+                reads.fetch_add(1, Relaxed);
+                Ok((
+                    vec![row("%", "mysql_native_password", auth)],
+                    "127.0.0.1".to_owned(),
+                ))
+            }
+        };
+        let hash = "*D821809F681A40A6E379B50D0463EFAE20BDD122";
+        assert!(matches!(
+            accounts.get("u", false, fetch(hash)).await,
+            Ok(Some(Account::Native(_)))
+        ));
+        accounts.get("u", false, fetch(hash)).await.unwrap();
+        assert_eq!(reads.load(Relaxed), 1, "the second login uses the cache");
+        // A reread right after a read is debounced.
+        accounts.get("u", true, fetch("")).await.unwrap();
+        assert_eq!(reads.load(Relaxed), 1);
+        // A failed lookup refuses; it never falls back to a stale copy.
+        accounts.forget("u");
+        let failed = accounts
+            .get("u", false, || async {
+                Err::<(Vec<AccountRow>, String), _>("down".to_owned())
+            })
+            .await;
+        assert_eq!(failed, Err("down".to_owned()));
+        assert_eq!(accounts.counts.failed.load(Relaxed), 1);
+        let absent = accounts
+            .get("v", false, || async {
+                Ok((Vec::new(), "127.0.0.1".to_owned()))
+            })
+            .await;
+        assert_eq!(absent, Ok(None));
+    }
+}

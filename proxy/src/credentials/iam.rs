@@ -369,7 +369,14 @@ impl IamVerifier {
                 None => Err("STS answered without an ARN".to_owned()),
             },
             Err(SdkError::ServiceError(e)) => {
-                let code = e.err().code().unwrap_or("unknown").to_owned();
+                // The SDK reads STS's `<ErrorResponse><Error>`; a stand-in that nests it
+                // differently still names the code in a `<Code>` element.
+                let code = e
+                    .err()
+                    .code()
+                    .map(str::to_owned)
+                    .or_else(|| e.raw().body().bytes().and_then(xml_code))
+                    .unwrap_or_else(|| "unknown".to_owned());
                 let status = e.raw().status().as_u16();
                 match code.as_str() {
                     "SignatureDoesNotMatch" | "IncompleteSignature" => {
@@ -418,6 +425,16 @@ impl IamVerifier {
         }
         answer
     }
+}
+
+/// The text of the first `<Code>` element of an error body.
+fn xml_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text.get(start..)?.find("</Code>")?;
+    let code = text.get(start..start + len)?;
+    (!code.is_empty() && code.len() < 100 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| code.to_owned())
 }
 
 /// `host[:port]` with `:443` (https) or `:80` (http) dropped, lowercased: the form SigV4 signs.
@@ -526,6 +543,15 @@ mod tests {
         assert!(glob_match("a*b*c", "aXXbYYc"));
         assert!(!glob_match("a*b*c", "aXXbYY"));
         assert!(glob_match("**a", "ba"));
+    }
+
+    #[test]
+    fn error_codes_from_bodies() {
+        let moto = b"<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code></Error></Errors></ErrorResponse>";
+        assert_eq!(xml_code(moto).as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(xml_code(b"<Code></Code>"), None);
+        assert_eq!(xml_code(b"<Code>a<b</Code>"), None);
+        assert_eq!(xml_code(b"<Code>never closed"), None);
     }
 
     #[test]

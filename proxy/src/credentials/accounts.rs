@@ -7,9 +7,11 @@
 //! Sluice keeps it in memory for the account's backend logins. Other plugins store nothing that
 //! could do both, and their clients are told so.
 //!
-//! Lookups are cached for `cache_ttl`; a failed login reads the account again at once (at most
-//! once a second), so a changed password is picked up; a lookup that fails refuses the login
-//! (a stale entry is never used past its time).
+//! Lookups are cached for `cache_ttl` (0: every login reads its account). A login that fails
+//! against a cached copy reads the account again, unless someone read it since that login
+//! began, so a changed password is picked up at once; lookups run one at a time, so a storm of
+//! wrong passwords costs the database one query after another, never a burst. A lookup that
+//! fails refuses the login: a stale entry is never used past its time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,8 +23,6 @@ use super::BackendSecret;
 use crate::auth::{self, NativeProof};
 use crate::config::{DatabaseAccountsConfig, Secret};
 
-/// A failed login reads its account again only if the cached copy is at least this old.
-const MIN_REREAD_AGE: Duration = Duration::from_secs(1);
 /// Accounts kept before the cache is swept.
 const CACHE_MAX: usize = 10_000;
 
@@ -119,36 +119,40 @@ impl DatabaseAccounts {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached account of `name` if read within the TTL (`Some(None)`: known to be absent).
-    fn cached(&self, name: &str, max_age: Duration) -> Option<Option<Account>> {
+    /// The cached account of `name` (`Some(None)`: known to be absent), if it was read after
+    /// `since` or, without `since`, within the TTL.
+    fn cached(&self, name: &str, since: Option<Instant>) -> Option<Option<Account>> {
         let entries = self.entries();
         entries
             .get(name)
-            .filter(|e| e.read.elapsed() < max_age)
+            .filter(|e| match since {
+                Some(t) => e.read >= t,
+                None => e.read.elapsed() < self.ttl,
+            })
             .map(|e| e.account.clone())
     }
 
     /// The account called `name`: cached while younger than `cache_ttl`, else read with
     /// `fetch` (which returns its rows and the host the database sees Sluice as). With
-    /// `reread`, a cached copy older than a second is read again (a login just failed against
-    /// it). `Ok(None)`: no such account. `Err`: the lookup failed; refuse the login.
+    /// `read_since` (a login that began then failed against the cached copy), the account is
+    /// read again unless that happened after `read_since`. `Ok(None)`: no such account.
+    /// `Err`: the lookup failed; refuse the login.
     pub async fn get<F, Fut>(
         &self,
         name: &str,
-        reread: bool,
+        read_since: Option<Instant>,
         fetch: F,
     ) -> Result<Option<Account>, String>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(Vec<AccountRow>, String), String>>,
     {
-        let max_age = if reread { MIN_REREAD_AGE } else { self.ttl };
-        if let Some(hit) = self.cached(name, max_age) {
+        if let Some(hit) = self.cached(name, read_since) {
             return Ok(hit);
         }
         let _one = self.reading.lock().await;
         // Someone else may have read it while this task waited.
-        if let Some(hit) = self.cached(name, max_age) {
+        if let Some(hit) = self.cached(name, read_since) {
             return Ok(hit);
         }
         let (rows, our_host) = match fetch().await {
@@ -361,26 +365,34 @@ mod tests {
             }
         };
         let hash = "*D821809F681A40A6E379B50D0463EFAE20BDD122";
+        let before = Instant::now();
         assert!(matches!(
-            accounts.get("u", false, fetch(hash)).await,
+            accounts.get("u", None, fetch(hash)).await,
             Ok(Some(Account::Native(_)))
         ));
-        accounts.get("u", false, fetch(hash)).await.unwrap();
+        accounts.get("u", None, fetch(hash)).await.unwrap();
         assert_eq!(reads.load(Relaxed), 1, "the second login uses the cache");
-        // A reread right after a read is debounced.
-        accounts.get("u", true, fetch("")).await.unwrap();
+        // A login that began before the last read does not read again...
+        accounts.get("u", Some(before), fetch("")).await.unwrap();
         assert_eq!(reads.load(Relaxed), 1);
+        // ...one that began after it does.
+        let later = Instant::now();
+        assert_eq!(
+            accounts.get("u", Some(later), fetch("")).await,
+            Ok(Some(Account::NoPassword))
+        );
+        assert_eq!(reads.load(Relaxed), 2);
         // A failed lookup refuses; it never falls back to a stale copy.
         accounts.forget("u");
         let failed = accounts
-            .get("u", false, || async {
+            .get("u", None, || async {
                 Err::<(Vec<AccountRow>, String), _>("down".to_owned())
             })
             .await;
         assert_eq!(failed, Err("down".to_owned()));
         assert_eq!(accounts.counts.failed.load(Relaxed), 1);
         let absent = accounts
-            .get("v", false, || async {
+            .get("v", None, || async {
                 Ok((Vec::new(), "127.0.0.1".to_owned()))
             })
             .await;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::auth;
 use crate::config::AuthPluginName;
@@ -54,12 +54,12 @@ pub(crate) async fn resolve(shared: &Shared, name: &str) -> Who {
     if let Some(known) = shared.credentials.get(name) {
         return Who::Known(known);
     }
-    lookup(shared, name, false).await
+    lookup(shared, name, None).await
 }
 
-/// Looks `name` up among the database's accounts (`reread`: a login just failed against the
-/// cached copy).
-async fn lookup(shared: &Shared, name: &str, reread: bool) -> Who {
+/// Looks `name` up among the database's accounts (`read_since`: a login that began then failed
+/// against the cached copy).
+async fn lookup(shared: &Shared, name: &str, read_since: Option<Instant>) -> Who {
     let Some(accounts) = &shared.credentials.accounts else {
         return Who::Unknown;
     };
@@ -67,7 +67,7 @@ async fn lookup(shared: &Shared, name: &str, reread: bool) -> Who {
         return Who::Unknown;
     }
     let fetched = accounts
-        .get(name, reread, || {
+        .get(name, read_since, || {
             read_account(shared, &accounts.lookup_user, name)
         })
         .await;
@@ -273,6 +273,7 @@ async fn check_account(
             reason: "database accounts are off",
         });
     };
+    let began = Instant::now();
     let mut cred = cred;
     for attempt in 0..2 {
         if proves(accounts, &cred, name, answer) {
@@ -281,7 +282,7 @@ async fn check_account(
         if attempt == 1 {
             break;
         }
-        match lookup(shared, name, true).await {
+        match lookup(shared, name, Some(began)).await {
             Who::Known(fresh) if fresh.account().is_some() => cred = fresh,
             Who::LookupFailed => {
                 return Err(Refusal {

@@ -152,6 +152,9 @@ pub(crate) fn opts(
         .pass(Some(secret.password.expose().to_owned()))
         .db_name(Some(database.to_owned()))
         .prefer_socket(false)
+        // IAM mode: Sluice asks for the token with mysql_clear_password (always inside TLS,
+        // which IAM mode requires).
+        .enable_cleartext_plugin(config.iam.is_some())
         // No prepared statements are used: the text protocol never pins a proxy session.
         .stmt_cache_size(0)
         // The function leaves no session state behind (no variables, temporary tables or

@@ -1,6 +1,6 @@
 //! End to end through the Lambda Runtime API: `cargo lambda watch` serves the real binary,
 //! `cargo lambda invoke` sends it events, and the function reaches MariaDB through Sluice with
-//! the secret from moto_server.
+//! the secret from moto_server, or in IAM mode with a token its role credentials sign.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{create_secret, db, moto, schema, sluice};
+use common::{create_secret, db, iam_env, moto, schema, sluice};
 use serde_json::{Value, json};
 use sluice_function::{Customer, Response};
 use sluice_testkit::moto::find_pypi_program;
@@ -246,6 +246,70 @@ async fn invocations_through_the_lambda_runtime_api() {
     assert!(
         !log.contains(db().app_password()),
         "the password leaked into the log"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_mode_through_the_lambda_runtime_api() {
+    let cargo_lambda =
+        find_pypi_program("cargo-lambda", INSTALL).unwrap_or_else(|e| panic!("{e:#}"));
+    let aws = sluice_testkit::IamMoto::shared();
+    let role = aws
+        .create_role(&sluice_testkit::Moto::unique_name("fn-iam-runtime"))
+        .unwrap();
+    let keys = aws.assume_role(&role, "runtime").unwrap();
+    let schema = schema("fn_iam_e2e");
+
+    let dir = std::env::temp_dir().join(format!("sluice-fn-iam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join("function.env");
+    // The execution role's credentials, as Lambda provides them; no SECRET_ARN.
+    let mut env = iam_env(&schema);
+    env.extend(keys.env());
+    env.push(("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()));
+    // Quoted: session tokens hold characters an unquoted dotenv value may not.
+    let env_text: String = env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    std::fs::write(&env_file, env_text).unwrap();
+
+    let mut watcher = Watcher::start(&cargo_lambda, &env_file, dir.join("watch.log"));
+    let event = json!({"customers": [{"id": 7, "name": "Hedy"}]});
+    let first = invoke(&cargo_lambda, watcher.port, &event, FIRST_INVOKE_LIMIT).await;
+    assert!(
+        first.status.success(),
+        "{}\nwatcher:\n{}",
+        text(&first),
+        watcher.log_text()
+    );
+    let response: Response =
+        serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)));
+    assert_eq!(response.database, schema);
+    assert_eq!(
+        response.customers,
+        vec![Customer {
+            id: 7,
+            name: Some("Hedy".to_owned()),
+        }]
+    );
+    assert_eq!(common::table(&schema), "7\tHedy\n");
+    let second = invoke(&cargo_lambda, watcher.port, &event, INVOKE_LIMIT).await;
+    assert!(second.status.success(), "{}", text(&second));
+
+    let log = watcher.log_text();
+    assert!(watcher.stop(), "cargo lambda watch did not stop:\n{log}");
+    assert!(
+        log.contains("SUCCESS: connection to the database proxy succeeded"),
+        "{log}"
+    );
+    // No secret was read, and the token never reached the log.
+    assert!(!log.contains("GetSecretValue"), "{log}");
+    assert!(
+        !log.contains("sluice-iam-v1."),
+        "the token leaked into the log"
+    );
+    assert!(
+        aws.sts_calls_signed_by(&keys.access_key_id).unwrap() >= 1,
+        "Sluice checked the role's token with STS"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@ use common::{TestProxy, config_for};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 use sluice::Config;
-use sluice::config::{IamIdentity, TlsMode};
+use sluice::config::{IamIdentity, Secret, TlsMode};
 use sluice_iam::ClientToken;
 use sluice_iam::client_token::{self, TokenRequest};
 use sluice_testkit::{AwsKeys, IamMoto, MariaDb, Moto, Pki, pymysql_async};
@@ -28,8 +28,10 @@ const WAIT: Duration = Duration::from_secs(30);
 fn iam_config(db: &MariaDb, pki: &Pki, aws: &IamMoto, identities: &[(&str, &str)]) -> Config {
     let mut c = config_for(db, 8);
     c.tls.mode = TlsMode::Preferred;
-    c.tls.cert_file = pki.path("server.pem").display().to_string();
-    c.tls.key_file = pki.path("server-key.pem").display().to_string();
+    // Inline PEM, as a container gets it from a secret through its environment.
+    let pem = |name: &str| Secret::new(std::fs::read_to_string(pki.path(name)).expect("PEM"));
+    c.tls.cert_pem = pem("server.pem");
+    c.tls.key_pem = pem("server-key.pem");
     c.iam.audience = AUDIENCE.into();
     c.iam.sts_endpoint = aws.endpoint();
     c.iam.sts_region = aws.region().into();

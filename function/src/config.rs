@@ -10,6 +10,7 @@
 //! | `DB_NAME` | the database for the `Customer` table; default: the secret's `dbname` |
 //! | `DB_TLS` | `off` (default) or `required`: TLS to the proxy, certificate and name verified |
 //! | `DB_TLS_CA_FILE` | PEM bundle to trust instead of the built-in web roots (with `required`) |
+//! | `DB_TLS_CA_PEM` | the same bundle given as text (a Lambda package holds no extra files) |
 //!
 //! IAM mode needs `DB_NAME` and `DB_TLS=required` (the token is a password sent in clear), and
 //! no `SECRET_ARN`. Tokens are signed for STS in `AWS_REGION`, at `AWS_ENDPOINT_URL_STS` or
@@ -47,6 +48,8 @@ pub struct Config {
     pub db_name: Option<String>,
     /// TLS to the proxy.
     pub tls: DbTls,
+    /// `DB_TLS_CA_PEM`: certificates to trust, given as text instead of a file.
+    pub tls_ca_pem: Option<String>,
     /// Limit for opening one connection (TCP connect, TLS and login).
     pub connect_timeout: Duration,
     /// Most connections the instance's pool opens.
@@ -89,6 +92,7 @@ impl Config {
             proxy_port: port,
             db_name: None,
             tls: DbTls::Off,
+            tls_ca_pem: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_max: DEFAULT_POOL_MAX,
         }
@@ -130,8 +134,19 @@ impl Config {
             .ok_or_else(|| Error::Config("PROXY_ENDPOINT is not set".to_owned()))?;
         let (proxy_host, proxy_port) = parse_endpoint(&endpoint)?;
         let ca_file = get("DB_TLS_CA_FILE").map(PathBuf::from);
+        let tls_ca_pem = get("DB_TLS_CA_PEM");
+        if tls_ca_pem.is_some() && ca_file.is_some() {
+            return Err(Error::Config(
+                "DB_TLS_CA_FILE and DB_TLS_CA_PEM are both set; use one".to_owned(),
+            ));
+        }
         let tls = match get("DB_TLS").map(|v| v.to_ascii_lowercase()).as_deref() {
             None | Some("off") => {
+                if tls_ca_pem.is_some() {
+                    return Err(Error::Config(
+                        "DB_TLS_CA_PEM is set but DB_TLS is off; set DB_TLS=required".to_owned(),
+                    ));
+                }
                 if let Some(ca) = ca_file {
                     return Err(Error::Config(format!(
                         "DB_TLS_CA_FILE is set ({}) but DB_TLS is off; set DB_TLS=required",
@@ -186,6 +201,7 @@ impl Config {
         Ok(Config {
             db_name,
             tls,
+            tls_ca_pem,
             iam,
             ..Config::new(secret_arn, proxy_host, proxy_port)
         })
@@ -429,6 +445,14 @@ mod tests {
         let mut odd = base.to_vec();
         odd[0] = ("AUTH_MODE", "kerberos");
         assert!(message(parse(&odd)).contains("AUTH_MODE"));
+        let mut pem = base.to_vec();
+        pem.push((
+            "DB_TLS_CA_PEM",
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
+        ));
+        assert!(parse(&pem).unwrap().tls_ca_pem.is_some());
+        pem.push(("DB_TLS_CA_FILE", "/ca.pem"));
+        assert!(message(parse(&pem)).contains("both set"));
         let mut bad_url = base.to_vec();
         bad_url.push(("AWS_ENDPOINT_URL", "ftp://x"));
         assert!(message(parse(&bad_url)).contains("AWS_ENDPOINT_URL"));

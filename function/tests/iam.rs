@@ -40,8 +40,19 @@ fn role_session(prefix: &str) -> AwsKeys {
 #[tokio::test]
 async fn iam_mode_logs_in_with_the_role_and_no_secret() {
     let schema = schema("fn_iam");
-    let env = iam_env(&schema);
+    // The CA as text, as the CDK stack gives it (a Lambda package holds no extra files).
+    let env: Vec<(&'static str, String)> = iam_env(&schema)
+        .into_iter()
+        .map(|(k, v)| match k {
+            "DB_TLS_CA_FILE" => (
+                "DB_TLS_CA_PEM",
+                std::fs::read_to_string(&v).expect("read the CA"),
+            ),
+            _ => (k, v),
+        })
+        .collect();
     let config = config(&env);
+    assert!(config.tls_ca_pem.is_some());
     let keys = role_session("fn-iam-orders");
     let function = Function::init_iam(config.clone(), signer(&config, &keys))
         .await

@@ -93,6 +93,11 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key of that certificate.
     pub key_file: String,
+    /// The certificate chain itself, in PEM, instead of `cert_file` (for containers that get
+    /// it from a secret through the environment).
+    pub cert_pem: Secret,
+    /// The private key itself, in PEM, instead of `key_file`.
+    pub key_pem: Secret,
     /// PEM CA bundle for mutual TLS: when set, every client must present a certificate that
     /// one of these CAs signed (needs `mode = "required"`). Empty: no client certificates.
     pub client_ca_file: String,
@@ -384,6 +389,8 @@ impl Default for TlsConfig {
             mode: TlsMode::Disabled,
             cert_file: String::new(),
             key_file: String::new(),
+            cert_pem: Secret::default(),
+            key_pem: Secret::default(),
             client_ca_file: String::new(),
             reload_interval: Duration::from_secs(10),
         }
@@ -581,6 +588,8 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     ("SLUICE_TLS_MODE", &["tls", "mode"], Kind::Text),
     ("SLUICE_TLS_CERT_FILE", &["tls", "cert_file"], Kind::Text),
     ("SLUICE_TLS_KEY_FILE", &["tls", "key_file"], Kind::Text),
+    ("SLUICE_TLS_CERT_PEM", &["tls", "cert_pem"], Kind::Text),
+    ("SLUICE_TLS_KEY_PEM", &["tls", "key_pem"], Kind::Text),
     (
         "SLUICE_TLS_CLIENT_CA_FILE",
         &["tls", "client_ca_file"],
@@ -770,11 +779,13 @@ impl Config {
             return invalid("admin.username", "must not be empty");
         }
         if self.tls.mode != TlsMode::Disabled
-            && (self.tls.cert_file.is_empty() || self.tls.key_file.is_empty())
+            && ((self.tls.cert_file.is_empty() && self.tls.cert_pem.expose().is_empty())
+                || (self.tls.key_file.is_empty() && self.tls.key_pem.expose().is_empty()))
         {
             return invalid(
                 "tls.cert_file",
-                "tls.mode preferred or required needs tls.cert_file and tls.key_file",
+                "tls.mode preferred or required needs tls.cert_file and tls.key_file (or \
+                 tls.cert_pem and tls.key_pem)",
             );
         }
         if !self.tls.client_ca_file.is_empty() && self.tls.mode != TlsMode::Required {

@@ -2,6 +2,8 @@
 
 /// AWS identities for tests: moto_server checking signatures, IAM roles, users and sessions.
 pub mod aws_iam;
+/// A MariaDB that asks for the password in clear, as RDS asks its IAM users.
+pub mod cleartext;
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
 /// Sluice's resident memory with many idle clients (for the benches).

@@ -1174,6 +1174,97 @@ mod tests {
     }
 
     #[test]
+    fn identity_sections_validate_and_come_from_the_environment() {
+        let tls = "[tls]\nmode = \"required\"\ncert_pem = \"c\"\nkey_pem = \"k\"\n";
+        let env = |k: &str| match k {
+            "SLUICE_IAM_AUDIENCE" => Some("sluice-prod".to_string()),
+            "SLUICE_IAM_IDENTITIES" => {
+                Some("arn:aws:iam::1:role/a-*=app, arn:aws:iam::1:user/b=report".to_string())
+            }
+            "SLUICE_DATABASE_ACCOUNTS_ENABLED" => Some("true".to_string()),
+            "SLUICE_DATABASE_ACCOUNTS_LOOKUP_USER" => Some("lookup".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(tls, "test", env).unwrap();
+        assert_eq!(c.iam.audience, "sluice-prod");
+        assert_eq!(
+            c.iam.identities,
+            [
+                IamIdentity {
+                    arn: "arn:aws:iam::1:role/a-*".into(),
+                    database_user: "app".into()
+                },
+                IamIdentity {
+                    arn: "arn:aws:iam::1:user/b".into(),
+                    database_user: "report".into()
+                },
+            ]
+        );
+        assert!(c.database_accounts.enabled);
+        assert!(!format!("{c:?}").contains("\"c\""), "PEM stays hidden");
+
+        let bad_env = |k: &str| (k == "SLUICE_IAM_IDENTITIES").then(|| "no-equals".to_string());
+        let err = Config::from_toml(MINIMAL, "test", bad_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ARN=database_user"), "{err}");
+        let bad_bool =
+            |k: &str| (k == "SLUICE_DATABASE_ACCOUNTS_ENABLED").then(|| "yes".to_string());
+        let err = Config::from_toml(MINIMAL, "test", bad_bool)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("true or false"), "{err}");
+
+        let iam = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[iam]\naudience = \"a\"\n{extra}\n[[iam.identities]]\narn = \"arn:aws:iam::1:role/r\"\ndatabase_user = \"app\"\n"
+            )
+        };
+        for (text, key) in [
+            (iam(""), "iam.audience"),
+            (
+                format!("{}\n{tls}", iam("sts_endpoint = \"sts.example.com\"")),
+                "iam.sts_endpoint",
+            ),
+            (
+                format!("{}\n{tls}", iam("token_max_age = \"1h\"")),
+                "iam.token_max_age",
+            ),
+            (
+                format!("{MINIMAL}\n[rds_iam]\nusers = [\"app\"]\n"),
+                "rds_iam.users",
+            ),
+            (
+                format!("{MINIMAL}\n[database_accounts]\nenabled = true\n"),
+                "database_accounts.lookup_user",
+            ),
+        ] {
+            let err = Config::from_toml(&text, "test", no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let ok = format!("{}\n{tls}", iam("sts_endpoint = \"http://127.0.0.1:5000\""));
+        Config::from_toml(&ok, "test", no_env).unwrap();
+        let verified = MINIMAL.replace(
+            "min_idle = 0",
+            "min_idle = 0\ntls = \"verify-ca\"\ntls_ca_file = \"ca.pem\"",
+        );
+        Config::from_toml(
+            &format!("{verified}\n[rds_iam]\nusers = [\"app\"]\n"),
+            "test",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            sts_authority("https://sts.eu-west-1.amazonaws.com/"),
+            Some("sts.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(sts_authority("ftp://x"), None);
+        assert_eq!(sts_authority("https://h/path"), None);
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::from_toml(MINIMAL, "test", no_env).unwrap();
         let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());

@@ -93,6 +93,25 @@ async fn metric(proxy: &TestProxy, name: &str, label: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What every test starts from: the shared servers and its own certificates.
+struct Setup {
+    db: &'static MariaDb,
+    aws: &'static IamMoto,
+    pki: Pki,
+    /// The CA clients trust.
+    ca: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let pki = Pki::generate().unwrap();
+    Setup {
+        db: MariaDb::shared(),
+        aws: IamMoto::shared(),
+        ca: pki.path("ca.pem"),
+        pki,
+    }
+}
+
 /// A new role and a session of it.
 fn role_session(aws: &IamMoto, prefix: &str) -> (String, AwsKeys) {
     let role = aws
@@ -104,10 +123,7 @@ fn role_session(aws: &IamMoto, prefix: &str) -> (String, AwsKeys) {
 
 #[tokio::test]
 async fn valid_tokens_log_in_as_the_mapped_user() {
-    let db = MariaDb::shared();
-    let aws = IamMoto::shared();
-    let pki = Pki::generate().unwrap();
-    let ca = pki.path("ca.pem");
+    let Setup { db, aws, pki, ca } = setup();
     let (role, session) = role_session(aws, "orders");
     let (user_arn, user_keys) = aws.create_user(&Moto::unique_name("reporter")).unwrap();
     let proxy = TestProxy::start_with(
@@ -183,10 +199,7 @@ async fn valid_tokens_log_in_as_the_mapped_user() {
 
 #[tokio::test]
 async fn refusals_say_why() {
-    let db = MariaDb::shared();
-    let aws = IamMoto::shared();
-    let pki = Pki::generate().unwrap();
-    let ca = pki.path("ca.pem");
+    let Setup { db, aws, pki, ca } = setup();
     let (role, session) = role_session(aws, "billing");
     let (_, unmapped) = role_session(aws, "stranger");
     let nobody = "arn:aws:iam::123456789012:role/nobody";
@@ -285,9 +298,7 @@ async fn refusals_say_why() {
 
 #[tokio::test]
 async fn no_tls_no_token() {
-    let db = MariaDb::shared();
-    let aws = IamMoto::shared();
-    let pki = Pki::generate().unwrap();
+    let Setup { db, aws, pki, .. } = setup();
     let (role, session) = role_session(aws, "plain");
     let proxy = TestProxy::start_with(db, iam_config(db, &pki, aws, &[(&role, "app")])).await;
     let t = token(aws, &session, AUDIENCE, SystemTime::now());
@@ -303,10 +314,7 @@ async fn no_tls_no_token() {
 
 #[tokio::test]
 async fn sts_unreachable_or_silent_refuses_as_cannot_verify_and_is_counted() {
-    let db = MariaDb::shared();
-    let aws = IamMoto::shared();
-    let pki = Pki::generate().unwrap();
-    let ca = pki.path("ca.pem");
+    let Setup { db, aws, pki, ca } = setup();
     let (role, session) = role_session(aws, "offline");
 
     // A port nobody listens on, and a listener that accepts and never answers.
@@ -374,10 +382,7 @@ async fn sts_unreachable_or_silent_refuses_as_cannot_verify_and_is_counted() {
 async fn a_burst_of_1000_cold_starts_costs_one_sts_call_per_role() {
     const LOGINS: usize = 1000;
     const AT_ONCE: usize = 100;
-    let db = MariaDb::shared();
-    let aws = IamMoto::shared();
-    let pki = Pki::generate().unwrap();
-    let ca = pki.path("ca.pem");
+    let Setup { db, aws, pki, ca } = setup();
     let (orders, orders_session) = role_session(aws, "burst-orders");
     let (billing, billing_session) = role_session(aws, "burst-billing");
     let proxy = TestProxy::start_with(

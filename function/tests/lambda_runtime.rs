@@ -120,6 +120,31 @@ impl Drop for Watcher {
     }
 }
 
+/// A private directory named after `name` with the function's environment file (values
+/// quoted: session tokens hold characters an unquoted dotenv value may not), and a watcher
+/// serving the function with it.
+fn watch_with_env(cargo_lambda: &Path, name: &str, env: &[(&str, String)]) -> (PathBuf, Watcher) {
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join("function.env");
+    let env_text: String = env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    std::fs::write(&env_file, env_text).unwrap();
+    let watcher = Watcher::start(cargo_lambda, &env_file, dir.join("watch.log"));
+    (dir, watcher)
+}
+
+/// The first invocation (which builds the function), parsed; fails with the watcher's log.
+async fn first_invocation(cargo_lambda: &Path, watcher: &Watcher, event: &Value) -> Response {
+    let first = invoke(cargo_lambda, watcher.port, event, FIRST_INVOKE_LIMIT).await;
+    assert!(
+        first.status.success(),
+        "{}\nwatcher:\n{}",
+        text(&first),
+        watcher.log_text()
+    );
+    serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)))
+}
+
 /// `cargo lambda invoke` of the watcher's function with `payload`, as JSON output.
 async fn invoke(cargo_lambda: &Path, port: u16, payload: &Value, limit: Duration) -> Output {
     let mut cmd = Command::new(cargo_lambda);
@@ -156,30 +181,16 @@ async fn invocations_through_the_lambda_runtime_api() {
     let schema = schema("fn_e2e");
     let arn = create_secret(db().app_password(), &schema);
 
-    let dir = std::env::temp_dir().join(format!("sluice-fn-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let env_file = dir.join("function.env");
     let mut env = vec![
         ("SECRET_ARN", arn.clone()),
         ("PROXY_ENDPOINT", sluice().addr().to_string()),
         ("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()),
     ];
     env.extend(moto().sdk_env());
-    let env_text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(&env_file, env_text).unwrap();
-
-    let mut watcher = Watcher::start(&cargo_lambda, &env_file, dir.join("watch.log"));
+    let (dir, mut watcher) = watch_with_env(&cargo_lambda, "fn-e2e", &env);
 
     let event = json!({"customers": [{"id": 10, "name": "Ada"}, {"id": 11, "name": "Grace"}]});
-    let first = invoke(&cargo_lambda, watcher.port, &event, FIRST_INVOKE_LIMIT).await;
-    assert!(
-        first.status.success(),
-        "{}\nwatcher:\n{}",
-        text(&first),
-        watcher.log_text()
-    );
-    let response: Response =
-        serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)));
+    let response = first_invocation(&cargo_lambda, &watcher, &event).await;
     let expected = Response {
         database: schema.clone(),
         upserted: 2,
@@ -261,28 +272,13 @@ async fn iam_mode_through_the_lambda_runtime_api() {
     let keys = aws.assume_role(&role, "runtime").unwrap();
     let schema = schema("fn_iam_e2e");
 
-    let dir = std::env::temp_dir().join(format!("sluice-fn-iam-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let env_file = dir.join("function.env");
     // The execution role's credentials, as Lambda provides them; no SECRET_ARN.
     let mut env = iam_env(&schema);
     env.extend(keys.env());
     env.push(("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()));
-    // Quoted: session tokens hold characters an unquoted dotenv value may not.
-    let env_text: String = env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
-    std::fs::write(&env_file, env_text).unwrap();
-
-    let mut watcher = Watcher::start(&cargo_lambda, &env_file, dir.join("watch.log"));
+    let (dir, mut watcher) = watch_with_env(&cargo_lambda, "fn-iam", &env);
     let event = json!({"customers": [{"id": 7, "name": "Hedy"}]});
-    let first = invoke(&cargo_lambda, watcher.port, &event, FIRST_INVOKE_LIMIT).await;
-    assert!(
-        first.status.success(),
-        "{}\nwatcher:\n{}",
-        text(&first),
-        watcher.log_text()
-    );
-    let response: Response =
-        serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)));
+    let response = first_invocation(&cargo_lambda, &watcher, &event).await;
     assert_eq!(response.database, schema);
     assert_eq!(
         response.customers,

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use super::BackendSecret;
+use super::{BackendSecret, wildcard};
 use crate::auth::{self, NativeProof};
 use crate::config::{DatabaseAccountsConfig, Secret};
 
@@ -235,46 +235,13 @@ fn pick_row<'a>(rows: &'a [AccountRow], our_host: &str) -> Option<&'a AccountRow
 /// SQL `LIKE` matching of a host pattern (`%` any run, `_` one character), case-insensitive;
 /// an empty pattern matches any host, as in MySQL.
 fn host_matches(pattern: &str, host: &str) -> bool {
-    if pattern.is_empty() {
-        return true;
-    }
-    let glob: String = pattern
-        .chars()
-        .map(|c| match c {
-            '%' => '*',
-            other => other.to_ascii_lowercase(),
-        })
-        .collect();
-    like_one(&glob, &host.to_ascii_lowercase())
-}
-
-/// `*` for any run and `_` for exactly one character.
-fn like_one(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '_' || Some(&c) == t.get(ti) => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p.get(pi..)
-        .is_none_or(|rest| rest.iter().all(|&c| c == '*'))
+    pattern.is_empty()
+        || wildcard::matches(
+            &pattern.to_ascii_lowercase(),
+            &host.to_ascii_lowercase(),
+            '%',
+            Some('_'),
+        )
 }
 
 #[cfg(test)]

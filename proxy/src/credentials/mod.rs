@@ -35,6 +35,7 @@ pub mod rds_iam;
 pub mod rds_secret;
 pub mod secrets_manager;
 mod static_users;
+mod wildcard;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -197,12 +197,7 @@ async fn check(
                 reason: "database account with an unsupported plugin",
             });
         }
-        Who::LookupFailed => {
-            return Err(Refusal {
-                error: ClientError::cannot_verify_login(name, "the database account lookup failed"),
-                reason: "database account lookup failed",
-            });
-        }
+        Who::LookupFailed => return Err(lookup_failed(name)),
     };
     if matches!(answer, Answer::Unusable) {
         return Err(denied());
@@ -222,6 +217,14 @@ async fn check(
         })
         .await;
     verified.ok_or_else(denied)
+}
+
+/// A login whose account could not be looked up: refused as "cannot check now".
+fn lookup_failed(name: &str) -> Refusal {
+    Refusal {
+        error: ClientError::cannot_verify_login(name, "the database account lookup failed"),
+        reason: "database account lookup failed",
+    }
 }
 
 /// An IAM token, sent in clear inside TLS.
@@ -284,15 +287,7 @@ async fn check_account(
         }
         match lookup(shared, name, Some(began)).await {
             Who::Known(fresh) if fresh.account().is_some() => cred = fresh,
-            Who::LookupFailed => {
-                return Err(Refusal {
-                    error: ClientError::cannot_verify_login(
-                        name,
-                        "the database account lookup failed",
-                    ),
-                    reason: "database account lookup failed",
-                });
-            }
+            Who::LookupFailed => return Err(lookup_failed(name)),
             other => {
                 // Dropped, or changed to a plugin Sluice cannot use: refuse as for that.
                 return Box::pin(check(

@@ -142,8 +142,22 @@ async fn valid_tokens_log_in_as_the_mapped_user() {
         login(iam_opts(&proxy, "app", &t, &ca)).await.unwrap(),
         "app@%"
     );
-    // An IAM user (not a role) mapped by its own ARN.
+    // COM_CHANGE_USER to an IAM user: the token again, switched to mysql_clear_password.
+    let mut conn = Conn::new(Opts::from(iam_opts(&proxy, "app", &t, &ca)))
+        .await
+        .unwrap();
     let u = token(aws, &user_keys, AUDIENCE, SystemTime::now());
+    conn.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some("other".into()))
+            .with_pass(Some(u.clone())),
+    )
+    .await
+    .unwrap();
+    let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("other@%"));
+    conn.disconnect().await.unwrap();
+    // An IAM user (not a role) mapped by its own ARN.
     assert_eq!(
         login(iam_opts(&proxy, "other", &u, &ca)).await.unwrap(),
         "other@%"
@@ -174,9 +188,10 @@ async fn valid_tokens_log_in_as_the_mapped_user() {
         .await,
         2.0
     );
+    // The repeats of each token: two logins, the session before COM_CHANGE_USER, PyMySQL.
     assert_eq!(
         metric(&proxy, "sluice_iam_logins_total", "result=\"cached\"").await,
-        2.0
+        4.0
     );
     assert_eq!(aws.sts_calls_signed_by(&session.access_key_id).unwrap(), 1);
     // The IAM user's password login is gone: it logs in with IAM only.

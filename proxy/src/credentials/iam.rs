@@ -29,6 +29,9 @@ use crate::config::{IamConfig, IamIdentity, sts_authority};
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Verified tokens kept before the cache is swept (then cleared, if all are still live).
 const CACHE_MAX: usize = 100_000;
+/// STS calls in flight at most: a flood of distinct tokens waits (within `sts_timeout`) rather
+/// than opening a connection each.
+const MAX_STS_CALLS: usize = 64;
 
 /// Why an IAM login was refused; the text is what the client reads (nothing secret in it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +133,9 @@ pub struct IamVerifier {
     identities: Vec<IamIdentity>,
     cache: Mutex<HashMap<[u8; 32], (StsAnswer, Instant)>>,
     inflight: Mutex<HashMap<[u8; 32], Pending>>,
+    /// Bounds the STS calls in flight.
+    sts_slots: tokio::sync::Semaphore,
+    sts_timeout: Duration,
     counts: IamCounts,
 }
 
@@ -194,6 +200,8 @@ impl IamVerifier {
             identities: config.identities.clone(),
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            sts_slots: tokio::sync::Semaphore::new(MAX_STS_CALLS),
+            sts_timeout: config.sts_timeout,
             counts: IamCounts::default(),
         })
     }
@@ -343,6 +351,13 @@ impl IamVerifier {
     /// One GetCallerIdentity call with the client's signed headers. `Err` when STS gave no
     /// answer (the text says why).
     async fn call_sts(&self, token: &ClientToken) -> Result<StsAnswer, String> {
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.sts_timeout, self.sts_slots.acquire()).await
+        else {
+            self.counts.sts_failures.fetch_add(1, Relaxed);
+            return Err(format!(
+                "{MAX_STS_CALLS} STS calls are already in flight and none ended in time"
+            ));
+        };
         self.counts.sts_calls.fetch_add(1, Relaxed);
         let headers: Vec<(&'static str, String)> = token
             .headers()

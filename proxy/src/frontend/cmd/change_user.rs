@@ -47,7 +47,13 @@ impl ClientSession {
         // The client answered the connection's scramble, unless it gets a switch.
         let mut nonce = self.scramble.to_vec();
         let mut response = cu.auth_response.to_vec();
-        if plugin == AuthPluginName::Ed25519 || cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
+        // ed25519 signs a nonce of its own; an IAM token outgrows COM_CHANGE_USER's one-byte
+        // length: both always get a switch.
+        let always_switch = matches!(
+            plugin,
+            AuthPluginName::Ed25519 | AuthPluginName::ClearPassword
+        );
+        if always_switch || cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
             // Ask for an answer to a fresh challenge with the user's plugin.
             nonce = match auth::challenge(plugin, &self.scramble) {
                 Ok(n) => n,

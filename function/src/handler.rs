@@ -177,6 +177,14 @@ enum Source {
 }
 
 impl Source {
+    /// How a refused login was retried, for its error message.
+    fn retried(&self) -> &'static str {
+        match self {
+            Source::Secret(_) => "also after reading the secret again",
+            Source::Iam(_) => "also with a freshly signed token",
+        }
+    }
+
     async fn fetch(&self, config: &Config) -> Result<DbSecret, Error> {
         match self {
             Source::Secret(client) => client.fetch(&config.secret_arn).await,
@@ -338,7 +346,7 @@ impl Function {
                     } => Error::Authentication {
                         user,
                         endpoint,
-                        message: format!("{message} (also with fresh credentials)"),
+                        message: format!("{message} ({})", self.source.retried()),
                     },
                     other => other,
                 },

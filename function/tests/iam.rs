@@ -105,7 +105,9 @@ async fn a_role_sluice_does_not_map_is_refused_with_the_reason() {
         Error::Authentication { user, message, .. } => {
             assert_eq!(user, "app");
             assert!(
-                message.contains("ERROR 1045") && message.contains("may not log in as"),
+                message.contains("ERROR 1045")
+                    && message.contains("may not log in as")
+                    && message.contains("also with a freshly signed token"),
                 "{message}"
             );
         }

@@ -144,3 +144,19 @@ ensure_cargo_lambda() {
         return 1
     }
 }
+
+# ensure_cargo_fuzz: the nightly toolchain (cargo fuzz needs it; it comes with Rust's own
+# installer, not a package registry) and cargo-fuzz (crates.io).
+ensure_cargo_fuzz() {
+    ensure_rust
+    if ! cargo +nightly --version >/dev/null 2>&1; then
+        echo "setup: the nightly Rust toolchain is missing; install it with" \
+            "'rustup toolchain install nightly --profile minimal' (cargo fuzz needs it)" >&2
+        return 1
+    fi
+    if cargo +nightly fuzz --version >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "setup: installing cargo-fuzz"
+    cargo install --locked --quiet cargo-fuzz
+}

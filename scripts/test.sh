@@ -19,6 +19,11 @@ as_root env SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}" scripts/mysql9-c
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Drivers' own published test suites, directly and through Sluice: the default subset, a few
+# minutes (compat/README.md; `compat/run.sh --full` runs everything).
+compat/run.sh
 # The benchmarks are run by hand (cargo bench); here they only have to build.
 cargo bench --no-run
+# Every fuzz target for a bounded time (SLUICE_FUZZ_SECONDS, default 15 s each).
+scripts/fuzz.sh
 infra/test.sh

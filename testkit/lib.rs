@@ -6,8 +6,12 @@ pub mod aws_iam;
 pub mod cleartext;
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
+/// The differential checker: direct vs through Sluice, step by step.
+pub mod differential;
 /// Sluice's resident memory with many idle clients (for the benches).
 pub mod idle;
+/// A ledger of transfers whose total must not change, for failover tests.
+pub mod ledger;
 /// Private MariaDB servers on loopback with real random passwords.
 pub mod mariadb;
 /// A local AWS (Secrets Manager, KMS) for tests: `moto_server` on loopback.
@@ -20,6 +24,8 @@ pub mod pki;
 pub mod ports;
 /// Child processes: finding programs, tying children to this process, bounded waits.
 pub mod process;
+/// A primary and a replica that replicate (GTID), for failover tests.
+pub mod replication;
 /// Benchmark reports: medians and the Markdown file under `target/bench`.
 pub mod report;
 /// Where sandbox servers live: private directories, leftovers, exit-time cleanup, passwords.
@@ -33,10 +39,12 @@ pub use aws_iam::{AwsKeys, IamMoto};
 pub use clients::{
     client_opts, mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success,
 };
+pub use ledger::{Ledger, LoadReport};
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use moto::Moto;
 pub use mysql9::{Mysql9, Mysql9Options, Sha2Auth};
 pub use pki::Pki;
 pub use ports::free_port;
 pub use process::spawn_tied;
+pub use replication::ReplicaPair;
 pub use sluice::{SluiceOptions, SluiceProcess};

@@ -61,6 +61,8 @@ pub struct MariaDb {
     port: u16,
     client: PathBuf,
     passwords: Passwords,
+    mariadbd: PathBuf,
+    opts: MariaDbOptions,
 }
 
 impl MariaDb {
@@ -91,6 +93,15 @@ impl MariaDb {
     }
 
     fn start_on_ports(opts: MariaDbOptions, next_port: impl FnMut() -> u16) -> Result<MariaDb> {
+        Self::start_with_passwords(opts, next_port, Passwords::random()?)
+    }
+
+    /// Starts a server whose accounts have `passwords` (a replica needs its primary's).
+    pub(crate) fn start_with_passwords(
+        opts: MariaDbOptions,
+        next_port: impl FnMut() -> u16,
+        passwords: Passwords,
+    ) -> Result<MariaDb> {
         if opts.max_connections < MIN_MAX_CONNECTIONS {
             bail!(
                 "max_connections {} is below mariadbd's minimum of {MIN_MAX_CONNECTIONS}, which it \
@@ -111,7 +122,6 @@ impl MariaDb {
                 socket.display()
             );
         }
-        let passwords = Passwords::random()?;
         write_private(&sandbox.path("init.sql"), &init_sql(&passwords))?;
 
         let started = on_free_port(next_port, |port| {
@@ -129,7 +139,45 @@ impl MariaDb {
             port,
             client,
             passwords,
+            mariadbd,
+            opts,
         })
+    }
+
+    /// Kills the server with SIGKILL (no shutdown at all) and reaps it.
+    pub fn kill9(&mut self) {
+        self.sandbox.kill_now();
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown; SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        self.sandbox.stop();
+    }
+
+    /// Whether the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.sandbox.pid() != 0
+    }
+
+    /// Starts the server again on its data directory and port, after [`MariaDb::kill9`] or
+    /// [`MariaDb::stop`] (InnoDB recovers what was committed). Returns once it greets.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("the server on port {} is still running", self.port);
+        }
+        let cmd = server_command(&self.sandbox, &self.mariadbd, self.port, &self.opts, false);
+        self.sandbox.spawn(cmd)?;
+        match self
+            .sandbox
+            .wait_ready_again("mariadbd", self.port, START_DEADLINE)
+        {
+            Ok(_) => Ok(()),
+            Err(LaunchError::PortTaken) => bail!(
+                "port {} was taken by another process while the server was down",
+                self.port
+            ),
+            Err(LaunchError::Failed(e)) => Err(e),
+        }
     }
 
     /// The TCP port on 127.0.0.1.
@@ -252,6 +300,24 @@ fn launch(
     // Every mariadbd deletes all `#sql*` files in its tmpdir at start-up: with a shared
     // tmpdir (/tmp by default) starting one server breaks another's temporary tables.
     sandbox.reset(template, &["tmp"])?;
+    let cmd = server_command(sandbox, mariadbd, port, opts, true);
+    sandbox.spawn(cmd)?;
+    // mariadbd logs a failing init-file statement as "ERROR: <code> ..." and carries on.
+    sandbox.wait_ready("mariadbd", port, START_DEADLINE, |line| {
+        line.starts_with("ERROR: ")
+    })?;
+    Ok(())
+}
+
+/// The `mariadbd` command line of a sandbox server; `init` runs the init file (which sets up
+/// the accounts once, at the first start).
+fn server_command(
+    sandbox: &Sandbox,
+    mariadbd: &Path,
+    port: u16,
+    opts: &MariaDbOptions,
+    init: bool,
+) -> Command {
     let path = |name: &str| sandbox.path(name).display().to_string();
     let mut cmd = Command::new(mariadbd);
     cmd.arg("--no-defaults")
@@ -259,9 +325,11 @@ fn launch(
         .arg(format!("--port={port}"))
         .arg(format!("--socket={}", path("sock")))
         .arg(format!("--pid-file={}", path("pid")))
-        .arg(format!("--log-error={}", path("error.log")))
-        .arg(format!("--init-file={}", path("init.sql")))
-        .arg(format!("--tmpdir={}", path("tmp")))
+        .arg(format!("--log-error={}", path("error.log")));
+    if init {
+        cmd.arg(format!("--init-file={}", path("init.sql")));
+    }
+    cmd.arg(format!("--tmpdir={}", path("tmp")))
         .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
         .arg(format!("--max-connections={}", opts.max_connections))
         // Write the redo log on commit but skip fsync: 2-5x faster commits, and commits
@@ -286,12 +354,7 @@ fn launch(
         .arg(format!("--innodb-log-file-size={TEMPLATE_LOG_FILE_SIZE}"));
     }
     cmd.args(&opts.extra_args);
-    sandbox.spawn(cmd)?;
-    // mariadbd logs a failing init-file statement as "ERROR: <code> ..." and carries on.
-    sandbox.wait_ready("mariadbd", port, START_DEADLINE, |line| {
-        line.starts_with("ERROR: ")
-    })?;
-    Ok(())
+    cmd
 }
 
 /// A freshly installed data directory, made once per process and copied for every server:

@@ -35,15 +35,46 @@ pub(crate) fn once<T>(
         .map_err(|e| anyhow!("{e}"))
 }
 
-/// `TMP/sluice-sandbox-UID`, created on first use; leftovers of dead processes are removed then.
+/// `BASE/sluice-sandbox-UID`, created on first use; leftovers of dead processes are removed then.
+/// BASE is `/dev/shm` when it is a writable tmpfs with room, else the temporary directory.
 pub(crate) fn sandbox_root() -> Result<&'static Path> {
     static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     once(&ROOT, || {
-        let root = std::env::temp_dir().join(format!("sluice-sandbox-{}", euid()));
+        let root = base_dir().join(format!("sluice-sandbox-{}", euid()));
         prepare_root(&root)?;
         Ok(root)
     })
     .map(PathBuf::as_path)
+}
+
+/// Room a memory file system must have to hold the sandboxes (a dozen servers' data directories).
+const MEMORY_FS_ROOM: u64 = 4 << 30;
+
+/// Where sandboxes go. Data directories in memory make DDL (`TRUNCATE`, `CREATE TABLE`) cost a
+/// few milliseconds instead of tens, which the differential checker does between runs; what a
+/// test checks after `kill -9` of a server is unaffected (the files outlive the process).
+fn base_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if free_bytes(shm).is_some_and(|free| free >= MEMORY_FS_ROOM) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// Free bytes in the file system of `dir`, if it exists and this user may write there.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path; `st` is written by statvfs before it is read.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Creates `root` (mode 0700, with its parents) and removes the leftovers of dead processes in it.
@@ -162,7 +193,7 @@ pub(crate) fn quote(s: &str) -> String {
 }
 
 /// Random passwords of a sandbox server's accounts `root`, `app` and `other`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Passwords {
     pub(crate) root: String,
     pub(crate) app: String,
@@ -456,6 +487,60 @@ impl Sandbox {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Waits up to `limit` for a restarted server to greet on `port` again: its log already
+    /// holds the first start's "ready" line, so the new one is counted.
+    pub(crate) fn wait_ready_again(
+        &mut self,
+        name: &str,
+        port: u16,
+        limit: Duration,
+    ) -> Result<String, LaunchError> {
+        let deadline = Instant::now() + limit;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let ready_lines = |log: &str| log.matches("ready for connections").count();
+        let before = ready_lines(&fs::read_to_string(self.error_log()).unwrap_or_default());
+        loop {
+            let child = self.child.as_mut().expect("spawn sets the child");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                register(&self.dir, None);
+                let port_taken = ["Bind on TCP/IP port", "Address already in use"];
+                return Err(exited_at_start(
+                    name,
+                    status,
+                    &self.error_log(),
+                    &port_taken,
+                    LOG_TAIL_LINES,
+                ));
+            }
+            let log = fs::read_to_string(self.error_log()).unwrap_or_default();
+            if ready_lines(&log) > before
+                && let Ok(packet) = first_packet(addr)
+            {
+                return Ok(greeting_version(name, &packet)?);
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(anyhow!(
+                    "{name} did not accept connections again on {addr} within {limit:?}; \
+                     error.log ends with:\n{}",
+                    self.error_log_tail()
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Kills the server with SIGKILL at once and reaps it.
+    pub(crate) fn kill_now(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        register(&self.dir, None);
+        let _ = stop_child(&mut child, Duration::ZERO);
     }
 
     /// Stops the server, if one runs: see [`stop_child`].

@@ -48,6 +48,9 @@ pub struct SluiceOptions {
     pub backend_extra_toml: String,
     /// `[admin] password`; empty (the default) leaves the console refusing every login.
     pub admin_password: String,
+    /// `[backend] monitor_user` and `monitor_password`: who the monitor logs in as (`None`:
+    /// the first user).
+    pub monitor: Option<(String, String)>,
     /// `[secrets_manager] secret_ids`: users from AWS Secrets Manager (empty: none). Give the
     /// process the AWS environment through `env`, e.g. [`crate::Moto::sdk_env`].
     pub secret_ids: Vec<String>,
@@ -67,6 +70,7 @@ impl Default for SluiceOptions {
             extra_toml: String::new(),
             backend_extra_toml: String::new(),
             admin_password: String::new(),
+            monitor: None,
             secret_ids: Vec::new(),
             secrets_manager_extra_toml: String::new(),
             env: Vec::new(),
@@ -98,7 +102,8 @@ impl Listen {
 }
 
 impl SluiceOptions {
-    /// Options for a proxy in front of `db`, with its `app` and `other` users.
+    /// Options for a proxy in front of `db`, with its `app` and `other` users; the monitor
+    /// logs in as root, so the users' connection counts on the server are the pool's alone.
     pub fn for_mariadb(db: &MariaDb) -> Self {
         Self {
             backend: db.addr(),
@@ -106,6 +111,7 @@ impl SluiceOptions {
                 ("app".to_owned(), db.app_password().to_owned()),
                 ("other".to_owned(), db.other_password().to_owned()),
             ],
+            monitor: Some(("root".to_owned(), db.root_password().to_owned())),
             ..Self::default()
         }
     }
@@ -142,6 +148,10 @@ impl SluiceOptions {
         toml.push_str("\n[backend]\n");
         let _ = writeln!(toml, "address = {}", toml_string(&self.backend.to_string()));
         let _ = writeln!(toml, "max_connections = {}", self.max_connections);
+        if let Some((user, password)) = &self.monitor {
+            let _ = writeln!(toml, "monitor_user = {}", toml_string(user));
+            let _ = writeln!(toml, "monitor_password = {}", toml_string(password));
+        }
         push_lines(&mut toml, &self.backend_extra_toml);
         if !self.secret_ids.is_empty() || !self.secrets_manager_extra_toml.trim().is_empty() {
             toml.push_str("\n[secrets_manager]\n");

@@ -42,6 +42,17 @@ pub struct Config {
     /// A client idle (between commands, outside a transaction) for this long is disconnected.
     #[serde(with = "duration")]
     pub idle_client_timeout: Duration,
+    /// A client idle inside a transaction for this long has it rolled back and is closed;
+    /// zero turns this off.
+    #[serde(with = "duration")]
+    pub idle_in_transaction_timeout: Duration,
+    /// How long a client may take to send one whole command once it has started it.
+    #[serde(with = "duration")]
+    pub client_read_timeout: Duration,
+    /// Commands up to this many bytes are read whole before a backend connection is borrowed.
+    pub max_buffered_command: usize,
+    /// Address of the reader endpoint (read-only sessions spread over replicas); empty: off.
+    pub reader_listen: String,
     /// When caching_sha2_password clients must send their password in full.
     pub caching_sha2_full_auth: FullAuth,
     /// The admin console's own login.
@@ -220,11 +231,23 @@ pub enum BackendTlsMode {
     VerifyIdentity,
 }
 
-/// The backend server and the bounded pool of connections to it.
+/// What `backend.max_connections_per_user` bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserCapScope {
+    /// The connections this Sluice holds.
+    #[default]
+    Instance,
+    /// Every connection the database shows for the user: all Sluice instances together.
+    Database,
+}
+
+/// The backend servers and the bounded pool of connections to them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
-    /// `host:port` of the database; the host is resolved again for every new connection.
+    /// `host:port` of the database, or several separated by commas (a writer and its
+    /// replicas); each host is resolved again for every new connection.
     pub address: String,
     /// Hard cap on backend connections, all users together.
     pub max_connections: usize,
@@ -255,6 +278,33 @@ pub struct BackendConfig {
     /// Name checked against the certificate under `verify-identity`; empty means the host of
     /// `address`.
     pub tls_server_name: String,
+    /// How often the monitor checks each host (reachable, read-only, replication lag).
+    #[serde(with = "duration")]
+    pub monitor_interval: Duration,
+    /// The user the monitor logs in as; empty: the first user Sluice knows.
+    pub monitor_user: String,
+    /// Its password, when it is not one of the users clients log in as; empty: the password
+    /// Sluice knows for `monitor_user`.
+    pub monitor_password: Secret,
+    /// Replicas further behind than this are skipped by the reader endpoint.
+    #[serde(with = "duration")]
+    pub max_replica_lag: Duration,
+    /// Backend connections one user may hold; 0: no cap beyond `max_connections`.
+    pub max_connections_per_user: usize,
+    /// Whether `max_connections_per_user` counts this Sluice's connections or the database's.
+    pub per_user_scope: UserCapScope,
+}
+
+impl BackendConfig {
+    /// The hosts of `address`, in the order given.
+    pub fn hosts(&self) -> Vec<String> {
+        self.address
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// A database user: the name and password clients log in with, which Sluice also uses to log
@@ -361,6 +411,10 @@ impl Default for Config {
             admin_listen: "127.0.0.1:6032".into(),
             max_client_connections: 10_000,
             idle_client_timeout: Duration::from_secs(1800),
+            idle_in_transaction_timeout: Duration::ZERO,
+            client_read_timeout: Duration::from_secs(30),
+            max_buffered_command: 256 * 1024,
+            reader_listen: String::new(),
             caching_sha2_full_auth: FullAuth::Never,
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
@@ -458,6 +512,12 @@ impl Default for BackendConfig {
             tls: BackendTlsMode::Preferred,
             tls_ca_file: String::new(),
             tls_server_name: String::new(),
+            monitor_interval: Duration::from_secs(1),
+            monitor_user: String::new(),
+            monitor_password: Secret::default(),
+            max_replica_lag: Duration::from_secs(10),
+            max_connections_per_user: 0,
+            per_user_scope: UserCapScope::Instance,
         }
     }
 }
@@ -477,6 +537,9 @@ pub enum ConfigError {
     #[error("`{key}`: {reason}")]
     Invalid { key: String, reason: String },
 }
+
+/// More hosts than this in `backend.address` is a mistake (each one gets a monitor).
+const MAX_BACKEND_HOSTS: usize = 16;
 
 /// How an environment variable's text becomes a TOML value.
 #[derive(Clone, Copy)]
@@ -565,6 +628,52 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
         "SLUICE_BACKEND_TLS_SERVER_NAME",
         &["backend", "tls_server_name"],
         Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MONITOR_INTERVAL",
+        &["backend", "monitor_interval"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MONITOR_USER",
+        &["backend", "monitor_user"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MONITOR_PASSWORD",
+        &["backend", "monitor_password"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MAX_REPLICA_LAG",
+        &["backend", "max_replica_lag"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_BACKEND_MAX_CONNECTIONS_PER_USER",
+        &["backend", "max_connections_per_user"],
+        Kind::Integer,
+    ),
+    (
+        "SLUICE_BACKEND_PER_USER_SCOPE",
+        &["backend", "per_user_scope"],
+        Kind::Text,
+    ),
+    ("SLUICE_READER_LISTEN", &["reader_listen"], Kind::Text),
+    (
+        "SLUICE_IDLE_IN_TRANSACTION_TIMEOUT",
+        &["idle_in_transaction_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_CLIENT_READ_TIMEOUT",
+        &["client_read_timeout"],
+        Kind::Text,
+    ),
+    (
+        "SLUICE_MAX_BUFFERED_COMMAND",
+        &["max_buffered_command"],
+        Kind::Integer,
     ),
     ("SLUICE_HTTP_LISTEN", &["http_listen"], Kind::Text),
     ("SLUICE_ADMIN_LISTEN", &["admin_listen"], Kind::Text),
@@ -720,14 +829,64 @@ impl Config {
                 "must be an IP address and port, such as 127.0.0.1:6033",
             );
         }
-        match self.backend.address.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-            _ => {
-                return invalid(
-                    "backend.address",
-                    "must be host:port, such as db.internal:3306",
-                );
+        let hosts = self.backend.hosts();
+        if hosts.is_empty() || hosts.len() > MAX_BACKEND_HOSTS {
+            return invalid(
+                "backend.address",
+                "must be host:port, or up to 16 of them separated by commas, such as \
+                 db-a.internal:3306,db-b.internal:3306",
+            );
+        }
+        for host in &hosts {
+            match host.rsplit_once(':') {
+                Some((name, port)) if !name.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "backend.address".into(),
+                        reason: format!("{host:?} must be host:port, such as db.internal:3306"),
+                    });
+                }
             }
+        }
+        if !self.backend.monitor_password.expose().is_empty()
+            && self.backend.monitor_user.is_empty()
+        {
+            return invalid(
+                "backend.monitor_password",
+                "needs backend.monitor_user (whose password it is)",
+            );
+        }
+        if self.backend.monitor_interval < Duration::from_millis(100) {
+            return invalid("backend.monitor_interval", "must be at least 100ms");
+        }
+        if self.client_read_timeout.is_zero() {
+            return invalid("client_read_timeout", "must be longer than zero");
+        }
+        if !(1024..=self.max_allowed_packet.max(1024)).contains(&self.max_buffered_command) {
+            return invalid(
+                "max_buffered_command",
+                "must be between 1024 bytes and max_allowed_packet",
+            );
+        }
+        if !self.reader_listen.is_empty() && self.reader_listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "reader_listen",
+                "must be an IP address and port, or empty to turn it off",
+            );
+        }
+        if self.backend.max_connections_per_user > self.backend.max_connections {
+            return invalid(
+                "backend.max_connections_per_user",
+                "cannot exceed backend.max_connections",
+            );
+        }
+        if self.backend.per_user_scope == UserCapScope::Database
+            && self.backend.max_connections_per_user == 0
+        {
+            return invalid(
+                "backend.per_user_scope",
+                "\"database\" needs backend.max_connections_per_user (the budget)",
+            );
         }
         if self.backend.max_connections == 0 {
             return invalid("backend.max_connections", "must be at least 1");

@@ -17,6 +17,7 @@ use crate::backend::{BackendError, BorrowError, Pool, PoolKey, PooledConn};
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::errors::ClientError;
+use crate::logsafe::Escaped;
 use crate::metrics::{Metrics, Scrape, UserMetrics};
 use crate::protocol::CapabilityFlags;
 use crate::registry::Registry;
@@ -38,6 +39,14 @@ pub struct Shared {
     pub registry: Registry,
     /// Version string announced to clients.
     pub server_version: String,
+    /// The backend's server family and version, which decide how statement text is read.
+    pub dialect: crate::sql::Dialect,
+    /// Bytes of large statements read whole for classification, across all sessions.
+    pub classify_buffered: std::sync::atomic::AtomicUsize,
+    /// Prepared statement texts, stored once however many sessions prepare them.
+    pub statement_texts: crate::backend::statements::TextInterner,
+    /// Prepared statements held by all sessions: count and text bytes (bounded).
+    pub statement_budget: Arc<crate::frontend::StatementBudget>,
     /// Capabilities offered to clients.
     pub capabilities: CapabilityFlags,
     /// Collation announced in the greeting.
@@ -108,10 +117,26 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + self.config().backend.borrow_timeout;
         let result = self.pool.borrow(key, schema, deadline).await;
         user.borrow_latency.record(started.elapsed().as_secs_f64());
-        if matches!(result, Err(BorrowError::Timeout { .. })) {
+        if matches!(
+            result,
+            Err(BorrowError::Timeout { .. } | BorrowError::Unavailable { .. })
+        ) {
             user.borrow_timeouts.increment(1);
         }
         result
+    }
+
+    /// The capabilities offered to a client logging in now: those of start, less
+    /// `CLIENT_DEPRECATE_EOF` when the current writer does not have it (server capabilities
+    /// are taken from the writer the monitor found, never assumed from the start).
+    pub fn offered_caps(&self) -> CapabilityFlags {
+        let mut caps = self.capabilities;
+        if let Some(server) = self.pool.topology().server_caps()
+            && !server.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        {
+            caps.remove(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        }
+        caps
     }
 
     /// Counts an error Sluice sends to a client (by kind) and returns its packet.
@@ -293,12 +318,29 @@ impl Shared {
                         paused = self.pool.is_paused(),
                         last_error = last_error.as_deref().unwrap_or(""),
                         digest = %statement.map(ToString::to_string).unwrap_or_default(),
-                        statement = statement.map_or("", |d| d.text.as_str()),
+                        statement = %Escaped(statement.map_or("", |d| d.text.as_str())),
                         "borrow timeout"
                     );
                 }
                 ClientError::borrow_timeout(waited, &key.user, cap, waiting, last_error.as_deref())
             }
+            BorrowError::Unavailable {
+                waited,
+                down_for,
+                last_error,
+            } => {
+                if log_timeout {
+                    tracing::warn!(
+                        user = %key.user,
+                        waited_ms = waited.as_millis() as u64,
+                        down_ms = down_for.as_millis() as u64,
+                        last_error = last_error.as_deref().unwrap_or(""),
+                        "no writable database host; failing a borrow that cannot be served in time"
+                    );
+                }
+                ClientError::database_unavailable(down_for, last_error.as_deref())
+            }
+            BorrowError::Incompatible(e) => ClientError::backend_incompatible(&e.to_string()),
             BorrowError::Login(e) => {
                 tracing::error!(user = %key.user, error = %e, "the database refused Sluice's login");
                 ClientError::backend_login(&key.user, &e.to_string())

@@ -195,6 +195,33 @@ impl ClientError {
         )
     }
 
+    /// A client that started a command and did not send the rest of it in time.
+    pub fn command_read_timeout(limit: Duration) -> Self {
+        Self::new(
+            ER_NET_READ_INTERRUPTED,
+            b"08S01",
+            format!(
+                "Got timeout reading communication packets: the command was not received \
+                 within client_read_timeout ({})",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// A client idle inside a transaction for longer than `idle_in_transaction_timeout`.
+    pub fn idle_in_transaction(limit: Duration) -> Self {
+        Self::new(
+            ER_CLIENT_INTERACTION_TIMEOUT,
+            b"HY000",
+            format!(
+                "The client was disconnected by the server because it was idle inside a \
+                 transaction for longer than idle_in_transaction_timeout ({}); the \
+                 transaction was rolled back",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
     /// A packet that is empty or cut short.
     pub fn malformed_packet(what: &str) -> Self {
         Self::new(
@@ -232,6 +259,48 @@ impl ClientError {
             ER_BACKEND_LOGIN,
             b"HY000",
             format!("The database refused Sluice's login as '{user}': {detail}"),
+        )
+    }
+
+    /// No writable database host answered, and none can be found before this command's
+    /// `borrow_timeout` runs out: failed at once instead of waiting for the timeout.
+    pub fn database_unavailable(down_for: Duration, last: Option<&str>) -> Self {
+        let mut msg = format!(
+            "Timed out waiting to acquire database connection: no writable database host has \
+             answered for {}, and none can be reached before this command's borrow_timeout ends",
+            humantime::format_duration(round_ms(down_for)),
+        );
+        if let Some(last) = last {
+            msg.push_str(&format!("; last error: {last}"));
+        }
+        Self::new(ER_BORROW_TIMEOUT, b"HY000", msg)
+    }
+
+    /// The database cannot serve this session (a new writer lacks a capability the session
+    /// negotiated when it logged in).
+    pub fn backend_incompatible(detail: &str) -> Self {
+        Self::new(
+            ER_BACKEND_LOST,
+            b"08S01",
+            format!("The database cannot serve this session: {detail}; connect again"),
+        )
+    }
+
+    /// The connection to the database died while the client's statement was running: it may
+    /// or may not have taken effect, and Sluice does not run it again.
+    pub fn statement_interrupted(detail: &str, in_transaction: bool) -> Self {
+        let what = if in_transaction {
+            "the open transaction was rolled back by the database"
+        } else {
+            "the statement may or may not have taken effect"
+        };
+        Self::new(
+            ER_BACKEND_LOST,
+            b"08S01",
+            format!(
+                "Lost connection to the database while the statement was running ({detail}); \
+                 {what}. Sluice did not retry it"
+            ),
         )
     }
 
@@ -285,7 +354,7 @@ impl ClientError {
         Self::new(
             ER_STMT_HAS_NO_OPEN_CURSOR,
             b"HY000",
-            format!("The statement ({id}) has no open cursor."),
+            format!("The statement ({id}) has no open cursor"),
         )
     }
 
@@ -311,6 +380,19 @@ impl ClientError {
             ER_CON_COUNT,
             b"08004",
             format!("Too many connections (max_client_connections is {limit})"),
+        )
+    }
+
+    /// A client still logging in, closed to make room for a new one at the client limit (the
+    /// oldest unfinished login goes first, so a flood of stalled handshakes keeps no one out).
+    pub fn login_evicted(limit: usize) -> Self {
+        Self::new(
+            ER_CON_COUNT,
+            b"08004",
+            format!(
+                "Too many connections (max_client_connections is {limit}); this login was the \
+                 oldest unfinished one and was closed to make room"
+            ),
         )
     }
 
@@ -373,7 +455,7 @@ impl ClientError {
             ER_KILL_DENIED => "kill_denied",
             ER_NET_PACKET_TOO_LARGE => "packet_too_large",
             ER_NET_PACKETS_OUT_OF_ORDER => "packets_out_of_order",
-            ER_NET_READ_INTERRUPTED => "handshake_timeout",
+            ER_NET_READ_INTERRUPTED => "read_timeout",
             ER_UNKNOWN_STMT_HANDLER => "unknown_statement",
             ER_NOT_SUPPORTED_AUTH_MODE => "unsupported_client",
             ER_STMT_HAS_NO_OPEN_CURSOR => "no_open_cursor",

@@ -26,6 +26,8 @@ pub mod context;
 pub mod credentials;
 pub mod errors;
 pub mod frontend;
+/// Client-supplied text made safe for logs (escaped, capped).
+pub mod logsafe;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
@@ -39,5 +41,5 @@ pub mod tls;
 pub use config::Config;
 pub use reload::{ReloadHook, ReloadReport};
 pub use server::{Proxy, ReloadHandle, ShutdownHandle, StartError};
-pub use session::PinReason;
+pub use session::{PinReason, ResetReason};
 pub use stats::{Snapshot, Stats};

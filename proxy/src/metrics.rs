@@ -19,7 +19,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::credentials::IdentityCounts;
-use crate::session::PinReason;
+use crate::session::{PinReason, ResetReason};
 use crate::stats::Stats;
 
 /// Metric names. The RDS Proxy CloudWatch metric each one mirrors is named where there is one.
@@ -56,6 +56,9 @@ pub mod names {
     pub const DATABASE_SETUP_FAILED: &str = "sluice_database_connections_setup_failed_total";
     /// Counter: backend connections reset before reuse.
     pub const DATABASE_RESETS: &str = "sluice_database_connection_resets_total";
+    /// Counter by `reason`: connections a session gave back for a reset, by each reason
+    /// that asked for one (a pin reason, `unclassified_statement`, `stored_code`, ...).
+    pub const DATABASE_RESET_REASONS: &str = "sluice_database_connection_reset_reasons_total";
     /// Counter: borrows from the pool (DatabaseConnectionRequests).
     pub const DATABASE_REQUESTS: &str = "sluice_database_connection_requests_total";
     /// Histogram by `user`: time to borrow a backend connection
@@ -194,6 +197,7 @@ pub struct Metrics {
     database_setup_succeeded: Counter,
     database_setup_failed: Counter,
     database_resets: Counter,
+    reset_reasons: Vec<Counter>,
     database_requests: Counter,
     borrow_waiters: Gauge,
     max_connections: Gauge,
@@ -291,6 +295,18 @@ impl Metrics {
                 )
             })
             .collect();
+        let reset_reasons = ResetReason::ALL
+            .iter()
+            .map(|r| {
+                recorder.register_counter(
+                    &Key::from_parts(
+                        DATABASE_RESET_REASONS,
+                        vec![Label::new("reason", r.as_str())],
+                    ),
+                    &METADATA,
+                )
+            })
+            .collect();
         let metrics = Metrics {
             client_connections: gauge(CLIENT_CONNECTIONS),
             client_received: counter(CLIENT_CONNECTIONS_RECEIVED),
@@ -303,6 +319,7 @@ impl Metrics {
             database_setup_succeeded: counter(DATABASE_SETUP_SUCCEEDED),
             database_setup_failed: counter(DATABASE_SETUP_FAILED),
             database_resets: counter(DATABASE_RESETS),
+            reset_reasons,
             database_requests: counter(DATABASE_REQUESTS),
             borrow_waiters: gauge(BORROW_WAITERS),
             max_connections: gauge(MAX_DATABASE_CONNECTIONS),
@@ -488,6 +505,11 @@ impl Metrics {
         self.database_setup_failed
             .absolute(g(&stats.backend_connect_failures));
         self.database_resets.absolute(g(&stats.backend_resets));
+        for r in ResetReason::ALL {
+            if let Some(counter) = self.reset_reasons.get(r.index()) {
+                counter.absolute(g(&stats.resets_by_reason[r.index()]));
+            }
+        }
         self.database_requests.absolute(g(&stats.borrows));
         self.borrow_waiters.set(scrape.waiting as f64);
         self.max_connections.set(scrape.max_connections as f64);
@@ -558,6 +580,10 @@ fn describe(r: &PrometheusRecorder) {
             "Backend connection attempts that failed.",
         ),
         (DATABASE_RESETS, "Backend connections reset before reuse."),
+        (
+            DATABASE_RESET_REASONS,
+            "Backend connections given back for a reset, by each reason that asked for it.",
+        ),
         (
             DATABASE_REQUESTS,
             "Borrows of a backend connection from the pool.",

@@ -1,16 +1,23 @@
 //! Live client sessions by connection id, so `KILL <id>` can find its target and the backend
 //! thread that target is using, and the admin console can list them (`SHOW CLIENTS`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::backend::Route;
 use crate::session::PinSet;
+
+/// The first client id Sluice hands out. Its ids come from a range far above the thread ids a
+/// database hands out (from 1), so a client that learns a backend thread id (`CONNECTION_ID()`
+/// returns the id of the backend connection a statement runs on) can never name another
+/// client's session with it, and `KILL <thread id>` never reaches a session by accident.
+pub const FIRST_CLIENT_ID: u32 = 1 << 30;
 
 /// A client connection id as Sluice hands it out (in its handshake; the target of `KILL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,12 +71,16 @@ pub struct SessionHandle {
     pub peer: SocketAddr,
     /// When the client connected.
     pub connected_at: Instant,
+    /// Which endpoint it connected to: the writer's (`listen`) or the reader's.
+    pub route: Route,
     user: Mutex<Arc<str>>,
     /// The backend thread the session is using, if any. A `KILL QUERY` holds this lock while it
     /// runs, and the session takes it before giving its connection back, so the kill can never
     /// reach a connection that has meanwhile passed to another session.
     pub backend_thread: tokio::sync::Mutex<Option<u32>>,
     killed: AtomicBool,
+    /// Its login took longer than `handshake_timeout` (see [`Registry::expire_logins`]).
+    login_expired: AtomicBool,
     kill_signal: Notify,
     // Plain atomics the session writes on its own path and the admin console reads.
     activity: AtomicU8,
@@ -86,13 +97,20 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// A handle for a client that just connected from `peer`.
     pub fn new(id: ClientId, peer: SocketAddr) -> Self {
+        Self::on_route(id, peer, Route::Writer)
+    }
+
+    /// A handle for a client that connected to `route`'s endpoint.
+    pub fn on_route(id: ClientId, peer: SocketAddr, route: Route) -> Self {
         SessionHandle {
             id,
             peer,
+            route,
             connected_at: Instant::now(),
             user: Mutex::new(Arc::from("")),
             backend_thread: tokio::sync::Mutex::new(None),
             killed: AtomicBool::new(false),
+            login_expired: AtomicBool::new(false),
             kill_signal: Notify::new(),
             activity: AtomicU8::new(Activity::LoggingIn as u8),
             in_transaction: AtomicBool::new(false),
@@ -199,6 +217,33 @@ impl SessionHandle {
             self.kill_signal.notified().await;
         }
     }
+
+    /// Ends the login of a session that took too long to log in (a session already logged
+    /// in is not affected).
+    pub fn expire_login(&self) {
+        self.login_expired.store(true, Ordering::SeqCst);
+        self.kill_signal.notify_one();
+    }
+
+    /// True once [`SessionHandle::expire_login`] was called.
+    pub fn login_expired(&self) -> bool {
+        self.login_expired.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the login must end: the session was killed (or evicted by a flood) or
+    /// its login expired.
+    pub async fn login_cut_short(&self) {
+        while !self.is_killed() && !self.login_expired() {
+            self.kill_signal.notified().await;
+        }
+    }
+}
+
+/// Whether a queued session is still logging in.
+fn still_logging_in(w: &Weak<SessionHandle>) -> bool {
+    w.upgrade().is_some_and(|h| {
+        h.activity() == Activity::LoggingIn && !h.is_killed() && !h.login_expired()
+    })
 }
 
 /// All live sessions of one proxy.
@@ -207,21 +252,73 @@ pub struct Registry {
     next: AtomicU32,
     sessions: Mutex<HashMap<ClientId, Arc<SessionHandle>>>,
     emptied: Notify,
+    /// Sessions in connection order, oldest first, kept while they may still be logging in:
+    /// the first to go when a flood has to make room.
+    logging_in: Mutex<VecDeque<Weak<SessionHandle>>>,
 }
 
 impl Registry {
     /// Registers a new session from `peer` under a fresh, non-zero id that no live session has.
     pub fn register(&self, peer: SocketAddr) -> Arc<SessionHandle> {
+        self.register_on(peer, Route::Writer)
+    }
+
+    /// Registers a new client session that connected to `route`'s endpoint.
+    pub fn register_on(&self, peer: SocketAddr, route: Route) -> Arc<SessionHandle> {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let id = loop {
-            let id = ClientId(self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1));
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let id = ClientId(FIRST_CLIENT_ID + n % (u32::MAX - FIRST_CLIENT_ID));
             if id.0 != 0 && !map.contains_key(&id) {
                 break id;
             }
         };
-        let handle = Arc::new(SessionHandle::new(id, peer));
+        let handle = Arc::new(SessionHandle::on_route(id, peer, route));
         map.insert(id, handle.clone());
+        drop(map);
+        let mut queue = self.logging_in.lock().unwrap_or_else(|p| p.into_inner());
+        queue.push_back(Arc::downgrade(&handle));
+        // Entries that are done logging in never count again: drop them from the front.
+        while queue.front().is_some_and(|w| !still_logging_in(w)) {
+            queue.pop_front();
+        }
         handle
+    }
+
+    /// Ends the logins of sessions connected longer than `limit` ago and still not logged
+    /// in (the handshake timeout): one timer for all of them, so a connection that never
+    /// speaks costs no timer of its own. Returns how many.
+    pub fn expire_logins(&self, limit: Duration) -> usize {
+        let mut queue = self.logging_in.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expired = 0;
+        while let Some(w) = queue.front() {
+            let Some(h) = w.upgrade().filter(|_| still_logging_in(w)) else {
+                queue.pop_front();
+                continue;
+            };
+            if h.connected_at.elapsed() < limit {
+                break;
+            }
+            queue.pop_front();
+            h.expire_login();
+            expired += 1;
+        }
+        expired
+    }
+
+    /// Ends the oldest session still logging in, to make room for a new client at the
+    /// client limit; false if there is none.
+    pub fn evict_oldest_login(&self) -> bool {
+        let mut queue = self.logging_in.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = queue.pop_front() {
+            if let Some(h) = w.upgrade()
+                && still_logging_in(&w)
+            {
+                h.kill();
+                return true;
+            }
+        }
+        false
     }
 
     /// Removes a session that ended.

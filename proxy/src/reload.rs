@@ -55,6 +55,9 @@ const LIVE_KEYS: &[&str] = &[
     "shutdown_timeout",
     "max_client_connections",
     "idle_client_timeout",
+    "idle_in_transaction_timeout",
+    "client_read_timeout",
+    "max_buffered_command",
     "admin.",
     "backend.max_connections",
     "backend.min_idle",
@@ -65,6 +68,13 @@ const LIVE_KEYS: &[&str] = &[
     "backend.connect_timeout",
     // Applies to connections opened after the reload; open ones keep their cache's bound.
     "backend.max_prepared_statements_per_connection",
+    // Read by the monitor on every check, and by the pool on every grant.
+    "backend.monitor_interval",
+    "backend.monitor_user",
+    "backend.monitor_password",
+    "backend.max_replica_lag",
+    "backend.max_connections_per_user",
+    "backend.per_user_scope",
     "users",
 ];
 
@@ -195,6 +205,7 @@ fn keep_running_value(effective: &mut Config, old: &Config, key: &str) {
         "log_level" => e.log_level.clone_from(&o.log_level),
         "http_listen" => e.http_listen.clone_from(&o.http_listen),
         "admin_listen" => e.admin_listen.clone_from(&o.admin_listen),
+        "reader_listen" => e.reader_listen.clone_from(&o.reader_listen),
         "backend.address" => e.backend.address.clone_from(&o.backend.address),
         "backend.tls" => e.backend.tls = o.backend.tls,
         "backend.tls_ca_file" => e.backend.tls_ca_file.clone_from(&o.backend.tls_ca_file),
@@ -242,6 +253,9 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.admin.password != new.admin.password {
         keys.push("admin.password".into());
+    }
+    if old.backend.monitor_password != new.backend.monitor_password {
+        keys.push("backend.monitor_password".into());
     }
     keys.sort();
     keys.dedup();

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::admin::health::Readiness;
 use crate::auth::{ServerRsaKey, Sha2Cache};
-use crate::backend::{Connector, Pool};
+use crate::backend::{Connector, Pool, Route, Topology};
 use crate::config::{Config, FullAuth};
 use crate::context::{RefusalLog, Shared, stop_requested};
 use crate::credentials::{Credentials, LoadError};
@@ -79,6 +79,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    /// The reader endpoint (`reader_listen`), when on.
+    reader_listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
     shared: Arc<Shared>,
@@ -147,26 +149,50 @@ impl Proxy {
             FullAuth::Never => None,
             FullAuth::FirstLogin => Some(ServerRsaKey::generate().map_err(StartError::RsaKey)?),
         };
+        let reader_listener = if config.reader_listen.is_empty() {
+            None
+        } else {
+            Some(
+                listen(&config.reader_listen, config.listen_backlog).map_err(|source| {
+                    StartError::Bind {
+                        address: config.reader_listen.clone(),
+                        source,
+                    }
+                })?,
+            )
+        };
         let http_listener = listen_optional(&config.http_listen).await?;
         let admin_listener = listen_optional(&config.admin_listen).await?;
         let stats = Arc::new(Stats::default());
         let max_packet = u32::try_from(config.max_allowed_packet).unwrap_or(u32::MAX);
-        let connector = Connector::new(
-            config.backend.address.clone(),
-            config.backend.connect_timeout,
-            max_packet,
-            config.backend.max_prepared_statements_per_connection,
-            stats.clone(),
-        )
-        .with_tls(backend_tls);
-        let (version, caps, collation) = match connector.probe().await {
-            Ok((version, caps)) => (version, caps, 45),
-            Err(e) => {
-                tracing::warn!(address = %config.backend.address, error = %e,
+        let mut connectors = Vec::new();
+        for address in config.backend.hosts() {
+            let tls = backend_tls
+                .for_address(&address)
+                .map_err(|source| StartError::Tls {
+                    setting: "backend.tls_server_name",
+                    source,
+                })?;
+            connectors.push(Arc::new(
+                Connector::new(
+                    address,
+                    config.backend.connect_timeout,
+                    max_packet,
+                    config.backend.max_prepared_statements_per_connection,
+                    stats.clone(),
+                )
+                .with_tls(tls),
+            ));
+        }
+        let (version, caps, collation) = match probe_any(&connectors).await {
+            Some((version, caps)) => (version, caps, 45),
+            None => {
+                tracing::warn!(address = %config.backend.address,
                     "cannot reach the backend at start; announcing a default server version");
                 (FALLBACK_VERSION.to_string(), OFFERED_CAPS, 45)
             }
         };
+        let dialect = crate::sql::Dialect::from_server_version(&version);
         let server_version = if config.server_version.is_empty() {
             format!("{version}-sluice")
         } else {
@@ -179,9 +205,11 @@ impl Proxy {
         if tls.is_some() {
             capabilities.insert(CapabilityFlags::CLIENT_SSL);
         }
+        let topology = Topology::new(connectors, config.backend.max_replica_lag);
+        topology.configure(&config.backend);
         let pool = Pool::new(
             &config.backend,
-            connector,
+            topology,
             credentials.clone(),
             stats.clone(),
         );
@@ -194,6 +222,10 @@ impl Proxy {
             stats,
             registry: Registry::default(),
             server_version,
+            dialect,
+            classify_buffered: std::sync::atomic::AtomicUsize::new(0),
+            statement_texts: Default::default(),
+            statement_budget: Default::default(),
             capabilities,
             collation,
             shutdown,
@@ -224,6 +256,7 @@ impl Proxy {
         }
         Ok(Proxy {
             listener,
+            reader_listener,
             http_listener,
             admin_listener,
             shared: Arc::new(shared),
@@ -256,6 +289,13 @@ impl Proxy {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// The reader endpoint's address, when `reader_listen` is set.
+    pub fn reader_addr(&self) -> Option<SocketAddr> {
+        self.reader_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -266,6 +306,11 @@ impl Proxy {
     /// Live counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.shared.stats.clone()
+    }
+
+    /// The shared context (live sessions, pool, counters), for inspection by tests.
+    pub fn context(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The pool, for inspection.
@@ -284,6 +329,7 @@ impl Proxy {
     pub async fn run(self) {
         let Proxy {
             listener,
+            reader_listener,
             http_listener,
             admin_listener,
             shared,
@@ -291,6 +337,7 @@ impl Proxy {
             stopped_tx,
         } = self;
         shared.pool.spawn_maintenance();
+        crate::backend::monitor::spawn(&shared.pool, stopped_tx.subscribe());
         if let Some(tls) = &shared.tls {
             tls.spawn_watch(shared.config().tls.reload_interval, shutdown_tx.subscribe());
         }
@@ -301,31 +348,27 @@ impl Proxy {
             tokio::spawn(crate::admin::console::serve(l, shared.clone()));
         }
         spawn_metrics_upkeep(&shared);
+        spawn_login_reaper(&shared);
         shared.credentials.spawn_refresh(shutdown_tx.subscribe());
-        let mut shutdown = shutdown_tx.subscribe();
+        if let Some(l) = reader_listener {
+            let (shared, stop) = (shared.clone(), shutdown_tx.subscribe());
+            tokio::spawn(accept_loop(l, shared, Route::Reader, stop));
+        }
+        let main = accept_loop(
+            listener,
+            shared.clone(),
+            Route::Writer,
+            shutdown_tx.subscribe(),
+        );
         {
             let config = shared.config();
             tracing::info!(listen = %config.listen, backend = %config.backend.address,
                 http = %config.http_listen, admin = %config.admin_listen,
                 version = %shared.server_version, "sluice is accepting clients");
         }
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let shared = shared.clone();
-                        tokio::spawn(serve(socket, peer, shared));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = stop_requested(&mut shutdown) => break,
-            }
-        }
-        drop(listener);
+        main.await;
+        // Logins in progress end now: only logged-in sessions get the drain.
+        shared.registry.expire_logins(Duration::ZERO);
         let limit = shared.config().shutdown_timeout;
         tracing::info!(
             sessions = shared.registry.len(),
@@ -343,6 +386,103 @@ impl Proxy {
         shared.pool.close();
         let _ = stopped_tx.send(true);
         tracing::info!("sluice stopped");
+    }
+}
+
+/// Accepts clients on `listener` (whose sessions take `route`) until shutdown is requested;
+/// the listener closes when this returns.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    route: Route,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    tokio::spawn(serve(socket, peer, shared.clone(), route));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop_requested(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The version and capabilities of the first host that greets (no login), in the order of
+/// `backend.address`.
+async fn probe_any(connectors: &[Arc<Connector>]) -> Option<(String, CapabilityFlags)> {
+    for c in connectors {
+        match c.probe().await {
+            Ok(found) => return Some(found),
+            Err(e) => {
+                tracing::warn!(address = %c.address, error = %e, "backend host did not greet")
+            }
+        }
+    }
+    None
+}
+
+/// How often logins are checked against `handshake_timeout`.
+const LOGIN_REAPER_TICK: Duration = Duration::from_millis(100);
+
+/// Ends logins that took longer than `handshake_timeout`, until the proxy stops: one timer
+/// for every connection still logging in.
+fn spawn_login_reaper(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let mut stopped = shared.stopped.clone();
+    tokio::spawn(async move {
+        let mut flood_memory = FloodMemory::default();
+        let mut tick = tokio::time::interval(LOGIN_REAPER_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_requested(&mut stopped) => return,
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            let limit = shared.config().handshake_timeout;
+            shared.registry.expire_logins(limit);
+            flood_memory.observe(shared.registry.len());
+        }
+    });
+}
+
+/// Gives memory back to the system once a flood of connections is gone: the allocator keeps
+/// freed memory for reuse, which after thousands of short-lived connections would stay
+/// resident long after them.
+#[derive(Debug, Default)]
+struct FloodMemory {
+    /// The most sessions seen since memory was last given back.
+    high: usize,
+}
+
+/// Sessions a burst must have reached before its end gives memory back.
+const FLOOD_MIN: usize = 256;
+
+impl FloodMemory {
+    /// Notes the sessions live now; gives memory back once they fell to a quarter of a high
+    /// mark above [`FLOOD_MIN`].
+    fn observe(&mut self, sessions: usize) {
+        self.high = self.high.max(sessions);
+        if self.high >= FLOOD_MIN && sessions * 4 < self.high {
+            release_free_memory();
+            self.high = sessions;
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the system (glibc only; elsewhere a no-op).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -418,29 +558,37 @@ fn listen(address: &str, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, route: Route) {
     let stats = shared.stats.clone();
     stats.client_connections_total.fetch_add(1, Relaxed);
     let limit = shared.config().max_client_connections as u64;
-    let admitted = stats
+    let mut admitted = stats
         .client_connections
         .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
         .is_ok();
+    // At the limit, a connection that has not logged in yet (the oldest) makes room, so a
+    // flood of stalled handshakes cannot keep real clients out. The count goes over the limit
+    // for the moment the evicted one takes to end.
+    if !admitted && shared.registry.evict_oldest_login() {
+        stats.client_connections.fetch_add(1, Relaxed);
+        admitted = true;
+    }
     if !admitted {
         shared.metrics.setup_failed("too many connections");
         if let Some(suppressed) = shared.refusals.should_log() {
             tracing::warn!(%peer, max_client_connections = limit, refused_since_last_log = suppressed,
                 "client refused: max_client_connections reached (ERR 1040)");
         }
-        crate::frontend::refuse(
+        // Boxed: a rare path whose future would otherwise enlarge every client's task.
+        Box::pin(crate::frontend::refuse(
             socket,
             &shared,
             ClientError::too_many_connections(limit as usize),
-        )
+        ))
         .await;
         return;
     }
-    let handle = shared.registry.register(peer);
+    let handle = shared.registry.register_on(peer, route);
     let id = handle.id;
     crate::frontend::run(socket, peer, shared.clone(), handle).await;
     shared.registry.unregister(id);
@@ -450,18 +598,19 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     /// The size of the future a function returns, without calling it.
-    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
-    /// Each client's task holds its session's future for as long as the client is connected,
-    /// idle or not: the large login and command futures are boxed so that it stays small.
+    /// Each client's task holds its future for as long as the client is connected: until it
+    /// speaks, only its socket, the greeting's offer and a kill signal; the login and the
+    /// session are boxed once needed, so a flood of silent connections costs little.
     #[test]
     fn a_session_task_stays_small() {
-        let size = future_size(super::serve as fn(_, _, _) -> _);
+        let size = future_size(super::serve as fn(_, _, _, _) -> _);
         assert!(
-            size <= 4096,
-            "a client session's task takes {size} bytes; box the future that grew it"
+            size <= 768,
+            "a client's task takes {size} bytes; box the future that grew it"
         );
     }
 }

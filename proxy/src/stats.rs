@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::session::PinReason;
+use crate::session::{PinReason, ResetReason};
 
 /// Live counters. Gauges go up and down; totals only up.
 #[derive(Debug, Default)]
@@ -19,12 +19,16 @@ pub struct Stats {
     pub backend_connections_opened: AtomicU64,
     pub backend_connect_failures: AtomicU64,
     pub backend_resets: AtomicU64,
+    /// Resets started and not yet finished.
+    pub resets_in_flight: AtomicU64,
     pub borrows: AtomicU64,
     pub borrow_timeouts: AtomicU64,
     pub borrow_wait_micros: AtomicU64,
     pub commands: AtomicU64,
     pub pins_total: [AtomicU64; PinReason::ALL.len()],
     pub pinned_sessions: [AtomicU64; PinReason::ALL.len()],
+    /// Connections a session gave back for a reset, by each reason that asked for it.
+    pub resets_by_reason: [AtomicU64; ResetReason::ALL.len()],
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -51,6 +55,8 @@ pub struct Snapshot {
     pub pins_total: Vec<(PinReason, u64)>,
     /// Sessions pinned right now, by reason.
     pub pinned_sessions: Vec<(PinReason, u64)>,
+    /// Connections given back for a reset, by each reason that asked for it.
+    pub resets_by_reason: Vec<(ResetReason, u64)>,
 }
 
 impl Snapshot {
@@ -65,6 +71,14 @@ impl Snapshot {
     /// Sessions ever pinned, all reasons.
     pub fn pins_all(&self) -> u64 {
         self.pins_total.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Connections given back for a reset that `reason` asked for.
+    pub fn resets(&self, reason: ResetReason) -> u64 {
+        self.resets_by_reason
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Sessions pinned now for `reason`.
@@ -104,6 +118,10 @@ impl Stats {
             commands: g(&self.commands),
             pins_total: by_reason(&self.pins_total),
             pinned_sessions: by_reason(&self.pinned_sessions),
+            resets_by_reason: ResetReason::ALL
+                .iter()
+                .map(|r| (*r, g(&self.resets_by_reason[r.index()])))
+                .collect(),
         }
     }
 
@@ -112,6 +130,13 @@ impl Stats {
         let now = self.backend_connections.fetch_add(1, Relaxed) + 1;
         self.backend_connections_opened.fetch_add(1, Relaxed);
         self.backend_connections_peak.fetch_max(now, Relaxed);
+    }
+
+    /// Takes a connection just counted by [`Stats::backend_opened`] out of the counts again:
+    /// the monitor's own connections are not the pool's.
+    pub fn backend_not_pooled(&self) {
+        self.backend_connections.fetch_sub(1, Relaxed);
+        self.backend_connections_opened.fetch_sub(1, Relaxed);
     }
 
     /// Counts a closed backend connection.
@@ -123,6 +148,11 @@ impl Stats {
     pub fn pinned(&self, reason: PinReason) {
         self.pins_total[reason.index()].fetch_add(1, Relaxed);
         self.pinned_sessions[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection given back for a reset that `reason` asked for.
+    pub fn reset_requested(&self, reason: ResetReason) {
+        self.resets_by_reason[reason.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts a session no longer pinned for `reason`.

@@ -319,6 +319,8 @@ pub struct BackendTls {
     pub mode: BackendTlsMode,
     connector: Option<tokio_rustls::TlsConnector>,
     server_name: Option<ServerName<'static>>,
+    /// `tls_server_name` was given: every host is checked against it.
+    explicit_name: bool,
 }
 
 impl std::fmt::Debug for BackendTls {
@@ -342,6 +344,7 @@ impl BackendTls {
                     mode: config.tls,
                     connector: None,
                     server_name: None,
+                    explicit_name: false,
                 });
             }
             BackendTlsMode::Preferred => Arc::new(AnyCertificate(provider.clone())),
@@ -362,13 +365,8 @@ impl BackendTls {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         let host = if config.tls_server_name.is_empty() {
-            config
-                .address
-                .rsplit_once(':')
-                .map_or(config.address.as_str(), |(h, _)| h)
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string()
+            let first = config.hosts().into_iter().next().unwrap_or_default();
+            host_of(&first)
         } else {
             config.tls_server_name.clone()
         };
@@ -378,7 +376,20 @@ impl BackendTls {
             mode: config.tls,
             connector: Some(tokio_rustls::TlsConnector::from(Arc::new(client))),
             server_name: Some(server_name),
+            explicit_name: !config.tls_server_name.is_empty(),
         })
+    }
+
+    /// The same settings for connections to `address` (one host of `backend.address`): under
+    /// `verify-identity` its certificate must name that host, unless `tls_server_name` is set.
+    pub fn for_address(&self, address: &str) -> Result<BackendTls, TlsError> {
+        let mut tls = self.clone();
+        if tls.connector.is_some() && !tls.explicit_name {
+            let host = host_of(address);
+            tls.server_name =
+                Some(ServerName::try_from(host.clone()).map_err(|_| TlsError::ServerName(host))?);
+        }
+        Ok(tls)
     }
 
     /// A backend that does not use TLS.
@@ -387,6 +398,7 @@ impl BackendTls {
             mode: BackendTlsMode::Disabled,
             connector: None,
             server_name: None,
+            explicit_name: false,
         }
     }
 
@@ -402,6 +414,16 @@ impl BackendTls {
             BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity
         )
     }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> String {
+    address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// `preferred`: encrypt without checking who signed the certificate (MySQL's own

@@ -19,6 +19,8 @@ pub const ADMIN_PASSWORD: &str = "admin-test-pw";
 /// A running in-process Sluice.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The reader endpoint, when `reader_listen` is set.
+    pub reader_addr: Option<SocketAddr>,
     /// `/metrics`, `/healthz`, `/readyz`, when `http_listen` is set.
     pub http_addr: Option<SocketAddr>,
     /// The admin console, when `admin_listen` is set.
@@ -28,12 +30,15 @@ pub struct TestProxy {
     pub reload: ReloadHandle,
     pub app_password: String,
     pub other_password: String,
+    /// Sluice's shared state: live sessions, pool, counters.
+    pub context: Arc<sluice::context::Shared>,
     stop: ShutdownHandle,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Configuration text for Sluice in front of `db`, with both sandbox users. The HTTP listener
-/// and the admin console take free ports (parallel tests must not share one).
+/// and the admin console take free ports (parallel tests must not share one). The monitor
+/// logs in as root, so the users' connection counts on the server are the pool's alone.
 pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
     let text = format!(
         r#"
@@ -47,6 +52,8 @@ pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
         address = "{addr}"
         max_connections = {max_connections}
         borrow_timeout = "20s"
+        monitor_user = "root"
+        monitor_password = "{root}"
         [[users]]
         username = "app"
         password = "{app}"
@@ -57,6 +64,7 @@ pub fn config_for(db: &MariaDb, max_connections: usize) -> Config {
         addr = db.addr(),
         app = db.app_password(),
         other = db.other_password(),
+        root = db.root_password(),
     );
     Config::from_toml(&text, "test", |_| None).expect("test configuration")
 }
@@ -73,6 +81,7 @@ impl TestProxy {
         let proxy = sluice::Proxy::bind(config).await.expect("bind");
         TestProxy {
             addr: proxy.local_addr(),
+            reader_addr: proxy.reader_addr(),
             http_addr: proxy.http_addr(),
             admin_addr: proxy.admin_addr(),
             stats: proxy.stats(),
@@ -80,6 +89,7 @@ impl TestProxy {
             reload: proxy.reload_handle(),
             app_password: db.app_password().to_string(),
             other_password: db.other_password().to_string(),
+            context: proxy.context(),
             stop: proxy.shutdown_handle(),
             task: tokio::spawn(proxy.run()),
         }
@@ -142,6 +152,20 @@ impl TestProxy {
                 return (open, idle);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether session `id` (its handshake id) holds a backend connection, once it has
+    /// finished its command; `None` if there is no such session.
+    pub async fn session_holds(&self, id: u32) -> Option<bool> {
+        use sluice::registry::{Activity, ClientId};
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = self.context.registry.get(ClientId(id))?;
+            if h.activity() != Activity::Running || tokio::time::Instant::now() > deadline {
+                return Some(h.lent_thread().is_some());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

@@ -148,7 +148,7 @@ async fn session(socket: TcpStream, peer: SocketAddr, shared: &Shared, id: u32) 
             COM_PING | COM_INIT_DB | COM_RESET_CONNECTION => Reply::Ok(String::new()),
             COM_QUERY => {
                 let text = String::from_utf8_lossy(body);
-                tracing::debug!(%peer, command = %text.chars().take(80).collect::<String>(), "admin command");
+                tracing::debug!(%peer, command = %crate::logsafe::Escaped(&text), "admin command");
                 match commands::parse(&text) {
                     Ok(command) => commands::run(command, shared).await,
                     Err(e) => Reply::Err(e),
@@ -235,7 +235,7 @@ async fn login(
     };
     if !accepted {
         shared.metrics.admin_login_failed();
-        tracing::warn!(%peer, user = %user, "admin console login refused");
+        tracing::warn!(%peer, user = %crate::logsafe::Escaped(&user), "admin console login refused");
         let host = peer.ip().to_string();
         return Err(LoginFailure::with(
             seq,

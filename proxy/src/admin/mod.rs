@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::backend::login::{self, LoginError};
-use crate::backend::{BackendConn, PoolKey};
+use crate::backend::{BackendConn, PoolKey, Route};
 use crate::context::{Shared, stop_requested};
 use crate::protocol::CapabilityFlags;
 
@@ -38,6 +38,7 @@ pub(crate) async fn side_connection(
         user,
         caps: CapabilityFlags::empty(),
         collation: shared.collation,
+        route: Route::Writer,
     };
     login::open(
         shared.pool.connector(),

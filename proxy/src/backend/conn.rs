@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::pool::PoolKey;
 use super::statements::{PrepareMeta, StatementCache, StatementKey};
+use super::topology::HostId;
 use crate::auth::{self, AuthError};
 use crate::config::BackendTlsMode;
 use crate::credentials::{BackendSecret, Transport};
@@ -20,7 +21,7 @@ use crate::protocol::lenenc::Reader;
 use crate::protocol::packets::{self, HandshakeResponse};
 use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, StatusFlags, command, ok, put_packet};
-use crate::session::{CHARSET_VARS, TRACKED_VARS, VarValues, tracked_index};
+use crate::session::{CHARSET_VARS, ResetReason, ResetSet, TRACKED_VARS, VarValues, tracked_index};
 use crate::stats::Stats;
 use crate::tls::BackendTls;
 
@@ -46,6 +47,9 @@ const BASE_CAPS: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
 
 /// Largest packet Sluice reads whole on its own account (handshakes, its own small queries).
 const CONTROL_PACKET_MAX: usize = 1 << 20;
+
+/// Serial numbers of backend connections, shared by every host's connector.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A Sluice-internal serial number of a backend connection (not the server's thread id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +77,9 @@ pub enum BackendError {
     LoginRefused { code: u16, message: String },
     #[error("the server lacks {0}, which Sluice needs")]
     Unsupported(&'static str),
+    /// Coordinating with other Sluice instances through the database failed.
+    #[error("{0}")]
+    Coordination(String),
     #[error("the server answered {what} with error {code}: {message}")]
     Command {
         what: &'static str,
@@ -99,9 +106,10 @@ impl BackendError {
     }
 }
 
-/// Opens backend connections.
+/// Opens backend connections to one host.
 #[derive(Debug)]
 pub struct Connector {
+    /// `host:port`, resolved again at every connect.
     pub address: String,
     /// `connect_timeout` in milliseconds; a reload changes it.
     connect_timeout_ms: AtomicU64,
@@ -112,7 +120,6 @@ pub struct Connector {
     /// Whether and how connections start TLS.
     pub tls: BackendTls,
     stats: Arc<Stats>,
-    next_id: AtomicU64,
 }
 
 impl Connector {
@@ -131,7 +138,6 @@ impl Connector {
             statement_cache: AtomicUsize::new(statement_cache),
             tls: BackendTls::disabled(),
             stats,
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -170,7 +176,7 @@ impl Connector {
         let result = self
             .within_timeout(async {
                 let stream = self.dial().await?;
-                let id = BackendId(self.next_id.fetch_add(1, Ordering::Relaxed));
+                let id = BackendId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
                 let mut conn = BackendConn::login(stream, id, key, secret, schema, self).await?;
                 conn.statements = StatementCache::new(self.statement_cache());
                 conn.prepare_session().await?;
@@ -186,6 +192,11 @@ impl Connector {
             }
         }
         result
+    }
+
+    /// Takes a connection this connector opened out of the pool's counts (a monitor's).
+    pub(crate) fn not_pooled(&self) {
+        self.stats.backend_not_pooled();
     }
 
     /// Reads the server's greeting without logging in: its version and capabilities.
@@ -288,10 +299,36 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Served a pinned session or lost its client mid-transaction: reset before reuse.
     pub needs_reset: bool,
+    /// Why it needs the reset (see `session::holds`); cleared by the reset.
+    pub reset_reasons: ResetSet,
+    /// The last statement that ran on it left conditions (warnings, an error) in its
+    /// diagnostics area, which a diagnostics statement would show.
+    pub conditions: bool,
     /// Unusable (I/O error, protocol confusion): close instead of reuse.
     pub broken: bool,
     /// Statements prepared on the server for the sessions that borrow this connection.
     pub statements: StatementCache,
+    /// The host this connection goes to (set by the pool when it opens one).
+    pub host: HostId,
+    /// The writer epoch it was opened in (see `topology`).
+    pub epoch: u64,
+    /// The capabilities the server's greeting announced.
+    pub server_caps: CapabilityFlags,
+}
+
+impl BackendConn {
+    /// This connection's share of `max_lifetime`: between 90 % and 100 %, spread by its serial
+    /// number, so connections opened in one burst do not all expire at once.
+    pub fn lifetime(&self, max_lifetime: Duration) -> Duration {
+        // A multiplicative hash spreads consecutive ids over the whole range.
+        let spread = self.id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
+        max_lifetime.mul_f64(1.0 - spread as f64 / 10_240.0)
+    }
+
+    /// Whether it outlived its share of `max_lifetime`.
+    pub fn expired(&self, max_lifetime: Duration) -> bool {
+        self.created.elapsed() > self.lifetime(max_lifetime)
+    }
 }
 
 impl BackendConn {
@@ -325,6 +362,13 @@ impl BackendConn {
             if !server_caps.contains(cap) {
                 return Err(BackendError::Unsupported(name));
             }
+        }
+        // A session keeps the wire format it negotiated; a server (a new writer, say) that
+        // cannot speak it cannot serve the session.
+        if !server_caps.contains(key.caps & CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+            return Err(BackendError::Unsupported(
+                "CLIENT_DEPRECATE_EOF, which this client session negotiated",
+            ));
         }
         let mut caps = BASE_CAPS | (key.caps & KEY_CAPS);
         // Multi-statements imply multi-results on the server; only ask when the client copes.
@@ -413,8 +457,13 @@ impl BackendConn {
             created: now,
             last_used: now,
             needs_reset: false,
+            reset_reasons: ResetSet::default(),
+            conditions: false,
             broken: false,
             statements: StatementCache::new(1),
+            host: HostId(0),
+            epoch: 0,
+            server_caps,
         })
     }
 
@@ -434,7 +483,7 @@ impl BackendConn {
     }
 
     /// Reads every tracked variable the server has (a variable it lacks stays `None`).
-    async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
+    pub async fn read_all_tracked_vars(&mut self) -> Result<(), BackendError> {
         let mut sql = String::from("SHOW SESSION VARIABLES WHERE Variable_name IN (");
         for (i, v) in TRACKED_VARS.iter().enumerate() {
             if i > 0 {
@@ -505,6 +554,16 @@ impl BackendConn {
         what: &'static str,
         max_rows: usize,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        Ok(self.query_named(sql, what, max_rows).await?.1)
+    }
+
+    /// Runs a query for Sluice itself: its column names and up to `max_rows` rows.
+    pub async fn query_named(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        max_rows: usize,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BackendError> {
         let mut payload = Vec::with_capacity(1 + sql.len());
         payload.push(command::COM_QUERY);
         payload.extend_from_slice(sql.as_bytes());
@@ -517,15 +576,17 @@ impl BackendConn {
         let columns = match first.first() {
             Some(0x00) => {
                 self.note_status(&first, true)?;
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
             Some(0xFF) => return Err(command_error(what, &first)),
             _ => Reader::new(&first)
                 .lenenc_int()
                 .ok_or(ProtocolError::Malformed("column count"))?,
         };
+        let mut names = Vec::new();
         for _ in 0..columns {
-            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            let (_, def) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            names.push(column_name(&def).unwrap_or_default());
         }
         if !deprecate_eof {
             self.stream.read_packet(CONTROL_PACKET_MAX).await?;
@@ -535,7 +596,7 @@ impl BackendConn {
             let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
             if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
                 self.note_status(&p, deprecate_eof)?;
-                return Ok(rows);
+                return Ok((names, rows));
             }
             if p.first() == Some(&0xFF) {
                 return Err(command_error(what, &p));
@@ -550,6 +611,53 @@ impl BackendConn {
                     values.push(v.map(|b| String::from_utf8_lossy(b).into_owned()));
                 }
                 rows.push(values);
+            }
+        }
+    }
+
+    /// Runs a query for Sluice itself that answers with one result set and returns its
+    /// packets' payloads: the column count and definitions, then the rows (no EOF packets).
+    pub async fn query_result_set(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+        max_rows: usize,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), BackendError> {
+        let mut payload = Vec::with_capacity(1 + sql.len());
+        payload.push(command::COM_QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.stream
+            .write_packet(0, &payload)
+            .await
+            .map_err(ProtocolError::from)?;
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let (_, first) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        let columns = match first.first() {
+            Some(0xFF) => return Err(command_error(what, &first)),
+            Some(0x00) => return Err(ProtocolError::Malformed("expected a result set").into()),
+            _ => Reader::new(&first)
+                .lenenc_int()
+                .ok_or(ProtocolError::Malformed("column count"))?,
+        };
+        let mut head = vec![first];
+        for _ in 0..columns {
+            head.push(self.stream.read_packet(CONTROL_PACKET_MAX).await?.1);
+        }
+        if !deprecate_eof {
+            self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+        }
+        let mut rows = Vec::new();
+        loop {
+            let (_, p) = self.stream.read_packet(CONTROL_PACKET_MAX).await?;
+            if ok::is_terminator(p.first().copied().unwrap_or(0), p.len()) {
+                self.note_status(&p, deprecate_eof)?;
+                return Ok((head, rows));
+            }
+            if p.first() == Some(&0xFF) {
+                return Err(command_error(what, &p));
+            }
+            if rows.len() < max_rows {
+                rows.push(p);
             }
         }
     }
@@ -681,7 +789,15 @@ impl BackendConn {
             .await?;
         self.prepare_session().await?;
         self.needs_reset = false;
+        self.reset_reasons = ResetSet::default();
+        self.conditions = false;
         Ok(())
+    }
+
+    /// Marks the connection for a reset before anyone else borrows it.
+    pub fn taint(&mut self, reason: ResetReason) {
+        self.reset_reasons.insert(reason);
+        self.needs_reset = true;
     }
 
     /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
@@ -721,8 +837,12 @@ impl BackendConn {
         self.status = status;
         self.schema = None;
         self.prepare_session().await?;
-        self.multi_statements = self.caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
+        // Whether COM_CHANGE_USER keeps a COM_SET_OPTION is the server's business: say it again.
+        let multi_statements = self.multi_statements;
+        self.set_multi_statements(multi_statements).await?;
         self.needs_reset = false;
+        self.reset_reasons = ResetSet::default();
+        self.conditions = false;
         Ok(())
     }
 
@@ -830,6 +950,15 @@ fn full_auth_password(secret: &BackendSecret) -> Result<&str, AuthError> {
     secret.password().ok_or_else(|| {
         AuthError::NeedsPassword("caching_sha2_password (full authentication)".into())
     })
+}
+
+/// The name of a column definition (catalog, schema, table, original table, then the name).
+fn column_name(def: &[u8]) -> Option<String> {
+    let mut r = Reader::new(def);
+    for _ in 0..4 {
+        r.lenenc_bytes()?;
+    }
+    Some(String::from_utf8_lossy(r.lenenc_bytes()?).into_owned())
 }
 
 fn command_error(what: &'static str, p: &[u8]) -> BackendError {

@@ -2,15 +2,71 @@
 //! Sluice's own statement ids; each backend connection prepares a statement once and keeps it
 //! for every session that borrows the connection, up to a bound, least recently used first out.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// What identifies a statement on a server: its text and the schema it was prepared in (a
-/// statement resolves unqualified table names in the schema current at prepare time).
+/// What identifies a statement on a server: its text, the schema it was prepared in (a
+/// statement resolves unqualified table names in the schema current at prepare time), and the
+/// settings that change how the server parses it and describes its columns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatementKey {
     pub schema: Option<Arc<str>>,
+    /// `(variable, value)` pairs of [`PARSE_VARS`] at prepare time.
+    pub settings: Arc<[(usize, String)]>,
     pub sql: Arc<[u8]>,
+}
+
+/// The replayable variables that change how a statement is parsed or described (indexes into
+/// `session::TRACKED_VARS` are resolved by name at use).
+pub const PARSE_VARS: [&str; 4] = [
+    "sql_mode",
+    "character_set_client",
+    "collation_connection",
+    "character_set_results",
+];
+
+/// Statement texts shared by every session and backend connection that prepared them, so a
+/// text a thousand sessions prepare is stored once.
+#[derive(Debug, Default)]
+pub struct TextInterner {
+    texts: Mutex<HashSet<Arc<[u8]>>>,
+    /// Size of the set after the last purge; the next purge waits until it doubles.
+    purged_at: AtomicUsize,
+}
+
+/// Texts longer than this are not shared (they are rare and would pin memory in the set).
+const INTERN_MAX: usize = 64 * 1024;
+
+impl TextInterner {
+    /// The shared copy of `text`.
+    pub fn intern(&self, text: &[u8]) -> Arc<[u8]> {
+        if text.len() > INTERN_MAX {
+            return Arc::from(text);
+        }
+        let mut set = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = set.get(text) {
+            return t.clone();
+        }
+        // Forget texts nobody holds any more, now and then.
+        if set.len() >= 1024 && set.len() >= 2 * self.purged_at.load(Ordering::Relaxed) {
+            set.retain(|t| Arc::strong_count(t) > 1);
+            self.purged_at.store(set.len(), Ordering::Relaxed);
+        }
+        let t: Arc<[u8]> = Arc::from(text);
+        set.insert(t.clone());
+        t
+    }
+
+    /// Texts in the set now.
+    pub fn len(&self) -> usize {
+        self.texts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no text is shared.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A prepare response as the server sent it: what a client that prepares the same statement
@@ -133,6 +189,7 @@ mod tests {
     fn key(sql: &str) -> StatementKey {
         StatementKey {
             schema: None,
+            settings: Arc::from(Vec::new()),
             sql: Arc::from(sql.as_bytes()),
         }
     }
@@ -158,6 +215,24 @@ mod tests {
         assert_eq!(c.insert(key("d"), 4, meta()), vec![1]);
         assert_eq!(c.len(), 2);
         assert!(c.get_mut(&key("c")).is_some() && c.get_mut(&key("d")).is_some());
+    }
+
+    #[test]
+    fn texts_are_stored_once_and_forgotten_when_unused() {
+        let interner = TextInterner::default();
+        let a = interner.intern(b"SELECT 1");
+        let b = interner.intern(b"SELECT 1");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        let kept: Vec<Arc<[u8]>> = (0..2048)
+            .map(|i| interner.intern(format!("SELECT {i}").as_bytes()))
+            .collect();
+        assert!(interner.len() <= kept.len() + 1, "an unused text was kept");
+        let long = vec![b'x'; INTERN_MAX + 1];
+        assert!(!Arc::ptr_eq(
+            &interner.intern(&long),
+            &interner.intern(&long)
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::AuthPluginName;
 use crate::context::Shared;
 use crate::credentials::{Account, AccountRow, Credential};
 use crate::errors::ClientError;
+use crate::logsafe::Escaped;
 
 /// Rows of `mysql.user` read for one name, at most (one per host).
 const MAX_ACCOUNT_ROWS: usize = 256;
@@ -76,7 +77,7 @@ async fn lookup(shared: &Shared, name: &str, read_since: Option<Instant>) -> Who
         Ok(Some(account)) => Who::Known(Credential::database_account(name, account)),
         Ok(None) => Who::Unknown,
         Err(why) => {
-            tracing::warn!(user = %name, error = %why, "cannot look the account up in the database");
+            tracing::warn!(user = %Escaped(name), error = %why, "cannot look the account up in the database");
             Who::LookupFailed
         }
     }
@@ -161,7 +162,7 @@ pub(crate) async fn verify(
     if let Err(refusal) = &result {
         shared.stats.client_auth_failures.fetch_add(1, Relaxed);
         shared.metrics.auth_failed(name, known);
-        tracing::info!(user = %name, %host, reason = refusal.reason, error = %refusal.error.message,
+        tracing::info!(user = %Escaped(name), %host, reason = refusal.reason, error = %Escaped(&refusal.error.message),
             "login refused");
     }
     result
@@ -247,7 +248,7 @@ async fn check_iam(
     };
     match iam.verify(name, token, SystemTime::now()).await {
         Ok(principal) => {
-            tracing::debug!(user = %name, %principal, "IAM login");
+            tracing::debug!(user = %Escaped(name), %principal, "IAM login");
             Ok(cred)
         }
         Err(why) if why.is_transient() => Err(Refusal {

@@ -4,13 +4,20 @@ use super::{ClientSession, Flow, SYNC_ALL, Sync};
 use crate::errors::ClientError;
 use crate::protocol::command::{self, *};
 use crate::protocol::response::Expect;
-use crate::sql::{Classification, Kill};
+use crate::protocol::response::Summary;
+use crate::session::tracker::reduce_command;
+use crate::sql::Kill;
 
 impl ClientSession {
     pub(in crate::frontend) async fn dispatch(&mut self, cmd: u8, len: usize) -> Flow {
         match cmd {
             COM_QUIT => Flow::Close,
-            COM_PING if self.backend.is_none() => self.answer_locally(None).await,
+            COM_PING if self.backend.is_none() => {
+                // As the server's OK would: ROW_COUNT() is 0 after it.
+                self.state.row_count = 0;
+                self.state.counters_on_backend = false;
+                self.answer_locally(None).await
+            }
             COM_PING => self.relay_command(Some(Expect::Single), SYNC_ALL).await.0,
             COM_QUERY => self.query(len).await,
             COM_INIT_DB => {
@@ -20,10 +27,12 @@ impl ClientSession {
                     ..SYNC_ALL
                 };
                 let (flow, summary) = self.relay_command(Some(Expect::Single), sync).await;
-                if let Some(s) = summary.filter(|s| s.error.is_none()) {
-                    // Session tracking reports it too; this covers servers that do not.
-                    self.set_schema(Some(schema.clone()));
-                    self.after_command(&s, &Default::default()).await;
+                if let Some(s) = summary {
+                    if s.error.is_none() {
+                        // Session tracking reports it too; this covers servers that do not.
+                        self.set_schema(Some(schema.clone()));
+                    }
+                    self.after_command(&s).await;
                 }
                 flow
             }
@@ -46,7 +55,7 @@ impl ClientSession {
                             b.multi_statements = option == 0;
                         }
                     }
-                    self.after_command(&s, &Default::default()).await;
+                    self.after_command(&s).await;
                 }
                 flow
             }
@@ -106,8 +115,16 @@ impl ClientSession {
     pub(in crate::frontend) async fn relay_and_track(&mut self, expect: Expect) -> Flow {
         let (flow, summary) = self.relay_command(Some(expect), SYNC_ALL).await;
         if let Some(s) = summary {
-            self.after_command(&s, &Classification::default()).await;
+            self.after_command(&s).await;
         }
         flow
+    }
+
+    /// Applies the response to a command that is no statement (COM_INIT_DB, COM_PING, ...),
+    /// then gives the connection back if nothing holds it.
+    pub(in crate::frontend) async fn after_command(&mut self, summary: &Summary) {
+        let reduction = reduce_command(None, summary, self.reduce_context());
+        self.apply(summary, reduction).await;
+        self.release_if_free().await;
     }
 }

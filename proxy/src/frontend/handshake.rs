@@ -1,23 +1,28 @@
 //! A client's login: Sluice's greeting, the client's answer, authentication against the users
 //! Sluice knows (no backend involved), and the initial schema.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpStream;
 
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
 
 use super::authenticate::{self, Answer};
 use crate::auth;
-use crate::backend::PoolKey;
+use crate::backend::{PoolKey, Route};
 use crate::config::{AuthPluginName, TlsMode};
 use crate::context::Shared;
 use crate::credentials::Credential;
 use crate::errors::ClientError;
+use crate::logsafe::Escaped;
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::packets::{self, Greeting};
 use crate::protocol::{CapabilityFlags, StatusFlags};
-use crate::registry::SessionHandle;
+use crate::registry::{Activity, SessionHandle};
 
 /// Largest login packet accepted (user, scramble, schema and connect attributes).
 const MAX_LOGIN_PACKET: usize = 64 * 1024;
@@ -32,21 +37,25 @@ pub struct LoggedIn {
     pub schema: Option<String>,
     /// The connection's scramble, for COM_CHANGE_USER.
     pub scramble: [u8; 20],
+    /// The endpoint it connected to (writer or reader).
+    pub route: Route,
 }
 
 impl LoggedIn {
     /// The pool this client borrows from.
     pub fn pool_key(&self) -> PoolKey {
-        pool_key(&self.user.username, self.caps, self.collation)
+        pool_key(&self.user.username, self.caps, self.collation, self.route)
     }
 }
 
-/// The pool key for a client of `user` with these capabilities and login collation.
-pub fn pool_key(user: &Arc<str>, caps: CapabilityFlags, collation: u8) -> PoolKey {
+/// The pool key for a client of `user` with these capabilities and login collation, on the
+/// endpoint of `route`.
+pub fn pool_key(user: &Arc<str>, caps: CapabilityFlags, collation: u8, route: Route) -> PoolKey {
     PoolKey {
         user: user.clone(),
         caps: caps & crate::backend::KEY_CAPS,
         collation,
+        route,
     }
 }
 
@@ -80,7 +89,7 @@ impl LoginFailure {
     fn reading(e: ProtocolError, seq: u8) -> Self {
         let reply = seq.wrapping_add(1);
         match e {
-            ProtocolError::Closed | ProtocolError::Io(_) => {
+            ProtocolError::Closed | ProtocolError::Io(_) | ProtocolError::TimedOut => {
                 LoginFailure::silent("client disconnected during login")
             }
             ProtocolError::TooLarge { .. } => LoginFailure::with(
@@ -217,32 +226,211 @@ pub(crate) async fn exchange(
     Ok(reply)
 }
 
-/// Runs the login. `seq` tracks the next sequence id Sluice would send, so a caller that gives
-/// up (handshake timeout) can still answer in order.
-pub async fn login(
+/// Sluice's greeting, written at once (a fresh socket takes its hundred bytes without
+/// waiting): what it offered, and any part the socket did not take.
+pub(crate) struct Greeted {
+    offer: Offer,
+    unsent: Vec<u8>,
+}
+
+/// Greets a new client without waiting.
+pub(crate) fn greet(
+    socket: &TcpStream,
+    shared: &Shared,
+    session: &SessionHandle,
+) -> Result<Greeted, LoginFailure> {
+    let scramble =
+        auth::new_scramble().map_err(|_| LoginFailure::silent("no randomness for a scramble"))?;
+    let plugin = shared.credentials.greeting_plugin();
+    let caps = shared.offered_caps();
+    let greeting = Greeting {
+        server_version: &shared.server_version,
+        connection_id: session.id.0,
+        scramble: &scramble,
+        capabilities: caps,
+        collation: shared.collation,
+        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        auth_plugin: plugin.as_str(),
+    }
+    .encode();
+    let mut framed = Vec::with_capacity(greeting.len() + crate::protocol::HEADER_LEN);
+    crate::protocol::put_packet(&mut framed, 0, &greeting);
+    let written = match socket.try_write(&framed) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return Err(LoginFailure::silent("client disconnected during login")),
+    };
+    let unsent = framed.split_off(written.min(framed.len()));
+    Ok(Greeted {
+        offer: Offer {
+            scramble,
+            caps,
+            plugin,
+        },
+        unsent,
+    })
+}
+
+/// Waits until a greeted client sends something (or leaves): true; false when its login was
+/// cut short first (handshake timeout, or a flood making room). With no state beyond the
+/// socket's and a kill signal's, this is all a connection that never speaks costs (no timer
+/// of its own: the listener's reaper ends logins past `handshake_timeout`).
+pub(crate) async fn first_bytes(socket: &TcpStream, session: &SessionHandle) -> bool {
+    // A peek, not a readiness check: readiness starts out set on a new socket, while a peek
+    // that finds nothing clears it (and its one-byte buffer lives only during a poll).
+    let data = std::future::poll_fn(|cx| {
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        socket.poll_peek(cx, &mut buf).map(|_| ())
+    });
+    tokio::select! {
+        _ = data => true,
+        _ = session.login_cut_short() => false,
+    }
+}
+
+/// The rest of a greeted client's login, once it spoke (`spoke`) or its login was cut short:
+/// the logged-in stream and who logged in, or `None` once it was refused (and told why,
+/// where it can be) or left.
+pub(crate) async fn finish(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    handle: &SessionHandle,
+    greeted: Greeted,
+    spoke: bool,
+) -> Option<(PacketStream, LoggedIn)> {
+    let mut client = PacketStream::new(socket).ok()?;
+    let mut seq = 1u8;
+    let unsent = !greeted.unsent.is_empty();
+    let outcome = if unsent && client.write_all(&greeted.unsent).await.is_err() {
+        Some(Err(LoginFailure::silent(
+            "client disconnected during login",
+        )))
+    } else if spoke || unsent {
+        boxed_login(&mut client, shared, handle, peer, &mut seq, greeted.offer).await
+    } else {
+        None
+    };
+    let failure = match outcome {
+        Some(Ok(logged_in)) => {
+            handle.set_activity(Activity::Idle, std::time::Instant::now());
+            return Some((client, logged_in));
+        }
+        Some(Err(failure)) => failure,
+        None if handle.login_expired() && !handle.is_killed() => {
+            let limit = shared.config().handshake_timeout;
+            tracing::info!(client = %handle.id, %peer, reason = "handshake_timeout", "client refused: login not completed in time");
+            LoginFailure::with(
+                seq,
+                ClientError::handshake_timeout(limit),
+                "handshake timeout",
+            )
+        }
+        None => {
+            tracing::info!(client = %handle.id, %peer, "login cut short to make room for new clients (max_client_connections)");
+            let limit = shared.config().max_client_connections;
+            LoginFailure::with(
+                seq,
+                ClientError::login_evicted(limit),
+                "evicted by a newer client",
+            )
+        }
+    };
+    // Boxed: a path every client's login future would otherwise make room for.
+    Box::pin(refused(client, peer, shared, handle, failure)).await;
+    None
+}
+
+/// How a login ended: logged in, refused, or (`None`) cut short.
+type LoginOutcome = Option<Result<LoggedIn, LoginFailure>>;
+
+/// [`login`], unless cut short, in a box of its own: allocated only for a client that spoke.
+fn boxed_login<'a>(
+    client: &'a mut PacketStream,
+    shared: &'a Shared,
+    handle: &'a SessionHandle,
+    peer: SocketAddr,
+    seq: &'a mut u8,
+    offer: Offer,
+) -> std::pin::Pin<Box<dyn Future<Output = LoginOutcome> + Send + 'a>> {
+    Box::pin(async move {
+        tokio::select! {
+            o = login(client, shared, handle, peer, seq, offer) => Some(o),
+            _ = handle.login_cut_short() => None,
+        }
+    })
+}
+
+/// Counts a failed login and tells the client why, where the connection allows it.
+async fn refused(
+    mut client: PacketStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    handle: &SessionHandle,
+    failure: LoginFailure,
+) {
+    shared
+        .stats
+        .client_handshake_failures
+        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.setup_failed(failure.reason);
+    match failure.reply {
+        Some((seq, err)) => {
+            if err.code != crate::errors::ER_NET_READ_INTERRUPTED
+                && err.code != crate::errors::ER_CON_COUNT
+            {
+                tracing::info!(client = %handle.id, %peer, reason = failure.reason, code = err.code, "client refused");
+            }
+            super::farewell(&shared.metrics, &mut client, seq, &err).await;
+        }
+        // Load balancer health checks connect and close: not worth an info line.
+        None => {
+            tracing::debug!(client = %handle.id, %peer, reason = failure.reason, "login ended")
+        }
+    }
+}
+
+/// Runs the login after the greeting: the client's first packet, then (boxed, allocated
+/// only once that packet is whole) TLS, authentication and the initial schema.
+async fn login(
     client: &mut PacketStream,
     shared: &Shared,
     session: &SessionHandle,
     peer: SocketAddr,
     seq: &mut u8,
+    offer: Offer,
 ) -> Result<LoggedIn, LoginFailure> {
-    let scramble =
-        auth::new_scramble().map_err(|_| LoginFailure::silent("no randomness for a scramble"))?;
-    let greeting_plugin = shared.credentials.greeting_plugin();
-    let greeting = Greeting {
-        server_version: &shared.server_version,
-        connection_id: session.id.0,
-        scramble: &scramble,
-        capabilities: shared.capabilities,
-        collation: shared.collation,
-        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        auth_plugin: greeting_plugin.as_str(),
-    }
-    .encode();
-    client.write_packet(0, &greeting).await?;
-    *seq = 1;
+    let first = read_login_packet(client, seq).await?;
+    Box::pin(authenticate(
+        client, shared, session, peer, seq, offer, first,
+    ))
+    .await
+}
 
-    let (mut payload, mut client_caps) = read_login_packet(client, seq).await?;
+/// What Sluice's greeting offered the client.
+pub(crate) struct Offer {
+    scramble: [u8; 20],
+    caps: CapabilityFlags,
+    plugin: AuthPluginName,
+}
+
+/// The login after the client's first packet: TLS, authentication, the initial schema.
+async fn authenticate(
+    client: &mut PacketStream,
+    shared: &Shared,
+    session: &SessionHandle,
+    peer: SocketAddr,
+    seq: &mut u8,
+    offer: Offer,
+    first: (Vec<u8>, CapabilityFlags),
+) -> Result<LoggedIn, LoginFailure> {
+    let Offer {
+        scramble,
+        caps: offered,
+        plugin: greeting_plugin,
+    } = offer;
+    let (mut payload, mut client_caps) = first;
     if client_caps.contains(CapabilityFlags::CLIENT_SSL) && payload.len() == 32 {
         let Some(tls) = &shared.tls else {
             return Err(LoginFailure::with(
@@ -278,7 +466,7 @@ pub async fn login(
     }
     let response = parse_login(&payload, client_caps, *seq)?;
 
-    let caps = response.capabilities() & shared.capabilities;
+    let caps = response.capabilities() & offered;
     let user_name = String::from_utf8_lossy(response.user()).into_owned();
     let host = peer.ip().to_string();
     let who = authenticate::resolve(shared, &user_name).await;
@@ -286,7 +474,7 @@ pub async fn login(
     let plugin = who.plugin(greeting_plugin);
     if plugin == AuthPluginName::ClearPassword && !client.is_tls() {
         // An IAM token is a bearer credential: never ask for one in clear text.
-        tracing::info!(client = %session.id, user = %user_name, %host, "IAM login refused: no TLS");
+        tracing::info!(client = %session.id, user = %Escaped(&user_name), %host, "IAM login refused: no TLS");
         return Err(LoginFailure::with(
             *seq,
             ClientError::access_denied_because(
@@ -371,6 +559,7 @@ pub async fn login(
         collation: response.collation(),
         schema,
         scramble,
+        route: session.route,
     };
     if let Some(db) = &logged_in.schema
         && let Err(e) = shared.check_schema(&logged_in.pool_key(), db).await

@@ -9,20 +9,23 @@
 
 pub(crate) mod authenticate;
 mod cmd;
+mod diagnostics;
 mod dispatch;
 pub(crate) mod handshake;
+mod intake;
 mod relay;
+mod reroute;
 mod session;
 mod sync;
 mod tracking;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+pub use cmd::prepared::StatementBudget;
 pub use handshake::{LoggedIn, pool_key};
 
 use crate::auth;
@@ -43,68 +46,55 @@ use cmd::prepared::SessionStatements;
 /// How long Sluice tries to deliver a final error to a client it is about to close.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one client connection from its first byte to its close.
+/// Serves one client connection from its first byte to its close. Until the client speaks,
+/// the task holds only its socket, the greeting's offer and a kill signal (a few hundred
+/// bytes, see `handshake::first_bytes`); the rest is allocated once it does.
 pub async fn run(
     socket: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     handle: Arc<SessionHandle>,
 ) {
-    let Ok(mut client) = PacketStream::new(socket) else {
+    let Ok(greeted) = handshake::greet(&socket, &shared, &handle) else {
         return;
     };
-    let mut seq = 0u8;
-    let limit = shared.config().handshake_timeout;
-    // Boxed for the same reason as a command's future: login (TLS included) is large and brief.
-    let outcome = tokio::time::timeout(
-        limit,
-        Box::pin(handshake::login(
-            &mut client,
-            &shared,
-            &handle,
-            peer,
-            &mut seq,
-        )),
-    )
-    .await;
-    let logged_in = match outcome {
-        Ok(Ok(l)) => l,
-        Ok(Err(failure)) => {
-            shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
-            shared.metrics.setup_failed(failure.reason);
-            match failure.reply {
-                Some((seq, err)) => {
-                    tracing::info!(client = %handle.id, %peer, reason = failure.reason, code = err.code, "client refused");
-                    farewell(&shared.metrics, &mut client, seq, &err).await;
-                }
-                // Load balancer health checks connect and close: not worth an info line.
-                None => {
-                    tracing::debug!(client = %handle.id, %peer, reason = failure.reason, "login ended")
-                }
-            }
-            return;
-        }
-        Err(_) => {
-            shared.stats.client_handshake_failures.fetch_add(1, Relaxed);
-            shared.metrics.setup_failed("handshake timeout");
-            tracing::info!(client = %handle.id, %peer, reason = "handshake_timeout", "client refused: login not completed in time");
-            farewell(
-                &shared.metrics,
-                &mut client,
-                seq,
-                &ClientError::handshake_timeout(limit),
-            )
-            .await;
-            return;
-        }
+    let spoke = handshake::first_bytes(&socket, &handle).await;
+    Box::pin(after_greeting(socket, peer, shared, handle, greeted, spoke)).await;
+}
+
+/// The login after the greeting, then the session.
+async fn after_greeting(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    greeted: handshake::Greeted,
+    spoke: bool,
+) {
+    let Some((client, logged_in)) =
+        handshake::finish(socket, peer, &shared, &handle, greeted, spoke).await
+    else {
+        return;
     };
+    // Boxed on its own: the session's state is allocated only once the client logged in.
+    Box::pin(serve_session(client, peer, shared, handle, logged_in)).await;
+}
+
+/// The logged-in part of a session: the command loop, then the cleanup.
+async fn serve_session(
+    client: PacketStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    handle: Arc<SessionHandle>,
+    logged_in: LoggedIn,
+) {
     // Feeds the `tls` metric label and SHOW CLIENTS.
     let tls = client.is_tls();
     handle.set_tls(tls);
     handle.set_user(logged_in.user.username.clone());
     handle.set_activity(Activity::Idle, Instant::now());
     let gauge = shared.metrics.logged_in(&logged_in.user.username, tls);
-    tracing::debug!(client = %handle.id, user = %logged_in.user.username, %peer, tls, "client logged in");
+    tracing::debug!(client = %handle.id, user = %crate::logsafe::Escaped(&logged_in.user.username), %peer, tls, "client logged in");
     let mut session = ClientSession::new(client, peer, shared, handle, logged_in, gauge);
     session.serve().await;
     session.finish().await;
@@ -187,12 +177,13 @@ struct ClientSession {
     scramble: [u8; 20],
     state: SessionState,
     backend: Option<PooledConn>,
-    /// The last statement left warnings: keep the connection for the next command, so
-    /// `SHOW WARNINGS` sees them.
-    hold_for_warnings: bool,
-    /// The last statement was `SET TRANSACTION`, which applies to the next transaction on
-    /// this connection: keep it until that transaction ends.
-    hold_for_next_transaction: bool,
+    /// The session's `LAST_INSERT_ID()` is in `state` (else only its connection knows it,
+    /// after `LAST_INSERT_ID(expr)` or a procedure, and it is read before release).
+    insert_id_known: bool,
+    /// Likewise for `FOUND_ROWS()` (after `SQL_CALC_FOUND_ROWS` or `SELECT ... INTO`).
+    found_rows_known: bool,
+    /// Whether the last statement cleared the diagnostics area is the server's to say.
+    diagnostics_check: bool,
     /// Prepared statements, with Sluice's ids.
     stmts: SessionStatements,
     /// Counts the session in the authenticated-clients gauge; holds the user's metrics.

@@ -7,7 +7,7 @@ use super::{ClientSession, Flow, Sync, farewell};
 use crate::backend::BackendError;
 use crate::errors::ClientError;
 use crate::protocol::codec::ProtocolError;
-use crate::protocol::relay::{Direction, RelayError, forward_packet, relay_response};
+use crate::protocol::relay::{RelayError, forward_command_within, relay_response};
 use crate::protocol::response::{Expect, ResponseTracker, Summary};
 use crate::protocol::{CapabilityFlags, HEADER_LEN};
 
@@ -25,7 +25,7 @@ impl ClientSession {
             }
             return (self.reply_error(&err).await, None);
         }
-        if let Some(flow) = self.send_command().await {
+        if let Some(flow) = self.send_command_rerouting(sync).await {
             return (flow, None);
         }
         match expect {
@@ -37,14 +37,12 @@ impl ClientSession {
     /// Forwards the client's command packet as it is in the buffer.
     pub(in crate::frontend) async fn send_command(&mut self) -> Option<Flow> {
         let max = self.shared.config().max_allowed_packet;
+        // The rest of a command too large to buffer must come within client_read_timeout.
+        let limit = self.shared.config().client_read_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         let backend = self.backend.as_mut()?;
-        let result = forward_packet(
-            &mut self.client,
-            &mut backend.stream,
-            max,
-            Direction::ToBackend,
-        )
-        .await;
+        let result =
+            forward_command_within(&mut self.client, &mut backend.stream, max, deadline).await;
         match result {
             Ok(n) => {
                 backend.last_used = std::time::Instant::now();
@@ -68,8 +66,12 @@ impl ClientSession {
             Err(RelayError::Backend(e)) | Err(RelayError::BackendMidResponse(e)) => {
                 Some(self.backend_lost(e, false).await)
             }
-            Err(RelayError::Client(_)) => {
+            Err(RelayError::Client(e)) => {
                 backend.broken = true;
+                if matches!(e, ProtocolError::TimedOut) {
+                    let err = ClientError::command_read_timeout(limit);
+                    farewell(&self.shared.metrics, &mut self.client, 1, &err).await;
+                }
                 Some(Flow::Close)
             }
         }
@@ -105,7 +107,10 @@ impl ClientSession {
             .record(started.elapsed().as_secs_f64());
         metrics.bytes_to_client.increment(summary.relayed_bytes);
         match result {
-            Ok(()) => (Flow::Continue, Some(summary)),
+            Ok(()) => {
+                self.note_server_error(summary.error);
+                (Flow::Continue, Some(summary))
+            }
             Err(RelayError::Client(_)) | Err(RelayError::TooLarge { .. }) => {
                 // The backend is mid-response or mid-file: nobody can use it any more.
                 backend.broken = true;
@@ -129,9 +134,11 @@ impl ClientSession {
         if let Some(b) = self.backend.as_mut() {
             b.broken = true;
         }
+        // The host may be gone: the monitor looks now, not at its next tick.
+        self.shared.pool.topology().recheck();
         self.unpin_all();
         self.release().await;
-        let err = ClientError::backend_lost(&e.to_string());
+        let err = ClientError::statement_interrupted(&e.to_string(), state_lost);
         if response_started || state_lost {
             if !response_started {
                 farewell(&self.shared.metrics, &mut self.client, 1, &err).await;
@@ -167,43 +174,78 @@ impl ClientSession {
         }
     }
 
-    pub(in crate::frontend) async fn release_if_free(&mut self) {
-        let Some(b) = self.backend.as_ref() else {
-            return;
-        };
-        if b.broken
-            || (self.state.pins.is_empty()
-                && !b.in_transaction()
-                && !self.stmts.holds_backend()
-                && !self.hold_for_next_transaction
-                && !self.keep_for_warnings())
-        {
-            self.release().await;
-        }
-    }
-
-    /// Whether to keep the connection for the next command because the last statement left
-    /// warnings (so `SHOW WARNINGS` sees them), unless another session is waiting for it.
-    pub(in crate::frontend) fn keep_for_warnings(&self) -> bool {
-        self.hold_for_warnings && self.shared.pool.counts().2 == 0
-    }
-
-    /// Gives the backend connection back. Takes the session's kill lock first, so a
-    /// concurrent KILL QUERY finishes before the connection can pass to someone else.
+    /// Gives the backend connection back. First sends the client the end of the response held
+    /// for tracking, then reads what only the connection still knows
+    /// of the session (its diagnostics area, a `LAST_INSERT_ID()` or `FOUND_ROWS()` the
+    /// responses did not carry), then counts why it needs a reset, if it does. Takes the
+    /// session's kill lock, so a concurrent KILL QUERY finishes before the connection can pass
+    /// to someone else.
     pub(in crate::frontend) async fn release(&mut self) {
+        // What the response reported is applied by now; the client need not wait for the
+        // statements that follow. A client that went away is noticed at its next read.
+        let _ = self.client.send_held().await;
+        if self.backend.as_ref().is_some_and(|b| !b.broken) {
+            self.before_own_statement().await;
+        }
         self.state.connection_released();
         if self.stmts.holds_backend() {
             // Cursors or long data die with the connection's session state.
             if let Some(b) = self.backend.as_mut() {
-                b.needs_reset = true;
+                for r in self.stmts.hold_reasons().iter() {
+                    b.taint(crate::session::ResetReason::Pinned(r));
+                }
             }
             self.stmts.drop_holds();
         }
         if let Some(conn) = self.backend.take() {
+            if conn.needs_reset && !conn.broken {
+                for reason in conn.reset_reasons.iter() {
+                    self.shared.stats.reset_requested(reason);
+                }
+            }
             let mut slot = self.handle.backend_thread.lock().await;
             *slot = None;
             self.handle.set_lent_thread(None);
             drop(conn);
         }
+    }
+
+    /// Reads from the connection what only it knows of the session (the diagnostics area, a
+    /// `LAST_INSERT_ID()` or `FOUND_ROWS()` no response carried), before a statement of
+    /// Sluice's own takes them over or the connection goes back.
+    pub(in crate::frontend) async fn before_own_statement(&mut self) {
+        self.capture_diagnostics().await;
+        if self.insert_id_known && self.found_rows_known {
+            return;
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        let row = b
+            .query_row("SELECT LAST_INSERT_ID(), FOUND_ROWS()", "reading counters")
+            .await;
+        let number = |v: Option<&Option<String>>| v.and_then(|v| v.as_deref()?.parse::<u64>().ok());
+        match row {
+            Ok(Some(row)) => {
+                if !self.insert_id_known
+                    && let Some(id) = number(row.first())
+                {
+                    self.state.last_insert_id = id;
+                }
+                if !self.found_rows_known
+                    && let Some(n) = number(row.get(1))
+                {
+                    self.state.found_rows = n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot read the session's counters");
+                b.broken = true;
+            }
+        }
+        self.insert_id_known = true;
+        self.found_rows_known = true;
+        self.state.own_statement_ran();
     }
 }

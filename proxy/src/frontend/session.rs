@@ -14,11 +14,13 @@ use crate::metrics::{SessionGauge, UserMetrics};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::command::*;
 use crate::protocol::packets::{self};
-use crate::protocol::response::INSPECT_WHOLE;
 use crate::protocol::{CapabilityFlags, HEADER_LEN, StatusFlags};
 use crate::registry::{Activity, ClientId, SessionHandle};
 use crate::session::{PinSet, SessionState};
 use crate::sql::{self, Digest};
+
+/// MariaDB's status flag for `ANSI_QUOTES` in the session's `sql_mode`.
+const SERVER_STATUS_ANSI_QUOTES: u16 = 0x8000;
 
 impl ClientSession {
     pub(in crate::frontend) fn new(
@@ -46,8 +48,9 @@ impl ClientSession {
             scramble: l.scramble,
             state,
             backend: None,
-            hold_for_warnings: false,
-            hold_for_next_transaction: false,
+            insert_id_known: true,
+            found_rows_known: true,
+            diagnostics_check: false,
             stmts: SessionStatements::default(),
             tls: gauge.tls(),
             gauge,
@@ -69,6 +72,10 @@ impl ClientSession {
     pub(in crate::frontend) async fn serve(&mut self) {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
+            // The end of the last response, held until its effects were applied.
+            if self.client.send_held().await.is_err() {
+                return;
+            }
             if self.backend.is_none() {
                 self.client.release_idle_memory();
             } else {
@@ -83,6 +90,7 @@ impl ClientSession {
                 return;
             }
             let idle_limit = self.shared.config().idle_client_timeout;
+            let idle_in_transaction = self.shared.config().idle_in_transaction_timeout;
             let header = tokio::select! {
                 biased;
                 _ = self.handle.killed() => {
@@ -103,6 +111,10 @@ impl ClientSession {
                         idle_client_timeout = %humantime::format_duration(idle_limit),
                         pinned = !self.state.pins.is_empty(), "closing an idle client");
                     self.goodbye(&ClientError::idle_timeout(idle_limit)).await;
+                    return;
+                }
+                _ = super::intake::idle_in_transaction(idle_in_transaction), if in_transaction => {
+                    self.end_idle_transaction(idle_in_transaction).await;
                     return;
                 }
                 h = self.client.frame_header() => h,
@@ -128,12 +140,9 @@ impl ClientSession {
                 .await;
                 return;
             }
-            if self
-                .client
-                .fill(HEADER_LEN + len.min(INSPECT_WHOLE))
-                .await
-                .is_err()
-            {
+            // The whole command (or, if very large, its first part) arrives before anything is
+            // borrowed for it, within client_read_timeout.
+            if self.read_command(len).await.is_err() {
                 return;
             }
             let cmd = self.client.buffered()[HEADER_LEN];
@@ -149,6 +158,10 @@ impl ClientSession {
             m.queries.increment(1);
             m.query_latency
                 .record(done.duration_since(started).as_secs_f64());
+            // A session that ends stays "active" until it has given its connection back.
+            if flow == Flow::Close || self.handle.is_killed() {
+                return;
+            }
             let in_transaction = self.backend.as_ref().is_some_and(|b| b.in_transaction());
             let activity = if in_transaction {
                 Activity::InTransaction
@@ -156,9 +169,6 @@ impl ClientSession {
                 Activity::Idle
             };
             self.handle.set_activity(activity, done);
-            if flow == Flow::Close || self.handle.is_killed() {
-                return;
-            }
         }
     }
 
@@ -231,6 +241,14 @@ impl ClientSession {
         if self.backend.as_ref().is_some_and(|b| b.in_transaction()) {
             s |= StatusFlags::SERVER_STATUS_IN_TRANS;
         }
+        // The servers also report the sql_mode flags that change how text is read.
+        let mode = self.lex_mode();
+        if !mode.backslash_escapes {
+            s |= StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES;
+        }
+        if mode.ansi_quotes && matches!(mode.dialect, crate::sql::Dialect::MariaDb(_)) {
+            s |= StatusFlags::from_bits_retain(SERVER_STATUS_ANSI_QUOTES);
+        }
         s
     }
 
@@ -246,15 +264,15 @@ impl ClientSession {
         }
     }
 
-    /// Ends the session: a connection the session left state on is reset before reuse.
+    /// Ends the session: a connection the session left state on, or a transaction open, is
+    /// reset before reuse (the pins already marked it; `unpin_all` keeps those marks).
     pub(in crate::frontend) async fn finish(&mut self) {
-        let dirty = !self.state.pins.is_empty() || self.stmts.holds_backend();
-        self.unpin_all();
         if let Some(b) = self.backend.as_mut()
-            && (dirty || b.in_transaction())
+            && b.in_transaction()
         {
-            b.needs_reset = true;
+            b.taint(crate::session::ResetReason::AbandonedTransaction);
         }
+        self.unpin_all();
         self.release().await;
         tracing::debug!(client = %self.id(), "client session ended");
     }

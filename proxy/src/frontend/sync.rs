@@ -50,6 +50,9 @@ impl ClientSession {
 
     /// Applies the session's schema, variables and options to its backend connection.
     pub(in crate::frontend) async fn sync_state(&mut self, sync: Sync) -> Result<(), BackendError> {
+        if self.sync_needed(sync) {
+            self.before_own_statement().await;
+        }
         let Some(b) = self.backend.as_mut() else {
             return Ok(());
         };
@@ -85,5 +88,18 @@ impl ClientSession {
             b.set_multi_statements(self.state.multi_statements).await?;
         }
         Ok(())
+    }
+
+    /// Whether [`ClientSession::sync_state`] would run a statement of Sluice's own.
+    fn sync_needed(&self, sync: Sync) -> bool {
+        let Some(b) = self.backend.as_ref() else {
+            return false;
+        };
+        let want_autocommit = self.state.autocommit.unwrap_or(b.baseline_autocommit);
+        let want = self.state.vars.as_ref().unwrap_or(&b.baseline);
+        (sync.schema && b.schema != self.state.schema)
+            || b.autocommit != want_autocommit
+            || want.replay_statement(&b.vars, None).is_some()
+            || (sync.multi_statements && b.multi_statements != self.state.multi_statements)
     }
 }

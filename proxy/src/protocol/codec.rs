@@ -12,6 +12,9 @@ use super::{HEADER_LEN, MAX_FRAME, frame_len, put_packet};
 /// How much spare room a read asks for; large results are relayed in chunks of about this size.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The least a [`PacketStream::fill`] asks for: a typical command or login packet in one read.
+const SMALL_READ: usize = 256;
+
 /// Buffers above this size are given back once they are empty, so an idle connection holds none.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -28,6 +31,9 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("packet out of order: expected sequence id {expected}, got {got}")]
     OutOfOrder { expected: u8, got: u8 },
+    /// The peer did not send what it started within the time it was given.
+    #[error("timed out waiting for the rest of a packet")]
+    TimedOut,
 }
 
 /// A connection speaking the MySQL protocol (over TCP, or TLS after an upgrade), with its
@@ -36,6 +42,9 @@ pub enum ProtocolError {
 pub struct PacketStream {
     stream: Transport,
     buf: BytesMut,
+    /// The end of a response kept back until the proxy has applied what it reported; it goes
+    /// out before anything else is written and before any read waits (see `hold`).
+    held: Vec<u8>,
 }
 
 impl PacketStream {
@@ -45,6 +54,7 @@ impl PacketStream {
         Ok(PacketStream {
             stream: Transport::Plain(stream),
             buf: BytesMut::new(),
+            held: Vec::new(),
         })
     }
 
@@ -113,26 +123,39 @@ impl PacketStream {
     /// Reads at least one more byte into the buffer. A peer that closed is an error here,
     /// because every caller is waiting for the rest of something.
     pub async fn read_more(&mut self) -> Result<(), ProtocolError> {
-        if self.buf.capacity() == 0 {
-            // An idle connection holds no buffer; allocate only once there is data.
+        // The peer may be waiting for the held bytes before it sends anything.
+        self.send_held().await?;
+        if self.buf.is_empty() {
+            // Nothing pending: allocate only once there is data, so an idle or stalled peer
+            // holds no buffer.
             self.stream.readable().await?;
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
+        self.read_some().await
+    }
+
+    async fn read_some(&mut self) -> Result<(), ProtocolError> {
         match self.stream.read_buf(&mut self.buf).await? {
             0 => Err(ProtocolError::Closed),
             _ => Ok(()),
         }
     }
 
-    /// Reads until at least `n` bytes are buffered.
+    /// Reads until at least `n` bytes are buffered, growing the buffer only by what is
+    /// missing (at least [`SMALL_READ`], so a small command arrives in one read): a client
+    /// that stops half-way through a short packet holds a few hundred bytes, not a chunk.
     pub async fn fill(&mut self, n: usize) -> Result<(), ProtocolError> {
-        if n > self.buf.capacity() {
-            self.buf.reserve(n - self.buf.len());
-        }
         while self.buf.len() < n {
-            self.read_more().await?;
+            if self.buf.is_empty() {
+                self.stream.readable().await?;
+            }
+            let want = (n - self.buf.len()).max(SMALL_READ);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.buf.reserve(want);
+            }
+            self.read_some().await?;
         }
         Ok(())
     }
@@ -205,9 +228,31 @@ impl PacketStream {
         }
     }
 
-    /// Writes bytes that are already framed.
+    /// Writes bytes that are already framed (after any held bytes).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !self.held.is_empty() {
+            self.held.extend_from_slice(bytes);
+            return self.send_held().await;
+        }
         self.stream.write_all(bytes).await?;
+        self.flush_tls().await
+    }
+
+    /// Keeps framed bytes back until `send_held`, the next write or the next read: the proxy
+    /// holds a response's last packet while it applies what the response reported, so a client
+    /// that has its answer sees a proxy that has caught up with it.
+    pub fn hold(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// Sends the held bytes, if any.
+    pub async fn send_held(&mut self) -> io::Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let sent = self.stream.write_all(&self.held).await;
+        self.held.clear();
+        sent?;
         self.flush_tls().await
     }
 
@@ -237,6 +282,9 @@ impl PacketStream {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
+        if self.held.is_empty() {
+            self.held = Vec::new();
+        }
     }
 
     /// Shrinks a buffer that grew for a large packet, keeping small ones for reuse.
@@ -244,10 +292,14 @@ impl PacketStream {
         if self.buf.is_empty() && self.buf.capacity() > KEEP_CAPACITY {
             self.buf = BytesMut::new();
         }
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        }
     }
 
     /// Shuts down the write side, flushing what was written.
     pub async fn shutdown(&mut self) {
+        let _ = self.send_held().await;
         let _ = self.stream.shutdown().await;
     }
 }

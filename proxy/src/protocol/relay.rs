@@ -25,8 +25,9 @@ pub enum RelayError {
 }
 
 /// Relays one response from `backend` to `client`, following it with `tracker`. Returns once
-/// the last packet of the response was written. LOCAL INFILE data is relayed from the client
-/// to the backend in the middle, as the protocol requires.
+/// the response was relayed; its last packet is held in `client` (`PacketStream::hold`) so the
+/// caller can apply what it reported before the client sees the end. LOCAL INFILE data is
+/// relayed from the client to the backend in the middle, as the protocol requires.
 pub async fn relay_response(
     backend: &mut PacketStream,
     client: &mut PacketStream,
@@ -94,13 +95,17 @@ pub async fn relay_response(
                 out.extend_from_slice(&buf[..cursor]);
                 put_packet(&mut out, header[3], &replacement);
                 backend.consume(cursor + HEADER_LEN + len);
-                cursor = 0;
                 relayed = true;
                 summary.relayed_bytes += out.len() as u64;
-                client
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| RelayError::Client(e.into()))?;
+                cursor = 0;
+                if tracker.is_done() && !continues {
+                    client.hold(&out);
+                } else {
+                    client
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| RelayError::Client(e.into()))?;
+                }
             } else {
                 cursor += HEADER_LEN + have;
                 stream_left = len - have;
@@ -113,10 +118,16 @@ pub async fn relay_response(
         if cursor > 0 {
             relayed = true;
             summary.relayed_bytes += cursor as u64;
-            client
-                .write_all(&backend.buffered()[..cursor])
-                .await
-                .map_err(|e| RelayError::Client(e.into()))?;
+            let chunk = &backend.buffered()[..cursor];
+            if tracker.is_done() && stream_left == 0 && !continues {
+                // The response's end: held whole, so a small response is still one write.
+                client.hold(chunk);
+            } else {
+                client
+                    .write_all(chunk)
+                    .await
+                    .map_err(|e| RelayError::Client(e.into()))?;
+            }
             backend.consume(cursor);
             cursor = 0;
         }
@@ -154,6 +165,21 @@ async fn forward_local_infile(
 pub enum Direction {
     ToBackend,
     ToClient,
+}
+
+/// [`forward_packet`] from a client to the backend, which must be done by `deadline`: a client
+/// that stalls half-way through a command cannot hold a backend connection for longer.
+/// Past the deadline it fails with `RelayError::Client(ProtocolError::TimedOut)`.
+pub async fn forward_command_within(
+    client: &mut PacketStream,
+    backend: &mut PacketStream,
+    max: usize,
+    deadline: tokio::time::Instant,
+) -> Result<usize, RelayError> {
+    let forward = forward_packet(client, backend, max, Direction::ToBackend);
+    tokio::time::timeout_at(deadline, forward)
+        .await
+        .unwrap_or(Err(RelayError::Client(ProtocolError::TimedOut)))
 }
 
 /// Forwards one logical packet from the front of `from` to `to`, frame by frame as bytes arrive.

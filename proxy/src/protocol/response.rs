@@ -57,9 +57,37 @@ pub enum TrackedChange {
     StateChanged,
 }
 
+/// One result of a response: what one statement of a multi-statement query (or the one
+/// statement of a command) ended with.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResultSummary {
+    /// Status flags of its OK or EOF packet (none after an ERR).
+    pub status: Option<StatusFlags>,
+    /// Error code, when it ended with an ERR.
+    pub error: Option<u16>,
+    /// Affected rows and last insert id of its OK packet.
+    pub affected: u64,
+    pub insert_id: u64,
+    /// Its warning count.
+    pub warnings: u16,
+    /// Rows, when it was a result set.
+    pub rows: Option<u64>,
+    /// Its session-state changes: a range of [`Summary::changes`].
+    pub changes: std::ops::Range<usize>,
+    /// An EOF packet said the session state changed but could not say how.
+    pub untold: bool,
+}
+
+/// Most results kept per response; a longer response only sets [`Summary::results_overflow`].
+pub const MAX_RESULTS: usize = 4096;
+
 /// What a response told Sluice about the connection.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// Each result in order (one per statement that ran, more for a `CALL`).
+    pub results: Vec<ResultSummary>,
+    /// More than [`MAX_RESULTS`] results came: the list is cut.
+    pub results_overflow: bool,
     /// Status flags of the last OK or EOF packet.
     pub status: Option<StatusFlags>,
     /// Error code of the ERR packet that ended the response, if one did.
@@ -106,6 +134,12 @@ pub struct ResponseTracker {
     deprecate_eof: bool,
     session_track: bool,
     untrack: bool,
+    /// Where the current result's changes start in the summary's list.
+    changes_start: usize,
+    /// The current result's OK packet: affected rows and last insert id.
+    result_ok: Option<(u64, u64)>,
+    /// The current result's EOF said the state changed without saying how.
+    result_untold: bool,
 }
 
 impl ResponseTracker {
@@ -124,6 +158,9 @@ impl ResponseTracker {
             deprecate_eof,
             session_track,
             untrack,
+            changes_start: 0,
+            result_ok: None,
+            result_untold: false,
         }
     }
 
@@ -151,6 +188,13 @@ impl ResponseTracker {
             let e = super::packets::Err::parse(whole(payload, complete)?)
                 .ok_or(ProtocolError::Malformed("ERR packet"))?;
             summary.error = Some(e.code);
+            self.push_result(
+                summary,
+                ResultSummary {
+                    error: Some(e.code),
+                    ..ResultSummary::default()
+                },
+            );
             self.state = State::Done;
             verdict.done = true;
             return Ok(verdict);
@@ -160,6 +204,7 @@ impl ResponseTracker {
             State::First => match first {
                 0x00 => {
                     let more = self.on_ok(whole(payload, complete)?, summary, &mut verdict)?;
+                    self.end_result(summary, None);
                     if more { State::First } else { State::Done }
                 }
                 0xFB => {
@@ -186,6 +231,7 @@ impl ResponseTracker {
                     self.expect_terminator(first, len, payload, complete, summary, &mut verdict)?;
                 // A cursor was opened: rows come later, through COM_STMT_FETCH.
                 if status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
+                    self.end_result(summary, Some(0));
                     self.after_result(status)
                 } else {
                     State::Rows
@@ -194,6 +240,8 @@ impl ResponseTracker {
             State::Rows => {
                 if ok::is_terminator(first, len) {
                     let status = self.terminator(payload, complete, summary, &mut verdict)?;
+                    let rows = summary.result_rows;
+                    self.end_result(summary, rows);
                     self.after_result(status)
                 } else {
                     if let Some(rows) = summary.result_rows.as_mut() {
@@ -266,6 +314,7 @@ impl ResponseTracker {
                     }
                     _ => {}
                 }
+                self.end_result(summary, None);
                 State::Done
             }
             State::SingleRaw => {
@@ -285,6 +334,33 @@ impl ResponseTracker {
         Ok(verdict)
     }
 
+    /// Records the result that just ended with the summary's last OK/EOF.
+    fn end_result(&mut self, summary: &mut Summary, rows: Option<u64>) {
+        let (affected, insert_id) = self.result_ok.unwrap_or_default();
+        let result = ResultSummary {
+            status: summary.status,
+            error: None,
+            affected: if rows.is_some() { 0 } else { affected },
+            insert_id: if rows.is_some() { 0 } else { insert_id },
+            warnings: summary.warnings,
+            rows,
+            changes: self.changes_start..summary.changes.len(),
+            untold: self.result_untold,
+        };
+        self.push_result(summary, result);
+    }
+
+    fn push_result(&mut self, summary: &mut Summary, result: ResultSummary) {
+        self.changes_start = summary.changes.len();
+        self.result_ok = None;
+        self.result_untold = false;
+        if summary.results.len() < MAX_RESULTS {
+            summary.results.push(result);
+        } else {
+            summary.results_overflow = true;
+        }
+    }
+
     fn prep_columns(&self, columns: u16) -> State {
         if columns > 0 {
             State::PrepColumns { left: columns }
@@ -302,7 +378,7 @@ impl ResponseTracker {
     }
 
     fn expect_terminator(
-        &self,
+        &mut self,
         first: u8,
         len: usize,
         payload: &[u8],
@@ -319,7 +395,7 @@ impl ResponseTracker {
     /// A 0xFE packet ending a result set or a definition list: an OK with
     /// `CLIENT_DEPRECATE_EOF`, else a classic EOF.
     fn terminator(
-        &self,
+        &mut self,
         payload: &[u8],
         complete: bool,
         summary: &mut Summary,
@@ -335,6 +411,16 @@ impl ResponseTracker {
         summary.warnings = warnings;
         if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED) {
             summary.untold_state_change = true;
+            self.result_untold = true;
+            // A client without session tracking never sees the flag from a server.
+            if self.untrack {
+                let mut eof = payload.to_vec();
+                let cleared = status - StatusFlags::SERVER_SESSION_STATE_CHANGED;
+                if let Some(at) = eof.get_mut(3..5) {
+                    at.copy_from_slice(&cleared.bits().to_le_bytes());
+                }
+                verdict.replace = Some(eof);
+            }
         }
         summary.status = Some(status);
         Ok(status)
@@ -342,7 +428,7 @@ impl ResponseTracker {
 
     /// Records an OK packet; returns whether more results follow.
     fn on_ok(
-        &self,
+        &mut self,
         payload: &[u8],
         summary: &mut Summary,
         verdict: &mut Verdict,
@@ -352,6 +438,7 @@ impl ResponseTracker {
         summary.status = Some(okp.status);
         summary.warnings = okp.warnings;
         summary.last_ok = Some((okp.affected_rows, okp.last_insert_id));
+        self.result_ok = Some((okp.affected_rows, okp.last_insert_id));
         if okp.last_insert_id != 0 {
             summary.insert_id = Some(okp.last_insert_id);
         }

@@ -88,7 +88,7 @@ impl ClientSession {
         {
             Ok(u) => u,
             Err(refusal) => {
-                tracing::info!(client = %self.id(), user = %user_name, %host, "COM_CHANGE_USER refused");
+                tracing::info!(client = %self.id(), user = %crate::logsafe::Escaped(&user_name), %host, "COM_CHANGE_USER refused");
                 farewell(&self.shared.metrics, &mut self.client, seq, &refusal.error).await;
                 return Flow::Close;
             }
@@ -111,9 +111,10 @@ impl ClientSession {
         self.release().await;
         self.unpin_all();
         self.stmts.clear();
-        self.hold_for_next_transaction = false;
+        self.insert_id_known = true;
+        self.found_rows_known = true;
         self.user = user;
-        self.key = pool_key(&self.user.username, self.caps, collation);
+        self.key = pool_key(&self.user.username, self.caps, collation, self.key.route);
         self.handle.set_user(self.user.username.clone());
         self.gauge = self.shared.metrics.logged_in(&self.user.username, self.tls);
         self.state = SessionState {

@@ -12,6 +12,11 @@ impl ClientSession {
         let (id, modifier, connection) = match kill {
             Kill::Query { id, modifier } => (id, modifier, false),
             Kill::Connection { id, modifier } => (id, modifier, true),
+            Kill::Own { .. } => {
+                return self
+                    .reply_error(&ClientError::unsupported("KILL CONNECTION_ID() here"))
+                    .await;
+            }
             Kill::Unsupported(what) => {
                 return self.reply_error(&ClientError::unsupported(what)).await;
             }

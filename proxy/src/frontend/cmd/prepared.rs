@@ -5,19 +5,88 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::backend::BackendError;
-use crate::backend::statements::{PrepareMeta, RESPONSE_ID_AT, StatementKey};
+use crate::backend::statements::{PARSE_VARS, PrepareMeta, RESPONSE_ID_AT, StatementKey};
 use crate::errors::ClientError;
 use crate::frontend::{ClientSession, Flow, SYNC_ALL};
 use crate::protocol::codec::ProtocolError;
 use crate::protocol::command::*;
 use crate::protocol::response::Expect;
 use crate::protocol::{HEADER_LEN, StatusFlags};
+use crate::session::tracker::reduce_command;
+use crate::session::{PinReason, PinSet, VarValues, tracked_index};
 use crate::sql::{self, Classification};
 
 /// Statements one session may hold, as MySQL's default `max_prepared_stmt_count`.
 pub const MAX_STATEMENTS_PER_SESSION: usize = 16_382;
+
+/// Statement text one session may hold, all its statements together.
+pub const MAX_STATEMENT_BYTES_PER_SESSION: usize = 64 << 20;
+
+/// Statements all sessions together may hold.
+pub const MAX_STATEMENTS_TOTAL: usize = 1_000_000;
+
+/// Statement text all sessions together may hold.
+pub const MAX_STATEMENT_BYTES_TOTAL: usize = 1 << 30;
+
+/// What all sessions' prepared statements take: a hostile session (or many) cannot grow
+/// Sluice's memory without bound; past a bound a prepare gets MySQL's own ERR 1461.
+#[derive(Debug, Default)]
+pub struct StatementBudget {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl StatementBudget {
+    /// Takes room for one statement of `bytes` text, if there is room.
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        let took = self
+            .count
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < MAX_STATEMENTS_TOTAL).then_some(n + 1)
+            })
+            .is_ok();
+        if !took {
+            return None;
+        }
+        let room = self
+            .bytes
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n + bytes <= MAX_STATEMENT_BYTES_TOTAL).then_some(n + bytes)
+            })
+            .is_ok();
+        if !room {
+            self.count.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Reservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Statements held now, and their text bytes.
+    pub fn used(&self) -> (usize, usize) {
+        (self.count.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}
+
+/// One statement's share of the budget, given back when the statement goes.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<StatementBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.count.fetch_sub(1, Relaxed);
+        self.budget.bytes.fetch_sub(self.bytes, Relaxed);
+    }
+}
 
 /// COM_STMT_EXECUTE flag: open a read-only cursor.
 const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
@@ -34,6 +103,8 @@ pub struct StatementDef {
     pub types: Option<Arc<[u8]>>,
     /// What the statement's text does to session state, applied at every execute.
     pub class: Arc<Classification>,
+    /// Its share of the statement budget.
+    reservation: Arc<Reservation>,
 }
 
 /// A statement that holds the session's backend connection.
@@ -66,6 +137,20 @@ impl SessionStatements {
         !self.holds.is_empty()
     }
 
+    /// Why the statements keep the backend connection: an open cursor, long data.
+    pub fn hold_reasons(&self) -> PinSet {
+        let mut set = PinSet::default();
+        for h in self.holds.values() {
+            if h.cursor {
+                set.insert(PinReason::Cursor);
+            }
+            if h.long_data {
+                set.insert(PinReason::LongData);
+            }
+        }
+        set
+    }
+
     /// Forgets every statement (the client reset its session or changed user).
     pub fn clear(&mut self) {
         self.defs.clear();
@@ -77,6 +162,24 @@ impl SessionStatements {
     pub fn drop_holds(&mut self) {
         self.holds.clear();
     }
+}
+
+/// The `SET` statements that give a connection whose variables are `current` the settings a
+/// statement was prepared with, and that put `current` back; `None` when they already match.
+fn settings_switch(
+    current: &VarValues,
+    settings: &[(usize, String)],
+) -> (Option<String>, Option<String>) {
+    let mut want = current.clone();
+    for (i, v) in settings {
+        if let Some(slot) = want.0.get_mut(*i) {
+            *slot = Some(v.clone());
+        }
+    }
+    (
+        want.replay_statement(current, None),
+        current.replay_statement(&want, None),
+    )
 }
 
 /// The fixed part of a COM_STMT_EXECUTE.
@@ -124,25 +227,43 @@ impl ClientSession {
             }
             Err(_) => return Flow::Close,
         };
-        if self.stmts.defs.len() >= MAX_STATEMENTS_PER_SESSION {
+        let text_len = payload.len().saturating_sub(1);
+        let session_bytes: usize = self.stmts.defs.values().map(|d| d.reservation.bytes).sum();
+        let reservation = if self.stmts.defs.len() >= MAX_STATEMENTS_PER_SESSION
+            || session_bytes + text_len > MAX_STATEMENT_BYTES_PER_SESSION
+        {
+            None
+        } else {
+            self.shared.statement_budget.reserve(text_len)
+        };
+        let Some(reservation) = reservation else {
             return self
                 .reply_error(&ClientError::too_many_statements(
-                    MAX_STATEMENTS_PER_SESSION,
+                    MAX_STATEMENTS_PER_SESSION.min(self.stmts.defs.len()),
                 ))
                 .await;
-        }
+        };
         if let Err(err) = self.acquire(SYNC_ALL).await {
             return self.reply_error(&err).await;
         }
         let sql = payload.get(1..).unwrap_or_default();
+        let class = sql::classify(sql, self.lex_mode(), true);
         let key = StatementKey {
             schema: self.state.schema.as_deref().map(Arc::from),
-            sql: Arc::from(sql),
+            settings: self.parse_settings(),
+            sql: self.shared.statement_texts.intern(sql),
         };
         let Some(b) = self.backend.as_mut() else {
             return Flow::Close;
         };
-        let cached = b.statements.get_mut(&key).map(|e| e.meta.clone());
+        // A statement that reads user variables describes its columns by their types now:
+        // the server answers it, not the cache.
+        let fresh = class.any(|s| s.reads_user_vars);
+        let cached = b
+            .statements
+            .get_mut(&key)
+            .filter(|_| !fresh)
+            .map(|e| e.meta.clone());
         let meta = match cached {
             Some(meta) => meta,
             None => match b.prepare(&key).await {
@@ -160,7 +281,6 @@ impl ClientSession {
             self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         }
         let id = self.stmts.next_id;
-        let class = sql::classify(sql);
         self.stmts.defs.insert(
             id,
             StatementDef {
@@ -168,6 +288,7 @@ impl ClientSession {
                 params: meta.params,
                 types: None,
                 class: Arc::new(class),
+                reservation: Arc::new(reservation),
             },
         );
         let flow = self.send_prepare_response(&meta, id).await;
@@ -258,9 +379,17 @@ impl ClientSession {
             }
             return self.reply_error(&err).await;
         }
-        if def.class.uses_last_insert_id
-            && let Err(e) = self.replay_last_insert_id().await
+        let reads_insert_id =
+            !def.class.certain || def.class.any(|s| s.reads_insert_id || s.stored_code);
+        if (def
+            .class
+            .any(|s| s.found_rows == crate::sql::FoundRows::Unknown)
+            || !def.class.certain)
+            && let Err(e) = self.restore_found_rows().await
         {
+            return self.failed_before_relay(e.into()).await;
+        }
+        if reads_insert_id && let Err(e) = self.replay_last_insert_id().await {
             return self.failed_before_relay(e.into()).await;
         }
         let (server_id, server_types) = match self.ready_statement(exec.id, &def).await {
@@ -295,10 +424,20 @@ impl ClientSession {
             })
             .await;
             let class = def.class.clone();
-            if !class.effects.is_empty() || class.is_call {
+            if crate::frontend::tracking::may_pin(&class, &def.key.sql) {
                 self.pending_digest = Some(crate::sql::digest(&def.key.sql));
             }
-            self.after_statement(&s, &class).await;
+            let mut reduction = reduce_command(class.statements.first(), &s, self.reduce_context());
+            if !class.certain {
+                reduction
+                    .taint
+                    .insert(crate::session::ResetReason::Unclassified);
+                reduction.readback_vars = true;
+            }
+            if self.apply(&s, reduction).await {
+                return self.server_released();
+            }
+            self.release_if_free().await;
         }
         flow
     }
@@ -328,7 +467,7 @@ impl ClientSession {
             if done {
                 self.update_hold(id, |h| h.cursor = false).await;
             }
-            self.after_command(&s, &Classification::default()).await;
+            self.after_command(&s).await;
         }
         flow
     }
@@ -389,7 +528,7 @@ impl ClientSession {
                 h.long_data = false;
             })
             .await;
-            self.after_command(&s, &Classification::default()).await;
+            self.after_command(&s).await;
         }
         flow
     }
@@ -430,7 +569,15 @@ impl ClientSession {
         if self.skip_command().await == Flow::Close {
             return Flow::Close;
         }
-        self.reply_error(&ClientError::unknown_statement(id, name(cmd)))
+        // The server names the function that refused, not the command.
+        let function = match cmd {
+            COM_STMT_EXECUTE => "mysqld_stmt_execute",
+            COM_STMT_FETCH => "mysqld_stmt_fetch",
+            COM_STMT_RESET => "mysqld_stmt_reset",
+            COM_STMT_SEND_LONG_DATA => "mysqld_stmt_send_long_data",
+            _ => name(cmd),
+        };
+        self.reply_error(&ClientError::unknown_statement(id, function))
             .await
     }
 
@@ -456,17 +603,33 @@ impl ClientSession {
             Some(_) => true,
             None => false,
         };
-        // Prepare in the schema the client prepared it in, then go back.
+        self.before_own_statement().await;
+        let b = self
+            .backend
+            .as_mut()
+            .ok_or(NotReady::Backend(BackendError::Unsupported(
+                "a statement without a backend connection",
+            )))?;
+        // Prepare in the schema and settings the client prepared it in, then go back.
         let back = b.schema.clone();
         let switch = def.key.schema.is_some() && def.key.schema.as_deref() != back.as_deref();
         if let (true, Some(schema)) = (switch, def.key.schema.as_deref()) {
             b.init_db(schema).await?;
+        }
+        let (apply, restore) = settings_switch(&b.vars, &def.key.settings);
+        if let Some(sql) = &apply {
+            b.query_row(sql, "preparing in the statement's settings")
+                .await?;
         }
         let prepared = if held_by_other {
             b.prepare_private(&def.key).await?
         } else {
             b.prepare(&def.key).await?
         };
+        if let Some(sql) = &restore {
+            b.query_row(sql, "restoring settings after a prepare")
+                .await?;
+        }
         if let (true, Some(schema)) = (switch, back.as_deref()) {
             b.init_db(schema).await?;
         }
@@ -485,6 +648,24 @@ impl ClientSession {
             );
         }
         Ok((server_id, None))
+    }
+
+    /// The session's values of the settings that change how statements parse.
+    pub(in crate::frontend) fn parse_settings(&self) -> Arc<[(usize, String)]> {
+        let vars = self
+            .state
+            .vars
+            .as_ref()
+            .or_else(|| self.backend.as_ref().map(|b| &b.baseline));
+        let settings: Vec<(usize, String)> = PARSE_VARS
+            .iter()
+            .filter_map(|name| {
+                let i = tracked_index(name)?;
+                let v = vars?.0.get(i)?.clone()?;
+                Some((i, v))
+            })
+            .collect();
+        Arc::from(settings)
     }
 
     /// Types the server holds for a held statement (see `note_bound_types`).

@@ -1,31 +1,119 @@
-//! COM_QUERY: classify, handle KILL, give the session its own counters, relay, track.
+//! COM_QUERY: classify the text, handle KILL and what Sluice answers itself, give the borrowed
+//! connection the session's `LAST_INSERT_ID()` and counters where a statement reads them, relay,
+//! then apply what the response reported.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::backend::BackendError;
 use crate::frontend::tracking::may_pin;
 use crate::frontend::{ClientSession, Flow, SYNC_ALL};
+use crate::protocol::HEADER_LEN;
 use crate::protocol::command::*;
-use crate::protocol::response::{Expect, INSPECT_WHOLE, Summary};
-use crate::sql::{self, Classification};
+use crate::protocol::response::{Expect, INSPECT_WHOLE};
+use crate::session::tracker::{Context, reduce_query};
+use crate::sql::{self, Charset, Classification, CounterCall, Diagnostics, Dialect, Kill, LexMode};
+
+/// Statements up to this size are read whole before they are relayed, so Sluice reads all of
+/// their text; longer ones stream through and count as read in part.
+pub const CLASSIFY_WHOLE_MAX: usize = 4 << 20;
+
+/// Bytes of such statements buffered at once across all sessions; past it, a statement
+/// streams through (and counts as read in part) rather than wait.
+pub const CLASSIFY_BUDGET: usize = 64 << 20;
 
 impl ClientSession {
-    /// COM_QUERY: classify, handle KILL, relay, track.
+    /// How the server reads this session's statement text.
+    pub(in crate::frontend) fn lex_mode(&self) -> LexMode {
+        let dialect = self.shared.dialect;
+        let vars = self
+            .state
+            .vars
+            .as_ref()
+            .or_else(|| self.backend.as_ref().map(|b| &b.baseline));
+        let var = |name: &str| {
+            let i = crate::session::tracked_index(name)?;
+            vars?.0.get(i)?.as_deref()
+        };
+        let sql_mode = var("sql_mode").unwrap_or_default().to_ascii_uppercase();
+        let has = |m: &str| sql_mode.split(',').any(|p| p.trim() == m);
+        LexMode {
+            backslash_escapes: !has("NO_BACKSLASH_ESCAPES"),
+            ansi_quotes: has("ANSI_QUOTES") || has("ANSI"),
+            charset: Charset::from_name(var("character_set_client").unwrap_or_default()),
+            dialect,
+        }
+    }
+
+    /// What the tracking reducer needs to know of the session.
+    pub(in crate::frontend) fn reduce_context(&self) -> Context {
+        Context {
+            completion_type: self.completion_type(),
+            clears_diagnostics_always: matches!(self.shared.dialect, Dialect::MySql(_)),
+        }
+    }
+
+    /// Makes the whole command available in the read buffer when it fits the limits. Returns
+    /// whether it did, or `None` if the client went away.
+    async fn buffer_whole(&mut self, len: usize) -> Option<bool> {
+        if len <= INSPECT_WHOLE {
+            return Some(true);
+        }
+        // A packet over 16 MiB spans frames; those always stream.
+        if len > CLASSIFY_WHOLE_MAX || len >= crate::protocol::MAX_FRAME {
+            return Some(false);
+        }
+        let budget = &self.shared.classify_buffered;
+        let reserved = budget
+            .fetch_update(Relaxed, Relaxed, |used| {
+                (used + len <= CLASSIFY_BUDGET).then_some(used + len)
+            })
+            .is_ok();
+        if !reserved {
+            return Some(false);
+        }
+        let filled = self.client.fill(HEADER_LEN + len).await;
+        budget.fetch_sub(len, Relaxed);
+        filled.ok().map(|_| true)
+    }
+
+    /// COM_QUERY.
     pub(in crate::frontend) async fn query(&mut self, len: usize) -> Flow {
-        let class = sql::classify(&self.payload(len)[1..]);
-        self.pending_digest = may_pin(&class, self.payload(len))
-            .then(|| sql::digest(self.payload(len).get(1..).unwrap_or_default()));
-        if let Some(kill) = class.kill.clone() {
+        let Some(complete) = self.buffer_whole(len).await else {
+            return Flow::Close;
+        };
+        let sql = self.payload(len).get(1..).unwrap_or_default();
+        let class = sql::classify(sql, self.lex_mode(), complete);
+        let possibly_diagnostic = sql::possibly_diagnostic(sql);
+        self.pending_digest = may_pin(&class, sql).then(|| sql::digest(sql));
+        if let Some(kill) = class.kill().cloned()
+            && !matches!(kill, Kill::Own { .. })
+        {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
             }
             return self.kill(kill, false).await;
         }
-        let needs_session_counters = class.uses_last_insert_id || !class.counters.is_empty();
-        if !needs_session_counters {
-            let (flow, summary) = self.relay_command(Some(Expect::ResultSets), SYNC_ALL).await;
-            if let Some(s) = summary {
-                self.after_statement(&s, &class).await;
+        if class.statements.len() > 1
+            && class.any(|s| matches!(s.kill, Some(Kill::Query { .. } | Kill::Connection { .. })))
+        {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
             }
-            return flow;
+            let err = crate::errors::ClientError::unsupported(
+                "KILL inside a multi-statement query; send it as a query of its own",
+            );
+            return self.reply_error(&err).await;
+        }
+        // The session's own conditions, when they outlived its hold on their connection.
+        if let [st] = class.statements.as_slice()
+            && let Some(d @ Diagnostics::Show { .. }) = st.diagnostics
+            && !self.state.diagnostics.on_backend
+            && let Some(captured) = self.state.diagnostics.captured.clone()
+        {
+            if self.skip_command().await == Flow::Close {
+                return Flow::Close;
+            }
+            return self.answer_show_warnings(&captured, d).await;
         }
         if let Err(err) = self.acquire(SYNC_ALL).await {
             if self.skip_command().await == Flow::Close {
@@ -33,50 +121,133 @@ impl ClientSession {
             }
             return self.reply_error(&err).await;
         }
-        // The backend connection may show another session's counters: give this session's.
-        if class.uses_last_insert_id
-            && let Err(e) = self.replay_last_insert_id().await
-        {
+        if let Err(e) = self.prepare_connection(&class, possibly_diagnostic).await {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
             }
             return self.backend_failed(e).await;
         }
-        // Calls whose value the borrowed connection does not hold are answered by Sluice.
-        let stale: Vec<_> = class
-            .counters
-            .iter()
-            .filter(|c| match c.counter {
-                sql::Counter::RowCount => !self.state.counters_on_backend,
-                sql::Counter::FoundRows => !self.state.found_rows_on_backend,
-            })
-            .copied()
-            .collect();
-        let sent = if !stale.is_empty() && len <= INSPECT_WHOLE {
-            self.send_with_counters(len, &stale).await
-        } else {
-            self.send_command().await
+        let value_columns = match class.statements.as_slice() {
+            [st] => st.value_columns.clone().filter(|c| self.needs_values(c)),
+            _ => None,
         };
-        if let Some(flow) = sent {
+        // Counter calls of the first statement read the session's previous statement, which
+        // the connection may not have run; later statements' read this query's own.
+        let stale: Vec<CounterCall> = match (&value_columns, class.statements.first()) {
+            (None, Some(first)) => first
+                .counters
+                .iter()
+                .filter(|c| match c.counter {
+                    sql::Counter::RowCount => !self.state.counters_on_backend,
+                    sql::Counter::FoundRows => !self.state.found_rows_on_backend,
+                })
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (flow, summary) = if let Some(columns) = value_columns {
+            if let Some(flow) = self.send_command().await {
+                return flow;
+            }
+            self.relay_with_values(&columns).await
+        } else if !stale.is_empty() {
+            if let Some(flow) = self.send_with_counters(len, &stale, class.certain).await {
+                return flow;
+            }
+            self.relay_reply(Expect::ResultSets).await
+        } else {
+            if let Some(flow) = self.send_command().await {
+                return flow;
+            }
+            self.relay_reply(Expect::ResultSets).await
+        };
+        let Some(summary) = summary else {
             return flow;
+        };
+        let reduction = reduce_query(&class, &summary, self.reduce_context());
+        if self.apply(&summary, reduction).await {
+            return self.server_released();
         }
-        let (flow, summary) = self.relay_reply(Expect::ResultSets).await;
-        if let Some(s) = summary {
-            self.after_statement(&s, &class).await;
-        }
+        self.release_if_free().await;
         flow
     }
 
-    /// Sends the client's query with `ROW_COUNT()` and `FOUND_ROWS()` replaced by the session's
-    /// values, which the borrowed connection does not have.
-    pub(in crate::frontend) async fn send_with_counters(
+    /// Gives the borrowed connection what the query's statements read of the session and the
+    /// connection does not have: `LAST_INSERT_ID()`, and an empty diagnostics area in place of
+    /// another session's.
+    async fn prepare_connection(
+        &mut self,
+        class: &Classification,
+        possibly_diagnostic: bool,
+    ) -> Result<(), BackendError> {
+        let reads_insert_id = !class.certain || class.any(|s| s.reads_insert_id || s.stored_code);
+        if reads_insert_id {
+            self.replay_last_insert_id().await?;
+        }
+        if possibly_diagnostic || !class.certain {
+            self.clear_foreign_diagnostics().await?;
+        }
+        if class.any(|s| s.found_rows == sql::FoundRows::Unknown) || !class.certain {
+            self.restore_found_rows().await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the session's `FOUND_ROWS()` on the borrowed connection, before code Sluice
+    /// cannot see into: whatever that code leaves (the value of its last SELECT, or the one it
+    /// found) is then the session's, never the connection's last user's.
+    pub(in crate::frontend) async fn restore_found_rows(&mut self) -> Result<(), BackendError> {
+        if self.state.found_rows_on_backend {
+            return Ok(());
+        }
+        self.before_own_statement().await;
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let sql = found_rows_statement(self.state.found_rows);
+        b.query_row(&sql, "restoring FOUND_ROWS()").await?;
+        self.state.own_statement_ran();
+        self.state.found_rows_on_backend = true;
+        Ok(())
+    }
+
+    /// The server closes the connection after `COMMIT RELEASE` (or `completion_type =
+    /// RELEASE`): the client's session ends as it would directly.
+    pub(in crate::frontend) fn server_released(&mut self) -> Flow {
+        if let Some(b) = self.backend.as_mut() {
+            b.broken = true;
+        }
+        Flow::Close
+    }
+
+    /// Sends the client's query with the counter calls in `calls` replaced by the session's
+    /// values, which the borrowed connection does not have. A query Sluice could not read for
+    /// certain is not rewritten; the connection's counters are made neutral instead, so it
+    /// never reads another session's.
+    async fn send_with_counters(
         &mut self,
         len: usize,
-        calls: &[sql::CounterCall],
+        calls: &[CounterCall],
+        certain: bool,
     ) -> Option<Flow> {
+        if !certain {
+            self.before_own_statement().await;
+            let neutral = match self.backend.as_mut() {
+                Some(b) => b.query_row("SELECT 0 LIMIT 0", "neutral counters").await,
+                None => Ok(None),
+            };
+            self.state.own_statement_ran();
+            if let Err(e) = neutral {
+                if self.skip_command().await == Flow::Close {
+                    return Some(Flow::Close);
+                }
+                return Some(self.backend_failed(e).await);
+            }
+            return self.send_command().await;
+        }
         let sql = self.payload(len).get(1..).unwrap_or_default();
         let mut payload = vec![COM_QUERY];
-        payload.extend(sql::substitute_counters(
+        payload.extend(sql::counters::substitute(
             sql,
             calls,
             self.state.row_count,
@@ -97,6 +268,7 @@ impl ClientSession {
         if self.state.insert_id_on_backend {
             return Ok(());
         }
+        self.before_own_statement().await;
         let Some(b) = self.backend.as_mut() else {
             return Ok(());
         };
@@ -106,52 +278,28 @@ impl ClientSession {
         self.state.insert_id_on_backend = true;
         Ok(())
     }
+}
 
-    /// After a client statement (COM_QUERY, COM_STMT_EXECUTE): the session's counters, then
-    /// everything `after_command` does.
-    pub(in crate::frontend) async fn after_statement(
-        &mut self,
-        summary: &Summary,
-        class: &Classification,
-    ) {
-        let st = &mut self.state;
-        if let Some(id) = summary.insert_id {
-            st.last_insert_id = id;
-            st.insert_id_on_backend = true;
-        }
-        st.row_count = match (summary.error, summary.result_rows, summary.last_ok) {
-            (None, None, Some((affected, _))) => i64::try_from(affected).unwrap_or(i64::MAX),
-            _ => -1,
-        };
-        if let Some(rows) = summary.result_rows {
-            st.found_rows = rows;
-            st.found_rows_on_backend = true;
-        }
-        st.counters_on_backend = true;
-        if class.calc_found_rows
-            && summary.error.is_none()
-            && let Some(b) = self.backend.as_mut()
-        {
-            // Only the server knows how many rows the query would have found without LIMIT.
-            self.state.own_statement_ran();
-            match b
-                .query_row("SELECT FOUND_ROWS()", "reading FOUND_ROWS()")
-                .await
-            {
-                Ok(row) => {
-                    if let Some(n) = row
-                        .and_then(|r| r.into_iter().next().flatten())
-                        .and_then(|v| v.parse().ok())
-                    {
-                        self.state.found_rows = n;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(client = %self.handle.id, error = %e, "cannot read FOUND_ROWS()");
-                    b.broken = true;
-                }
-            }
-        }
-        self.after_command(summary, class).await;
+/// A statement after which `FOUND_ROWS()` is `n`: a `SELECT SQL_CALC_FOUND_ROWS ... LIMIT 0`
+/// over exactly `n` generated rows (past a million, a million: never another session's
+/// value). The work is proportional to `n`; recursion stays within MySQL's default
+/// `cte_max_recursion_depth` (1,000).
+fn found_rows_statement(n: u64) -> String {
+    let n = n.min(1_000_000);
+    if n == 0 {
+        return "SELECT 1 FROM DUAL WHERE 0".to_string();
     }
+    if n <= 1000 {
+        return format!(
+            "WITH RECURSIVE d(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM d WHERE i < {n}) \
+             SELECT SQL_CALC_FOUND_ROWS 1 FROM d LIMIT 0"
+        );
+    }
+    // q full thousands (the filter on `a` applies before the join), then r more.
+    let (q, r) = (n / 1000, n % 1000);
+    format!(
+        "WITH RECURSIVE d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i < 999) \
+         SELECT SQL_CALC_FOUND_ROWS 1 FROM (SELECT 1 AS x FROM d AS a, d AS b WHERE a.i < {q} \
+         UNION ALL SELECT 1 FROM d WHERE i < {r}) AS g LIMIT 0"
+    )
 }

@@ -17,12 +17,15 @@ impl ClientSession {
         }
         self.unpin_all();
         self.stmts.clear();
+        // The server keeps the schema and FOUND_ROWS() across a reset; the rest starts over.
         self.state = SessionState {
             schema: self.state.schema.take(),
             multi_statements: self.state.multi_statements,
+            found_rows: self.state.found_rows,
             ..SessionState::default()
         };
-        self.hold_for_next_transaction = false;
+        self.insert_id_known = true;
+        self.found_rows_known = true;
         self.release().await;
         self.answer_locally(Some(1)).await
     }

@@ -1,0 +1,113 @@
+//! Per-client session state that must follow the client from one backend connection to the
+//! next: schema, tracked system variables, autocommit, the multi-statement option, the session
+//! counters and diagnostics area, and what holds the session on its connection.
+//!
+//! - [`vars`]: the replayable system variables;
+//! - [`holds`]: the hold-and-reset policy (pin reasons, reset reasons, the decisions);
+//! - [`tracker`]: the pure reducer from (classification, response) to state changes.
+
+pub mod holds;
+pub mod tracker;
+pub mod vars;
+
+use std::sync::Arc;
+
+pub use holds::{PinReason, PinSet, PinState, ResetReason, ResetSet, may_release};
+pub use vars::{
+    CHARSET_VARS, IGNORED_VARS, TRACKED_VARS, TrackedVar, VarKind, VarValues, is_ignored, quote,
+    quote_ident, tracked_index,
+};
+
+/// `SHOW WARNINGS` as the server answered it right after one of the session's statements: the
+/// response's column definitions and rows (payloads, without frame headers), so the session's
+/// diagnostics outlive its hold on the connection they were produced on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturedWarnings {
+    /// The column-count packet and the column definitions.
+    pub head: Vec<Vec<u8>>,
+    /// One text row per condition: Level, Code, Message.
+    pub rows: Vec<Vec<u8>>,
+}
+
+/// Where the session's diagnostics area (the conditions of its last statement) is.
+#[derive(Debug, Clone, Default)]
+pub struct DiagnosticsArea {
+    /// On the backend connection the session holds: the server answers for it.
+    pub on_backend: bool,
+    /// `@@warning_count`: every condition of the last statement.
+    pub warning_count: u64,
+    /// `@@error_count`.
+    pub error_count: u64,
+    /// The conditions, captured before the connection went back (or made by Sluice for an
+    /// error it sent itself).
+    pub captured: Option<Arc<CapturedWarnings>>,
+}
+
+impl DiagnosticsArea {
+    /// True when the last statement left no condition.
+    pub fn is_empty(&self) -> bool {
+        self.warning_count == 0 && self.error_count == 0
+    }
+
+    /// A statement of the session ran on its connection and left `warnings` conditions
+    /// (`error`: one of them an error).
+    pub fn statement_ran(&mut self, warnings: u16, error: bool) {
+        self.on_backend = true;
+        self.warning_count = u64::from(warnings) + u64::from(error);
+        self.error_count = u64::from(error);
+        self.captured = None;
+    }
+
+    /// Sluice answered the statement itself without a condition.
+    pub fn clear(&mut self) {
+        *self = DiagnosticsArea::default();
+    }
+}
+
+/// The state a client session expects any backend connection it borrows to be in.
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    /// Current schema; `None` until the client picks one.
+    pub schema: Option<String>,
+    /// Tracked variables; `None` while they are what a new connection of this pool starts with.
+    pub vars: Option<VarValues>,
+    /// Whether statements run with autocommit; `None` while it is what a new connection has.
+    pub autocommit: Option<bool>,
+    /// Whether multi-statement queries are allowed (CLIENT_MULTI_STATEMENTS / COM_SET_OPTION).
+    pub multi_statements: bool,
+    /// Why the session holds on to its backend connection, if it does.
+    pub pins: PinState,
+    /// The session's `LAST_INSERT_ID()`.
+    pub last_insert_id: u64,
+    /// The session's `ROW_COUNT()`: affected rows of its last statement, -1 after a result set.
+    pub row_count: i64,
+    /// The session's `FOUND_ROWS()`.
+    pub found_rows: u64,
+    /// The backend connection still shows this session's `ROW_COUNT()`: the session's last
+    /// statement ran on it and nothing ran there since.
+    pub counters_on_backend: bool,
+    /// The backend connection still shows this session's `FOUND_ROWS()`: the session's last
+    /// query with a result ran on it, and only the session's statements since.
+    pub found_rows_on_backend: bool,
+    /// The backend connection shows this session's `LAST_INSERT_ID()`: it was set there
+    /// (by an insert or by Sluice) since the session borrowed it.
+    pub insert_id_on_backend: bool,
+    /// The conditions of the session's last statement.
+    pub diagnostics: DiagnosticsArea,
+}
+
+impl SessionState {
+    /// Sluice ran a statement of its own on the borrowed connection: the connection's
+    /// `ROW_COUNT()`, `FOUND_ROWS()` and diagnostics area are no longer the session's.
+    pub fn own_statement_ran(&mut self) {
+        self.counters_on_backend = false;
+        self.found_rows_on_backend = false;
+        self.diagnostics.on_backend = false;
+    }
+
+    /// The session gave its connection back: nothing on the next one is the session's.
+    pub fn connection_released(&mut self) {
+        self.own_statement_ran();
+        self.insert_id_on_backend = false;
+    }
+}

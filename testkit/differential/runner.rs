@@ -1,0 +1,786 @@
+//! Runs a schedule twice, each client on its own direct connection and then through Sluice with
+//! a pool smaller than the number of clients, and compares every step's complete answer. The
+//! direct run also decides the interleaving: a client steps only when the model says a pool
+//! connection is free for it (or it holds one), so through Sluice no step has to wait, and one
+//! that does not come back is a hang. After each step through Sluice the checker also compares
+//! whether the session holds its connection with what the model says it should.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sluice::context::Shared;
+use sluice::protocol::CapabilityFlags;
+use sluice::registry::{Activity, ClientId};
+
+use super::grammar::{self, ClientKind, Cmd, Rng, Script, Server, Step};
+use super::model::Holds;
+use super::wire::{Answer, Shape, Wire, base_caps};
+
+/// Where a run's clients connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub user: String,
+    pub password: String,
+}
+
+/// Sluice in process, for the second run.
+#[derive(Clone)]
+pub struct SluiceUnderTest {
+    pub target: Target,
+    pub context: Arc<Shared>,
+    /// Its pool's cap.
+    pub pool: usize,
+}
+
+/// The shape of schedules to generate.
+#[derive(Debug, Clone)]
+pub struct Flavor {
+    pub server: Server,
+    /// Statements longer than 64 KiB, sometimes.
+    pub long: bool,
+}
+
+/// One step of a schedule as it ran: which client, what it did.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub client: usize,
+    pub step: Step,
+}
+
+/// A schedule: the clients' kinds and the steps in the order they run.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub seed: u64,
+    pub kinds: Vec<ClientKind>,
+    pub steps: Vec<Scheduled>,
+}
+
+/// What went wrong in a schedule.
+#[derive(Debug, Clone)]
+pub struct Divergence {
+    pub seed: u64,
+    /// Index in the schedule's steps.
+    pub at: usize,
+    pub what: String,
+    pub direct: Answer,
+    pub through_sluice: Answer,
+    pub schedule: Schedule,
+}
+
+impl Divergence {
+    /// The reproducer: each client's statements, in schedule order, and what differed.
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "seed {}: step {} (client {}): {}\n",
+            self.seed,
+            self.at,
+            self.schedule.steps.get(self.at).map_or(0, |s| s.client),
+            self.what
+        );
+        for (i, s) in self.schedule.steps.iter().enumerate() {
+            let mark = if i == self.at { ">>" } else { "  " };
+            out += &format!("{mark} c{}: {}\n", s.client, render(&s.step.cmd));
+        }
+        for (c, k) in self.schedule.kinds.iter().enumerate() {
+            out += &format!("   c{c}: {k:?}\n");
+        }
+        out += &format!(
+            "   direct:  {}\n   through: {}\n",
+            self.direct.describe(),
+            self.through_sluice.describe()
+        );
+        out
+    }
+}
+
+/// A step as SQL (or the command) for reports.
+pub fn render(cmd: &Cmd) -> String {
+    match cmd {
+        Cmd::Query(q) => {
+            let text = String::from_utf8_lossy(q);
+            if text.len() > 300 {
+                format!(
+                    "{}... ({} bytes)",
+                    &text[..text.char_indices().nth(200).map_or(text.len(), |(i, _)| i)],
+                    text.len()
+                )
+            } else {
+                text.into_owned()
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Makes a schedule's clients' scripts from `seed`.
+pub fn scripts(seed: u64, shape: &Flavor, schema: &str) -> Vec<Script> {
+    let mut rng = Rng::new(seed);
+    let clients = 2 + rng.below(3);
+    (0..clients)
+        .map(|c| {
+            let sessions = 1 + rng.below(3);
+            let long = shape.long && rng.chance(10);
+            grammar::script(&mut rng, c, shape.server, schema, sessions, long)
+        })
+        .collect()
+}
+
+/// One client's connection and statement ids during a run.
+struct Client {
+    wire: Option<Wire>,
+    kind: ClientKind,
+    /// Server statement id per slot.
+    stmt_ids: Vec<u32>,
+    holds: Holds,
+}
+
+impl Client {
+    fn new(kind: ClientKind) -> Client {
+        Client {
+            wire: None,
+            kind,
+            stmt_ids: Vec::new(),
+            holds: Holds::default(),
+        }
+    }
+
+    /// The id of the client's connection, while it has one.
+    fn connection_id(&self) -> Option<u32> {
+        self.wire.as_ref().map(|w| w.connection_id)
+    }
+
+    fn caps(&self) -> CapabilityFlags {
+        let mut caps = base_caps();
+        if self.kind.found_rows {
+            caps |= CapabilityFlags::CLIENT_FOUND_ROWS;
+        }
+        if self.kind.multi_statements {
+            caps |= CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+        }
+        if self.kind.deprecate_eof {
+            caps |= CapabilityFlags::CLIENT_DEPRECATE_EOF;
+        }
+        caps
+    }
+
+    async fn run(&mut self, target: &Target, cmd: &Cmd) -> Answer {
+        match cmd {
+            Cmd::Connect => {
+                if let Some(w) = self.wire.take() {
+                    w.quit().await;
+                }
+                self.stmt_ids.clear();
+                self.holds.clear();
+                match Wire::login(
+                    target.addr,
+                    &target.user,
+                    &target.password,
+                    None,
+                    self.caps(),
+                )
+                .await
+                {
+                    Ok(mut w) => {
+                        // MariaDB hands a new connection the FOUND_ROWS() of the last one its
+                        // thread served (a server quirk): give every session a known start.
+                        let first = w.command(b"\x03SELECT 1", Shape::Results).await;
+                        self.wire = Some(w);
+                        Answer::Packets(first.packets().to_vec())
+                    }
+                    Err(e) => Answer::Closed(vec![format!("login failed: {e:#}").into_bytes()]),
+                }
+            }
+            Cmd::Disconnect => {
+                if let Some(w) = self.wire.take() {
+                    w.quit().await;
+                }
+                self.stmt_ids.clear();
+                self.holds.clear();
+                Answer::Nothing
+            }
+            _ => {
+                let Some(w) = self.wire.as_mut() else {
+                    return Answer::Closed(Vec::new());
+                };
+                let id =
+                    |slot: &usize, ids: &Vec<u32>| ids.get(*slot).copied().unwrap_or(0xFFFF_FFF0);
+                let (payload, shape) = match cmd {
+                    Cmd::Query(q) => {
+                        let mut p = vec![0x03];
+                        p.extend_from_slice(q);
+                        (p, Shape::Results)
+                    }
+                    Cmd::Prepare { sql, .. } => {
+                        let mut p = vec![0x16];
+                        p.extend_from_slice(sql.as_bytes());
+                        (p, Shape::Prepare)
+                    }
+                    Cmd::Execute {
+                        slot,
+                        params,
+                        cursor,
+                    } => (
+                        execute(id(slot, &self.stmt_ids), params, *cursor),
+                        Shape::Results,
+                    ),
+                    Cmd::Fetch { slot, rows } => {
+                        let mut p = vec![0x1C];
+                        p.extend_from_slice(&id(slot, &self.stmt_ids).to_le_bytes());
+                        p.extend_from_slice(&rows.to_le_bytes());
+                        (p, Shape::Fetch)
+                    }
+                    Cmd::CloseStmt { slot } => {
+                        let mut p = vec![0x19];
+                        p.extend_from_slice(&id(slot, &self.stmt_ids).to_le_bytes());
+                        (p, Shape::None)
+                    }
+                    Cmd::ResetStmt { slot } => {
+                        let mut p = vec![0x1A];
+                        p.extend_from_slice(&id(slot, &self.stmt_ids).to_le_bytes());
+                        (p, Shape::Single)
+                    }
+                    Cmd::ResetConnection => (vec![0x1F], Shape::Single),
+                    Cmd::InitDb(db) => {
+                        let mut p = vec![0x02];
+                        p.extend_from_slice(db.as_bytes());
+                        (p, Shape::Single)
+                    }
+                    Cmd::Ping => (vec![0x0E], Shape::Single),
+                    Cmd::Connect | Cmd::Disconnect => unreachable_cmd(),
+                };
+                let mut answer = w.command(&payload, shape).await;
+                if let (Cmd::Prepare { slot, .. }, Answer::Packets(p)) = (cmd, &mut answer) {
+                    // Statement ids are each side's own: keep the id, compare without it.
+                    if let Some(first) = p
+                        .first_mut()
+                        .filter(|f| f.first() == Some(&0) && f.len() >= 5)
+                    {
+                        let server_id =
+                            u32::from_le_bytes([first[1], first[2], first[3], first[4]]);
+                        first[1..5].copy_from_slice(&[0, 0, 0, 0]);
+                        if self.stmt_ids.len() <= *slot {
+                            self.stmt_ids.resize(*slot + 1, 0xFFFF_FFF0);
+                        }
+                        self.stmt_ids[*slot] = server_id;
+                    } else if self.stmt_ids.len() > *slot {
+                        self.stmt_ids[*slot] = 0xFFFF_FFF0;
+                    }
+                }
+                if matches!(cmd, Cmd::ResetConnection) && answer.error().is_none() {
+                    self.stmt_ids.clear();
+                    self.holds.clear();
+                }
+                if w.is_closed() {
+                    self.wire = None;
+                    if let Answer::Packets(p) = answer {
+                        answer = Answer::Closed(p);
+                    }
+                }
+                answer
+            }
+        }
+    }
+}
+
+fn unreachable_cmd() -> (Vec<u8>, Shape) {
+    (vec![0x0E], Shape::Single)
+}
+
+/// COM_STMT_EXECUTE with BIGINT parameters.
+fn execute(id: u32, params: &[Option<i64>], cursor: bool) -> Vec<u8> {
+    let mut p = vec![0x17];
+    p.extend_from_slice(&id.to_le_bytes());
+    p.push(u8::from(cursor));
+    p.extend_from_slice(&1u32.to_le_bytes());
+    if !params.is_empty() {
+        let mut nulls = vec![0u8; params.len().div_ceil(8)];
+        for (i, v) in params.iter().enumerate() {
+            if v.is_none() {
+                nulls[i / 8] |= 1 << (i % 8);
+            }
+        }
+        p.extend_from_slice(&nulls);
+        p.push(1);
+        for _ in params {
+            p.extend_from_slice(&[8, 0]);
+        }
+        for v in params.iter().flatten() {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    p
+}
+
+/// Whether a command needs a pool connection through Sluice (a connect runs `SELECT 1`).
+fn needs_connection(cmd: &Cmd) -> bool {
+    !matches!(cmd, Cmd::Disconnect)
+}
+
+/// The checker: one database, one schema, Sluice in front of it.
+pub struct Checker {
+    pub direct: Target,
+    pub sluice: SluiceUnderTest,
+    pub schema: String,
+    pub shape: Flavor,
+    /// Setup connection for resetting the schema between runs.
+    admin: tokio::sync::Mutex<Option<Wire>>,
+    max_clients: usize,
+}
+
+impl Checker {
+    /// A checker on `schema` (created here).
+    pub async fn new(
+        direct: Target,
+        sluice: SluiceUnderTest,
+        schema: &str,
+        shape: Flavor,
+    ) -> Result<Checker> {
+        let max_clients = 4;
+        let mut admin = Wire::login(
+            direct.addr,
+            &direct.user,
+            &direct.password,
+            None,
+            base_caps() | CapabilityFlags::CLIENT_MULTI_STATEMENTS,
+        )
+        .await
+        .context("checker setup connection")?;
+        for sql in grammar::schema_sql(schema, max_clients) {
+            let mut p = vec![0x03];
+            p.extend_from_slice(sql.as_bytes());
+            let a = admin.command(&p, Shape::Results).await;
+            anyhow::ensure!(
+                a.error().is_none(),
+                "schema setup failed at {sql}: {}",
+                a.describe()
+            );
+        }
+        Ok(Checker {
+            direct,
+            sluice,
+            schema: schema.to_string(),
+            shape,
+            admin: tokio::sync::Mutex::new(Some(admin)),
+            max_clients,
+        })
+    }
+
+    /// Puts every client table back as it started (and the auto-increment counters).
+    async fn reset_data(&self) -> Result<()> {
+        let mut guard = self.admin.lock().await;
+        let admin = guard.as_mut().context("setup connection")?;
+        let mut sql = String::new();
+        for c in 0..self.max_clients {
+            // Cheaper than TRUNCATE (which makes a new file) and the same state: two rows,
+            // the next id 3.
+            sql += &format!(
+                "DELETE FROM `{s}`.t{c}; ALTER TABLE `{s}`.t{c} AUTO_INCREMENT = 1; \
+                 INSERT INTO `{s}`.t{c} (v, s) VALUES (1, 'one'), (2, 'two');",
+                s = self.schema
+            );
+        }
+        // Prepared XA transactions survive their session; none may outlive a run.
+        // Sessions of the last run end on the server a moment after they quit, and their locks
+        // and transactions with them: wait until none is left in the schema.
+        let quiet = format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' AND ID <> CONNECTION_ID()",
+            self.schema
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut p = vec![0x03];
+            p.extend_from_slice(quiet.as_bytes());
+            let a = admin.command(&p, Shape::Results).await;
+            if a.value(0) == Some(Some(b"0".to_vec())) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "sessions of the last run did not end: {}",
+                a.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut p = vec![0x03];
+        p.extend_from_slice(sql.trim_end_matches(';').as_bytes());
+        let a = admin.command(&p, Shape::Results).await;
+        anyhow::ensure!(a.error().is_none(), "data reset failed: {}", a.describe());
+        Ok(())
+    }
+
+    /// Generates and checks the schedule of `seed`.
+    pub async fn check_seed(&self, seed: u64) -> Result<Option<Divergence>> {
+        let scripts = scripts(seed, &self.shape, &self.schema);
+        let kinds: Vec<ClientKind> = scripts.iter().map(|s| s.kind).collect();
+        let mut rng = Rng::new(seed ^ 0x5EED);
+        let (steps, direct, holds) = self.run_direct_scheduled(&scripts, &mut rng).await?;
+        let schedule = Schedule { seed, kinds, steps };
+        self.compare(schedule, direct, holds).await
+    }
+
+    /// Runs `schedule` (already ordered) both ways and compares.
+    pub async fn check_schedule(&self, schedule: Schedule) -> Result<Option<Divergence>> {
+        let Some((direct, holds)) = self.run_direct_ordered(&schedule).await? else {
+            return Ok(None);
+        };
+        self.compare(schedule, direct, holds).await
+    }
+
+    async fn compare(
+        &self,
+        schedule: Schedule,
+        direct: Vec<Answer>,
+        holds: Vec<bool>,
+    ) -> Result<Option<Divergence>> {
+        let through = self.run_sluice(&schedule, &holds).await?;
+        for (i, (d, t)) in direct.iter().zip(&through.answers).enumerate() {
+            if let Some(what) = differs(d, t) {
+                return Ok(Some(Divergence {
+                    seed: schedule.seed,
+                    at: i,
+                    what,
+                    direct: d.clone(),
+                    through_sluice: t.clone(),
+                    schedule,
+                }));
+            }
+            if through
+                .hold_failure
+                .as_ref()
+                .is_some_and(|(at, _)| *at == i)
+            {
+                let (_, what) = through.hold_failure.clone().unwrap_or_default();
+                return Ok(Some(Divergence {
+                    seed: schedule.seed,
+                    at: i,
+                    what,
+                    direct: d.clone(),
+                    through_sluice: t.clone(),
+                    schedule,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The direct run, choosing the interleaving as it goes.
+    async fn run_direct_scheduled(
+        &self,
+        scripts: &[Script],
+        rng: &mut Rng,
+    ) -> Result<(Vec<Scheduled>, Vec<Answer>, Vec<bool>)> {
+        self.reset_data().await?;
+        let mut clients: Vec<Client> = scripts.iter().map(|s| Client::new(s.kind)).collect();
+        let mut next = vec![0usize; scripts.len()];
+        let mut order = Vec::new();
+        let mut answers = Vec::new();
+        let mut holds = Vec::new();
+        loop {
+            let holding = clients.iter().filter(|c| c.holds.holds()).count();
+            let runnable: Vec<usize> = (0..scripts.len())
+                .filter(|&c| {
+                    let Some(step) = scripts[c].steps.get(next[c]) else {
+                        return false;
+                    };
+                    !needs_connection(&step.cmd)
+                        || clients[c].holds.holds()
+                        || holding < self.sluice.pool
+                })
+                .collect();
+            if runnable.is_empty() {
+                break;
+            }
+            let c = runnable[rng.below(runnable.len())];
+            let step = scripts[c].steps[next[c]].clone();
+            next[c] += 1;
+            let before = clients[c].connection_id();
+            let answer = clients[c].run(&self.direct, &step.cmd).await;
+            self.settle_direct(before, &clients[c]).await?;
+            clients[c].holds.apply(&step.effects, &answer);
+            holds.push(clients[c].holds.holds());
+            answers.push(answer);
+            order.push(Scheduled { client: c, step });
+        }
+        for c in clients {
+            if let Some(w) = c.wire {
+                w.quit().await;
+            }
+        }
+        Ok((order, answers, holds))
+    }
+
+    /// The direct run of an ordered schedule; `None` if the order would make a client wait
+    /// through Sluice (a candidate the shrinker cannot use).
+    async fn run_direct_ordered(
+        &self,
+        schedule: &Schedule,
+    ) -> Result<Option<(Vec<Answer>, Vec<bool>)>> {
+        self.reset_data().await?;
+        let mut clients: Vec<Client> = schedule.kinds.iter().map(|k| Client::new(*k)).collect();
+        let mut answers = Vec::new();
+        let mut holds = Vec::new();
+        let mut valid = true;
+        for s in &schedule.steps {
+            let holding = clients.iter().filter(|c| c.holds.holds()).count();
+            if needs_connection(&s.step.cmd)
+                && !clients[s.client].holds.holds()
+                && holding >= self.sluice.pool
+            {
+                valid = false;
+                break;
+            }
+            let before = clients[s.client].connection_id();
+            let answer = clients[s.client].run(&self.direct, &s.step.cmd).await;
+            self.settle_direct(before, &clients[s.client]).await?;
+            clients[s.client].holds.apply(&s.step.effects, &answer);
+            holds.push(clients[s.client].holds.holds());
+            answers.push(answer);
+        }
+        for c in clients {
+            if let Some(w) = c.wire {
+                w.quit().await;
+            }
+        }
+        Ok(valid.then_some((answers, holds)))
+    }
+
+    async fn run_sluice(&self, schedule: &Schedule, expected: &[bool]) -> Result<SluiceRun> {
+        self.reset_data().await?;
+        // Each run starts from an empty pool, so runs do not depend on each other: the last
+        // one paused it, which closed its connections.
+        let pool = self.sluice.context.pool.clone();
+        // A session of an earlier run may still wait for a connection (a run that hung): let
+        // it time out first, so it cannot take this run's.
+        anyhow::ensure!(
+            self.sluice
+                .context
+                .registry
+                .wait_empty(Duration::from_secs(10))
+                .await,
+            "sessions of an earlier run are still in Sluice"
+        );
+        pool.resume();
+        let mut clients: Vec<Client> = schedule.kinds.iter().map(|k| Client::new(*k)).collect();
+        let mut answers = Vec::new();
+        let mut hold_failure = None;
+        for (i, s) in schedule.steps.iter().enumerate() {
+            let before = clients[s.client].connection_id();
+            let answer = clients[s.client]
+                .run(&self.sluice.target, &s.step.cmd)
+                .await;
+            self.settle_sluice(before, &clients[s.client]).await?;
+            let hung = answer == Answer::Timeout;
+            answers.push(answer);
+            if hung {
+                hold_failure.get_or_insert((
+                    i,
+                    "no answer: the step waited for a connection the model says is free".into(),
+                ));
+                break;
+            }
+            if hold_failure.is_some() || !needs_connection(&s.step.cmd) {
+                continue;
+            }
+            let Some(w) = clients[s.client].wire.as_ref() else {
+                continue;
+            };
+            let id = ClientId(w.connection_id);
+            if let Some(holds) = self.session_holds(id).await
+                && Some(&holds) != expected.get(i)
+            {
+                let pins = self
+                    .sluice
+                    .context
+                    .registry
+                    .get(id)
+                    .map(|h| h.pins())
+                    .unwrap_or_default();
+                let what = if holds {
+                    format!(
+                        "needless pin: Sluice keeps the session's connection ({:?}) though nothing holds it",
+                        pins.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+                    )
+                } else {
+                    "missing hold: Sluice gave the connection back while the session holds state on it".to_string()
+                };
+                hold_failure = Some((i, what));
+            }
+        }
+        for c in clients {
+            if let Some(w) = c.wire {
+                w.quit().await;
+            }
+        }
+        // Closes idle connections now and the others as their sessions end.
+        pool.pause();
+        Ok(SluiceRun {
+            answers,
+            hold_failure,
+        })
+    }
+
+    /// A session that ended (quit, or closed by the server) ends on the server a moment later,
+    /// releasing its locks: wait for that, so the next step sees the same on both sides.
+    async fn settle_direct(&self, before: Option<u32>, client: &Client) -> Result<()> {
+        let Some(id) = before.filter(|id| client.connection_id() != Some(*id)) else {
+            return Ok(());
+        };
+        let mut guard = self.admin.lock().await;
+        let admin = guard.as_mut().context("setup connection")?;
+        let query = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut p = vec![0x03];
+            p.extend_from_slice(query.as_bytes());
+            if admin.command(&p, Shape::Results).await.value(0) == Some(Some(b"0".to_vec())) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "connection {id} did not end");
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+    }
+
+    /// Likewise through Sluice: the session is gone and its connection reset (a reset runs
+    /// after the session let the connection go).
+    async fn settle_sluice(&self, before: Option<u32>, client: &Client) -> Result<()> {
+        let Some(id) = before.filter(|id| client.connection_id() != Some(*id)) else {
+            return Ok(());
+        };
+        let context = &self.sluice.context;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while context.registry.get(ClientId(id)).is_some()
+            || context
+                .stats
+                .resets_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "session {id} did not end in Sluice"
+            );
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+        Ok(())
+    }
+
+    /// Whether the session holds its backend connection, once it has finished its command.
+    async fn session_holds(&self, id: ClientId) -> Option<bool> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let handle = self.sluice.context.registry.get(id)?;
+            if handle.activity() != Activity::Running {
+                return Some(handle.lent_thread().is_some());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    /// Shrinks a divergence to a shorter schedule that still diverges (delta debugging over
+    /// steps), within `budget`.
+    pub async fn shrink(&self, mut div: Divergence, budget: Duration) -> Divergence {
+        let deadline = Instant::now() + budget;
+        // Steps after the divergence do not matter.
+        div.schedule.steps.truncate(div.at + 1);
+        let mut chunk = div.schedule.steps.len() / 2;
+        while chunk >= 1 && Instant::now() < deadline {
+            let mut i = 0;
+            let mut progressed = false;
+            while i < div.schedule.steps.len() && Instant::now() < deadline {
+                let mut candidate = div.schedule.clone();
+                let end = (i + chunk).min(candidate.steps.len());
+                candidate.steps.drain(i..end);
+                if candidate.steps.is_empty() {
+                    i += chunk;
+                    continue;
+                }
+                match self.check_schedule(candidate).await {
+                    Ok(Some(smaller)) => {
+                        div = smaller;
+                        div.schedule.steps.truncate(div.at + 1);
+                        progressed = true;
+                    }
+                    _ => i += chunk,
+                }
+            }
+            if !progressed {
+                chunk /= 2;
+            }
+        }
+        div
+    }
+}
+
+struct SluiceRun {
+    answers: Vec<Answer>,
+    hold_failure: Option<(usize, String)>,
+}
+
+/// A documented difference the comparison leaves out: a server sets "session state changed"
+/// (0x4000) in classic EOF packets when a variable of its default tracking list changes, even
+/// for clients that did not ask for session tracking; Sluice, tracking everything on its
+/// connections, cannot tell those changes from others in an EOF and clears the flag there.
+fn normalized(a: &Answer) -> Answer {
+    let fix = |p: &Vec<Vec<u8>>| {
+        p.iter()
+            .map(|x| {
+                let mut x = x.clone();
+                if x.len() == 5 && x[0] == 0xFE {
+                    x[4] &= !0x40;
+                }
+                // Statement ids are each side's own, also inside error messages.
+                if x.len() > 3 && x[0] == 0xFF {
+                    let code = u16::from_le_bytes([x[1], x[2]]);
+                    if matches!(code, 1243 | 1421) {
+                        let text = String::from_utf8_lossy(&x).into_owned();
+                        let masked: String = text
+                            .split('(')
+                            .enumerate()
+                            .map(|(i, part)| {
+                                if i == 0 {
+                                    part.to_string()
+                                } else {
+                                    let digits =
+                                        part.chars().take_while(char::is_ascii_digit).count();
+                                    format!("(#{}", &part[digits..])
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("");
+                        x = masked.into_bytes();
+                    }
+                }
+                x
+            })
+            .collect()
+    };
+    match a {
+        Answer::Packets(p) => Answer::Packets(fix(p)),
+        Answer::Closed(p) => Answer::Closed(fix(p)),
+        other => other.clone(),
+    }
+}
+
+/// How two answers differ, if they do.
+fn differs(direct: &Answer, through: &Answer) -> Option<String> {
+    let (direct, through) = (&normalized(direct), &normalized(through));
+    if direct == through {
+        return None;
+    }
+    Some(match (direct, through) {
+        (Answer::Packets(a), Answer::Packets(b)) if a.len() == b.len() => {
+            let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0);
+            format!("packet {i} differs")
+        }
+        (Answer::Packets(a), Answer::Packets(b)) => {
+            format!("{} packets directly, {} through Sluice", a.len(), b.len())
+        }
+        _ => "the answers differ in kind".to_string(),
+    })
+}

@@ -193,9 +193,10 @@ pub struct RdsIamConfig {
     pub users: Vec<String>,
     /// The database's region; empty means the standard AWS environment's (`AWS_REGION`).
     pub region: String,
-    /// The endpoint name tokens are signed for; empty means the host of `backend.address`.
+    /// The endpoint name every token is signed for; empty means each host of `backend.address`
+    /// gets tokens signed for itself.
     pub hostname: String,
-    /// The port tokens are signed for; 0 means the port of `backend.address`.
+    /// The port tokens are signed for; 0 means the port in `backend.address`.
     pub port: u16,
     /// How often tokens are made anew (they are valid for 15 minutes).
     #[serde(with = "duration")]

@@ -38,7 +38,7 @@ pub(crate) async fn open(
 ) -> Result<BackendConn, LoginError> {
     let mut give_up: Option<Instant> = None;
     loop {
-        let Some(login) = credentials.backend_login(&key.user) else {
+        let Some(login) = credentials.backend_login(&key.user, &connector.address) else {
             return Err(LoginError::UnknownUser);
         };
         let mut refused = None;

@@ -319,12 +319,12 @@ impl Credentials {
             credentials.iam = Some(IamVerifier::from_config(&config.iam).await?);
         }
         if !config.rds_iam.users.is_empty() {
-            let tokens = RdsIamTokens::load(&config.rds_iam, &config.backend.address).await?;
+            let tokens = RdsIamTokens::load(&config.rds_iam, &config.backend.hosts()).await?;
             credentials.rds = Some(Arc::new(tokens));
         }
         if config.database_accounts.enabled {
             let lookup = &config.database_accounts.lookup_user;
-            if credentials.backend_login(lookup).is_none() {
+            if credentials.backend_login(lookup, "").is_none() {
                 return Err(LoadError::LookupUser(lookup.clone()));
             }
             credentials.accounts = Some(DatabaseAccounts::new(&config.database_accounts));
@@ -514,11 +514,11 @@ impl Credentials {
         self.get(&cred.username).filter(|fresh| verify(fresh))
     }
 
-    /// What to log in to the backend as `name` with, best first: an RDS IAM token for
-    /// `[rds_iam] users`; the passwords Sluice knows; for a database account, the proof of its
-    /// last client login.
-    pub fn backend_login(&self, name: &str) -> Option<BackendLogin> {
-        if let Some(token) = self.rds.as_ref().and_then(|r| r.token(name)) {
+    /// What to log in to the backend at `address` (an entry of `backend.address`) as `name`
+    /// with, best first: an RDS IAM token for `[rds_iam] users` (signed for that host); the
+    /// passwords Sluice knows; for a database account, the proof of its last client login.
+    pub fn backend_login(&self, name: &str, address: &str) -> Option<BackendLogin> {
+        if let Some(token) = self.rds.as_ref().and_then(|r| r.token(name, address)) {
             return Some(BackendLogin {
                 secrets: vec![BackendSecret::RdsToken(token)],
                 reread: None,
@@ -566,8 +566,8 @@ impl Credentials {
 
     /// What to log in to the backend as `name` with: the password it accepted last, or the
     /// current one; a token; a database account's proof.
-    pub fn backend_password(&self, name: &str) -> Option<BackendSecret> {
-        self.backend_login(name)
+    pub fn backend_password(&self, name: &str, address: &str) -> Option<BackendSecret> {
+        self.backend_login(name, address)
             .and_then(|login| login.secrets.into_iter().next())
     }
 

@@ -3,6 +3,10 @@
 //! current in memory and made anew every `refresh_interval`, well before their 15 minutes run
 //! out. A failed refresh keeps the last tokens (they stay valid for the rest of their 15
 //! minutes) and is counted and logged.
+//!
+//! A token is signed for one endpoint (`host:port`), so with several hosts in
+//! `backend.address` each host gets its own tokens, unless `rds_iam.hostname` names the one
+//! endpoint every token is signed for.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -34,15 +38,24 @@ pub enum RdsIamError {
     Sign(#[from] sluice_iam::SignError),
 }
 
-/// The current token of each user.
-pub struct RdsIamTokens {
+/// An endpoint tokens are signed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    /// The `backend.address` entry it serves (empty: every entry, with `rds_iam.hostname`).
+    address: String,
     hostname: String,
     port: u16,
+}
+
+/// The current token of each user, for each endpoint.
+pub struct RdsIamTokens {
+    endpoints: Vec<Endpoint>,
     region: String,
     users: Vec<String>,
     provider: SharedCredentialsProvider,
     refresh_interval: Duration,
-    tokens: RwLock<HashMap<String, Secret>>,
+    /// Indexed like `endpoints`.
+    tokens: RwLock<Vec<HashMap<String, Secret>>>,
     /// Refreshes that made every token, and those that failed.
     pub refreshed: AtomicU64,
     pub failed: AtomicU64,
@@ -51,19 +64,19 @@ pub struct RdsIamTokens {
 impl std::fmt::Debug for RdsIamTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RdsIamTokens")
-            .field("hostname", &self.hostname)
-            .field("port", &self.port)
+            .field("endpoints", &self.endpoints)
             .field("users", &self.users)
             .finish_non_exhaustive()
     }
 }
 
 impl RdsIamTokens {
-    /// Makes the first tokens for `config`'s users (for the database at `backend_address`
-    /// unless the config names the endpoint); fails if they cannot be made.
+    /// Makes the first tokens for `config`'s users (for each of the database's `hosts`, the
+    /// entries of `backend.address`, unless the config names the endpoint); fails if they
+    /// cannot be made.
     pub async fn load(
         config: &RdsIamConfig,
-        backend_address: &str,
+        hosts: &[String],
     ) -> Result<RdsIamTokens, RdsIamError> {
         let env = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
@@ -78,39 +91,76 @@ impl RdsIamTokens {
         let provider = env
             .credentials_provider()
             .ok_or_else(|| RdsIamError::NoCredentials("no credentials provider".into()))?;
-        Self::with_provider(config, backend_address, region, provider).await
+        Self::with_provider(config, hosts, region, provider).await
     }
 
     /// As [`RdsIamTokens::load`], with a given region and credentials provider.
     pub async fn with_provider(
         config: &RdsIamConfig,
-        backend_address: &str,
+        hosts: &[String],
         region: String,
         provider: SharedCredentialsProvider,
     ) -> Result<RdsIamTokens, RdsIamError> {
-        let (host, port) = backend_address
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| RdsIamError::BadAddress(backend_address.to_owned()))?;
+        let parsed = hosts
+            .iter()
+            .map(|address| {
+                let (host, port) = address
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty())
+                    .ok_or_else(|| RdsIamError::BadAddress(address.clone()))?;
+                Ok(Endpoint {
+                    address: address.clone(),
+                    hostname: host.trim_start_matches('[').trim_end_matches(']').into(),
+                    port,
+                })
+            })
+            .collect::<Result<Vec<_>, RdsIamError>>()?;
+        let endpoints = if config.hostname.is_empty() {
+            parsed
+        } else {
+            // One endpoint name for every host (a cluster endpoint, say).
+            parsed
+                .first()
+                .map(|first| Endpoint {
+                    address: String::new(),
+                    hostname: config.hostname.clone(),
+                    port: first.port,
+                })
+                .into_iter()
+                .collect()
+        };
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .map(|e| Endpoint {
+                port: if config.port == 0 {
+                    e.port
+                } else {
+                    config.port
+                },
+                ..e
+            })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(RdsIamError::BadAddress(String::new()));
+        }
         let tokens = RdsIamTokens {
-            hostname: if config.hostname.is_empty() {
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned()
-            } else {
-                config.hostname.clone()
-            },
-            port: if config.port == 0 { port } else { config.port },
+            endpoints,
             region,
             users: config.users.clone(),
             provider,
             refresh_interval: config.refresh_interval,
-            tokens: RwLock::new(HashMap::new()),
+            tokens: RwLock::new(Vec::new()),
             refreshed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         };
         tokens.refresh().await?;
-        tracing::info!(users = %tokens.users.join(", "), hostname = %tokens.hostname, port = tokens.port,
+        let signed_for: Vec<String> = tokens
+            .endpoints
+            .iter()
+            .map(|e| format!("{}:{}", e.hostname, e.port))
+            .collect();
+        tracing::info!(users = %tokens.users.join(", "), endpoints = %signed_for.join(", "),
             region = %tokens.region, "logging in to the database with RDS IAM tokens");
         Ok(tokens)
     }
@@ -125,11 +175,18 @@ impl RdsIamTokens {
         &self.users
     }
 
-    /// The current token of `user`.
-    pub fn token(&self, user: &str) -> Option<Secret> {
+    /// The current token of `user` for the host at `address` (an entry of `backend.address`;
+    /// with `rds_iam.hostname`, or for an address not listed, the first endpoint's).
+    pub fn token(&self, user: &str, address: &str) -> Option<Secret> {
+        let index = self
+            .endpoints
+            .iter()
+            .position(|e| e.address == address)
+            .unwrap_or(0);
         self.tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .get(index)?
             .get(user)
             .cloned()
     }
@@ -150,24 +207,29 @@ impl RdsIamTokens {
         result.map(|_| ())
     }
 
-    async fn make_all(&self) -> Result<HashMap<String, Secret>, RdsIamError> {
+    async fn make_all(&self) -> Result<Vec<HashMap<String, Secret>>, RdsIamError> {
         let credentials = self
             .provider
             .provide_credentials()
             .await
             .map_err(|e| RdsIamError::NoCredentials(e.to_string()))?;
         let now = SystemTime::now();
-        self.users
+        self.endpoints
             .iter()
-            .map(|user| {
-                let target = Target {
-                    hostname: &self.hostname,
-                    port: self.port,
-                    username: user,
-                    region: &self.region,
-                };
-                let token = rds_token::auth_token(&credentials, &target, now)?;
-                Ok((user.clone(), Secret::new(token)))
+            .map(|endpoint| {
+                self.users
+                    .iter()
+                    .map(|user| {
+                        let target = Target {
+                            hostname: &endpoint.hostname,
+                            port: endpoint.port,
+                            username: user,
+                            region: &self.region,
+                        };
+                        let token = rds_token::auth_token(&credentials, &target, now)?;
+                        Ok((user.clone(), Secret::new(token)))
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -197,28 +259,32 @@ mod tests {
     use super::*;
     use aws_credential_types::Credentials;
 
+    fn provider() -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            Some("session".into()),
+            None,
+            "test",
+        ))
+    }
+
     #[tokio::test]
     async fn tokens_are_made_for_the_backend_endpoint_and_refreshed() {
         let config = RdsIamConfig {
             users: vec!["app".into(), "report".into()],
             ..RdsIamConfig::default()
         };
-        let provider = SharedCredentialsProvider::new(Credentials::new(
-            "AKIDEXAMPLE",
-            "secret",
-            Some("session".into()),
-            None,
-            "test",
-        ));
+        let address = "db.example.internal:3306";
         let tokens = RdsIamTokens::with_provider(
             &config,
-            "db.example.internal:3306",
+            &[address.to_string()],
             "eu-west-1".into(),
-            provider,
+            provider(),
         )
         .await
         .unwrap();
-        let app = tokens.token("app").unwrap();
+        let app = tokens.token("app", address).unwrap();
         assert!(
             app.expose()
                 .starts_with("db.example.internal:3306/?Action=connect&DBUser=app&"),
@@ -229,19 +295,56 @@ mod tests {
             app.expose()
                 .contains("%2Feu-west-1%2Frds-db%2Faws4_request")
         );
-        assert!(tokens.token("report").is_some());
-        assert!(tokens.token("other").is_none());
+        assert!(tokens.token("report", address).is_some());
+        assert!(tokens.token("other", address).is_none());
         assert!(tokens.has_user("app") && !tokens.has_user("other"));
         assert!(!format!("{tokens:?}").contains("Action=connect"));
         tokens.refresh().await.unwrap();
         assert_eq!(tokens.refreshed.load(Relaxed), 2);
-        let bad = RdsIamTokens::with_provider(
-            &config,
-            "no-port",
-            "eu-west-1".into(),
-            SharedCredentialsProvider::new(Credentials::new("a", "b", None, None, "t")),
-        )
-        .await;
-        assert!(matches!(bad, Err(RdsIamError::BadAddress(_))));
+        for bad in ["no-port", ":3306", "db:port"] {
+            let made = RdsIamTokens::with_provider(
+                &config,
+                &[bad.to_string()],
+                "eu-west-1".into(),
+                provider(),
+            )
+            .await;
+            assert!(matches!(made, Err(RdsIamError::BadAddress(_))), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_host_gets_tokens_signed_for_it_unless_one_endpoint_is_named() {
+        let config = RdsIamConfig {
+            users: vec!["app".into()],
+            ..RdsIamConfig::default()
+        };
+        let hosts = [
+            "writer.internal:3306".to_string(),
+            "reader.internal:3307".to_string(),
+        ];
+        let tokens = RdsIamTokens::with_provider(&config, &hosts, "eu-west-1".into(), provider())
+            .await
+            .unwrap();
+        let writer = tokens.token("app", &hosts[0]).unwrap();
+        let other = tokens.token("app", &hosts[1]).unwrap();
+        assert!(writer.expose().starts_with("writer.internal:3306/?"));
+        assert!(other.expose().starts_with("reader.internal:3307/?"));
+        let named = RdsIamConfig {
+            hostname: "cluster.example.internal".into(),
+            port: 3310,
+            ..config
+        };
+        let tokens = RdsIamTokens::with_provider(&named, &hosts, "eu-west-1".into(), provider())
+            .await
+            .unwrap();
+        for host in &hosts {
+            let token = tokens.token("app", host).unwrap();
+            assert!(
+                token
+                    .expose()
+                    .starts_with("cluster.example.internal:3310/?")
+            );
+        }
     }
 }

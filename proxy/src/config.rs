@@ -1242,6 +1242,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_names_every_environment_variable() {
+        let text = include_str!("../sluice.example.toml");
+        let missing: Vec<&str> = ENV_OVERRIDES
+            .iter()
+            .map(|(var, _, _)| *var)
+            .filter(|var| !text.contains(var))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in sluice.example.toml: {missing:?}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_file_values() {
         let env = |k: &str| match k {
             "SLUICE_BACKEND_MAX_CONNECTIONS" => Some("7".to_string()),

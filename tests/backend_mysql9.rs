@@ -601,3 +601,73 @@ password = "{}"
     stop.shutdown();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+/// MySQL resolves a statement's parameter types at its first execution and keeps them (`SELECT
+/// ?` executed with 1, then with 'abc', answers 0). Through Sluice, with one backend connection
+/// shared by two clients, one client's executions never type the other's statement, and a
+/// client's own statement keeps its types as it does directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_types_stay_with_their_client_statement() {
+    use mysql_async::Value;
+    let db = Mysql9::shared();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+http_listen = ""
+admin_listen = ""
+[backend]
+address = "{}"
+max_connections = 1
+borrow_timeout = "5s"
+[[users]]
+username = "app"
+password = "{}"
+"#,
+        db.addr(),
+        db.app_password()
+    );
+    let proxy = sluice::Proxy::bind(sluice::Config::from_toml(&text, "test", |_| None).unwrap())
+        .await
+        .unwrap();
+    let addr = proxy.local_addr();
+    let stop = proxy.shutdown_handle();
+    let task = tokio::spawn(proxy.run());
+    let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
+    // The same sequence on a direct connection, for what the server answers.
+    let mut direct = Conn::new(direct_opts).await.unwrap();
+    let mut expected = Vec::new();
+    for v in [Value::from(1), Value::from("abc")] {
+        let got: Option<Value> = direct.exec_first("SELECT ?", (v,)).await.unwrap();
+        expected.push(got.unwrap());
+    }
+    assert_eq!(
+        expected,
+        vec![Value::Int(1), Value::Int(0)],
+        "the server no longer keeps a statement's first types; revisit StatementOwner"
+    );
+    let mut a = Conn::new(client_opts(addr, db.app_password()))
+        .await
+        .unwrap();
+    let mut b = Conn::new(client_opts(addr, db.app_password()))
+        .await
+        .unwrap();
+    let first: Option<Value> = a.exec_first("SELECT ?", (1,)).await.unwrap();
+    assert_eq!(first, Some(Value::Int(1)));
+    // Another client's statement of the same text, on the same backend connection.
+    let other: Option<Value> = b.exec_first("SELECT ?", ("abc",)).await.unwrap();
+    assert_eq!(
+        other,
+        Some(Value::Bytes(b"abc".to_vec())),
+        "a statement typed by another client's execution"
+    );
+    // The first client's own statement, as directly.
+    let again: Option<Value> = a.exec_first("SELECT ?", ("abc",)).await.unwrap();
+    assert_eq!(again.as_ref(), expected.get(1));
+    // Closed and prepared again: a fresh statement, as directly.
+    a.reset().await.unwrap();
+    let fresh: Option<Value> = a.exec_first("SELECT ?", ("abc",)).await.unwrap();
+    assert_eq!(fresh, Some(Value::Bytes(b"abc".to_vec())));
+    drop((a, b, direct));
+    stop.shutdown();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

@@ -15,6 +15,21 @@ pub struct StatementKey {
     /// `(variable, value)` pairs of [`PARSE_VARS`] at prepare time.
     pub settings: Arc<[(usize, String)]>,
     pub sql: Arc<[u8]>,
+    /// Set for a statement only its client statement may use (see [`StatementOwner`]).
+    pub owner: Option<StatementOwner>,
+}
+
+/// The client statement a server statement belongs to. MySQL (8.0.22 and later) resolves a
+/// parameter's type at a statement's first execution and keeps it for later ones (`SELECT ?`
+/// executed with 1 then with 'abc' answers 0), so a statement with parameters carries its
+/// executions' history and is never shared between client statements there. MariaDB takes
+/// each execution's types afresh, and shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatementOwner {
+    /// Sluice's id of the client session.
+    pub client: u32,
+    /// The statement id Sluice gave that client.
+    pub statement: u32,
 }
 
 /// The replayable variables that change how a statement is parsed or described (indexes into
@@ -161,6 +176,25 @@ impl StatementCache {
         evicted
     }
 
+    /// Gives the statement cached under `from` to `to`, if no execution has typed its
+    /// parameters yet and nothing holds it. True if it moved.
+    pub fn take_over(&mut self, from: &StatementKey, to: StatementKey) -> bool {
+        let pristine = self
+            .entries
+            .get(from)
+            .is_some_and(|e| e.bound_types.is_none() && !e.held);
+        if !pristine || self.entries.contains_key(&to) {
+            return false;
+        }
+        match self.entries.remove(from) {
+            Some(e) => {
+                self.entries.insert(to, e);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forgets a statement (the caller closes it on the server).
     pub fn remove(&mut self, key: &StatementKey) -> Option<CachedStatement> {
         self.entries.remove(key)
@@ -188,6 +222,7 @@ mod tests {
 
     fn key(sql: &str) -> StatementKey {
         StatementKey {
+            owner: None,
             schema: None,
             settings: Arc::from(Vec::new()),
             sql: Arc::from(sql.as_bytes()),
@@ -233,6 +268,28 @@ mod tests {
             &interner.intern(&long),
             &interner.intern(&long)
         ));
+    }
+
+    #[test]
+    fn only_a_pristine_statement_changes_owner() {
+        let mut c = StatementCache::new(4);
+        let owned = |n| StatementKey {
+            owner: Some(StatementOwner {
+                client: 1,
+                statement: n,
+            }),
+            ..key("a")
+        };
+        c.insert(key("a"), 1, meta());
+        assert!(c.take_over(&key("a"), owned(1)));
+        assert!(c.get_mut(&key("a")).is_none());
+        assert_eq!(c.get_mut(&owned(1)).map(|e| e.server_id), Some(1));
+        c.insert(key("a"), 2, meta());
+        c.get_mut(&key("a")).unwrap().bound_types = Some(Arc::from(&[8u8, 0][..]));
+        assert!(!c.take_over(&key("a"), owned(2)), "typed by an execution");
+        c.insert(key("b"), 3, meta());
+        c.get_mut(&key("b")).unwrap().held = true;
+        assert!(!c.take_over(&key("b"), owned(3)), "held");
     }
 
     #[test]

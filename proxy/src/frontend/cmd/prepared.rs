@@ -9,7 +9,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::backend::BackendError;
-use crate::backend::statements::{PARSE_VARS, PrepareMeta, RESPONSE_ID_AT, StatementKey};
+use crate::backend::statements::{
+    PARSE_VARS, PrepareMeta, RESPONSE_ID_AT, StatementKey, StatementOwner,
+};
 use crate::errors::ClientError;
 use crate::frontend::{ClientSession, Flow, SYNC_ALL};
 use crate::protocol::codec::ProtocolError;
@@ -248,10 +250,11 @@ impl ClientSession {
         }
         let sql = payload.get(1..).unwrap_or_default();
         let class = sql::classify(sql, self.lex_mode(), true);
-        let key = StatementKey {
+        let mut key = StatementKey {
             schema: self.state.schema.as_deref().map(Arc::from),
             settings: self.parse_settings(),
             sql: self.shared.statement_texts.intern(sql),
+            owner: None,
         };
         let Some(b) = self.backend.as_mut() else {
             return Flow::Close;
@@ -281,6 +284,29 @@ impl ClientSession {
             self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         }
         let id = self.stmts.next_id;
+        if meta.params > 0 && matches!(self.shared.dialect, sql::Dialect::MySql(_)) {
+            // Its executions' types stay with the server statement: this client statement
+            // gets one of its own (the cached one, if no execution has typed it yet).
+            let owned = StatementKey {
+                owner: Some(StatementOwner {
+                    client: self.handle.id.0,
+                    statement: id,
+                }),
+                ..key.clone()
+            };
+            if !b.statements.take_over(&key, owned.clone()) {
+                match b.prepare(&owned).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err_packet)) => {
+                        let flow = self.reply_raw_error(&err_packet).await;
+                        self.release_if_free().await;
+                        return flow;
+                    }
+                    Err(e) => return self.backend_failed(e).await,
+                }
+            }
+            key = owned;
+        }
         self.stmts.defs.insert(
             id,
             StatementDef {
@@ -539,7 +565,16 @@ impl ClientSession {
         if self.skip_command().await == Flow::Close {
             return Flow::Close;
         }
-        self.stmts.defs.remove(&id);
+        let def = self.stmts.defs.remove(&id);
+        // A statement of its own (MySQL, see `StatementOwner`) is of no use to anyone else.
+        if let (Some(def), Some(b)) = (def.filter(|d| d.key.owner.is_some()), self.backend.as_mut())
+            && !self.stmts.holds.contains_key(&id)
+            && let Some(e) = b.statements.remove(&def.key)
+            && let Err(e) = b.close_statement(e.server_id).await
+        {
+            tracing::warn!(client = %self.handle.id, error = %e, "cannot close a statement");
+            b.broken = true;
+        }
         if let Some(hold) = self.stmts.holds.get(&id).cloned()
             && let Some(b) = self.backend.as_mut()
         {

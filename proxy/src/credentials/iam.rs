@@ -317,8 +317,15 @@ impl IamVerifier {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             inflight.entry(key).or_default().clone()
         };
+        // Leaves no entry behind, also when this login is dropped mid-call (its client left).
+        let entry = InflightEntry {
+            inflight: &self.inflight,
+            key,
+            cell,
+        };
         let mut asked = false;
-        let result = cell
+        let result = entry
+            .cell
             .get_or_init(|| {
                 asked = true;
                 self.call_sts(token)
@@ -326,10 +333,6 @@ impl IamVerifier {
             .await
             .clone();
         if asked {
-            self.inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
             if let Ok(answer) = &result {
                 let until = Instant::now() + self.cache_ttl.min(remaining);
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -443,6 +446,28 @@ impl IamVerifier {
     }
 }
 
+/// A login's share of an in-flight STS call: when the last login holding it goes (answered, or
+/// dropped mid-call), the entry goes too, so abandoned logins cannot grow the map.
+struct InflightEntry<'a> {
+    inflight: &'a Mutex<HashMap<[u8; 32], Pending>>,
+    key: [u8; 32],
+    cell: Pending,
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = inflight
+            .get(&self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell));
+        // Answered: later logins read the cache. Unanswered: remove it only if no other login
+        // waits on it (the map's reference and this one are all there is).
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
 /// The text of the first `<Code>` element of an error body.
 fn xml_code(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
@@ -505,6 +530,50 @@ mod tests {
         ] {
             assert_eq!(principal_of(same), same);
         }
+    }
+
+    #[tokio::test]
+    async fn abandoned_sts_calls_leave_no_entry() {
+        let inflight: Arc<Mutex<HashMap<[u8; 32], Pending>>> = Arc::default();
+        let join = |key: [u8; 32]| {
+            let inflight = inflight.clone();
+            tokio::spawn(async move {
+                let cell = inflight.lock().unwrap().entry(key).or_default().clone();
+                let entry = InflightEntry {
+                    inflight: &inflight,
+                    key,
+                    cell,
+                };
+                // An STS call that never ends.
+                let _ = entry
+                    .cell
+                    .get_or_init(std::future::pending::<Result<StsAnswer, String>>)
+                    .await;
+            })
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        // Two logins share one call: the first leaving keeps it for the second.
+        let (first, second) = (join([1; 32]), join([1; 32]));
+        settle().await;
+        first.abort();
+        settle().await;
+        assert_eq!(inflight.lock().unwrap().len(), 1);
+        second.abort();
+        settle().await;
+        assert!(inflight.lock().unwrap().is_empty());
+        // An answered call is removed by whoever goes last.
+        let cell: Pending = inflight.lock().unwrap().entry([2; 32]).or_default().clone();
+        let entry = InflightEntry {
+            inflight: &inflight,
+            key: [2; 32],
+            cell,
+        };
+        let _ = entry
+            .cell
+            .get_or_init(|| async { Err("down".to_owned()) })
+            .await;
+        drop(entry);
+        assert!(inflight.lock().unwrap().is_empty());
     }
 
     #[test]

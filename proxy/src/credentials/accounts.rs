@@ -171,8 +171,14 @@ impl DatabaseAccounts {
         counter.fetch_add(1, Relaxed);
         let mut entries = self.entries();
         if entries.len() >= CACHE_MAX {
+            // Proofs go last: they are what the sessions of proven accounts log in to the
+            // database with, and only a client that knows a password makes one, whereas
+            // anyone can fill the cache with names that do not exist.
             let ttl = self.ttl;
-            entries.retain(|_, e| e.read.elapsed() < ttl);
+            entries.retain(|_, e| e.proof.is_some() || e.read.elapsed() < ttl);
+            if entries.len() >= CACHE_MAX {
+                entries.retain(|_, e| e.proof.is_some());
+            }
             if entries.len() >= CACHE_MAX {
                 entries.clear();
             }
@@ -311,6 +317,51 @@ mod tests {
         assert!(host_matches("LOCALHOST", "localhost"));
         assert!(host_matches("10.0.0._", "10.0.0.7"));
         assert!(!host_matches("10.0.0._", "10.0.0.17"));
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_keeps_the_proofs_of_proven_accounts() {
+        let accounts = DatabaseAccounts::new(&DatabaseAccountsConfig {
+            enabled: true,
+            lookup_user: "lookup".into(),
+            cache_ttl: Duration::from_secs(60),
+        });
+        let native = || async {
+            Ok((
+                vec![row(
+                    "%",
+                    "mysql_native_password",
+                    "*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19",
+                )],
+                "127.0.0.1".to_owned(),
+            ))
+        };
+        accounts.get("proven", None, native).await.unwrap();
+        // The client's answer to a nonce proves "password" against the stored hash.
+        let nonce = [7u8; 20];
+        let response =
+            crate::auth::client_response(b"mysql_native_password", &nonce, "password").unwrap();
+        let proof = crate::auth::verify_native_hash(
+            &nonce,
+            &crate::auth::parse_native_hash("*2470C0C06DEE42FD1618BB99005ADCA2EC9D1E19").unwrap(),
+            &response,
+        )
+        .unwrap();
+        accounts.remember("proven", proof);
+        assert!(accounts.backend_secret("proven").is_some());
+        // Names that do not exist fill the cache.
+        for i in 0..CACHE_MAX + 10 {
+            let absent = || async { Ok((Vec::new(), "127.0.0.1".to_owned())) };
+            accounts
+                .get(&format!("nobody{i}"), None, absent)
+                .await
+                .unwrap();
+        }
+        assert!(accounts.entries().len() <= CACHE_MAX);
+        assert!(
+            accounts.backend_secret("proven").is_some(),
+            "the proven account still logs in to the database"
+        );
     }
 
     #[tokio::test]

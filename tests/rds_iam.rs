@@ -80,15 +80,28 @@ async fn sluice_logs_in_with_an_rds_iam_token_over_verified_tls() {
         env: aws_env(),
         ..SluiceOptions::default()
     };
-    let started = whole_seconds(SystemTime::now());
-    let proxy = tokio::task::spawn_blocking(move || SluiceProcess::start(opts))
-        .await
+    // A second Sluice lists another host after the database (one that is down): each host
+    // gets tokens signed for its own host:port, and its monitor logs in with them too.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        .local_addr()
+        .unwrap();
+    let two_hosts = SluiceOptions {
+        more_backends: vec![down],
+        ..opts.clone()
+    };
+    let started = whole_seconds(SystemTime::now());
+    let (proxy, proxy_two_hosts) = tokio::task::spawn_blocking(move || {
+        (SluiceProcess::start(opts), SluiceProcess::start(two_hosts))
+    })
+    .await
+    .unwrap();
+    let proxy = proxy.unwrap_or_else(|e| panic!("{e:#}"));
+    let proxy_two_hosts = proxy_two_hosts.unwrap_or_else(|e| panic!("{e:#}"));
     let ready = whole_seconds(SystemTime::now());
     assert!(
-        ready - started < 10,
-        "Sluice took {}s to start",
+        ready - started < 20,
+        "the Sluices took {}s to start",
         ready - started
     );
 
@@ -124,18 +137,22 @@ async fn sluice_logs_in_with_an_rds_iam_token_over_verified_tls() {
     ))
     .unwrap();
 
-    assert_eq!(
-        current_user(&proxy, "iam_app", "client-pw").await,
-        Ok("iam_app@%".to_owned())
-    );
+    for proxy in [&proxy, &proxy_two_hosts] {
+        assert_eq!(
+            current_user(proxy, "iam_app", "client-pw").await,
+            Ok("iam_app@%".to_owned())
+        );
+    }
     // An account whose string is not the token: the database refuses Sluice (ERR 9502).
     assert_eq!(
         current_user(&proxy, "iam_wrong", "client-pw").await,
         Err(9502)
     );
     // The token never reaches Sluice's log.
-    let log = proxy.log_tail();
-    assert!(!log.contains("X-Amz-Signature"), "{log}");
+    for proxy in [&proxy, &proxy_two_hosts] {
+        let log = proxy.log_tail();
+        assert!(!log.contains("X-Amz-Signature"), "{log}");
+    }
 }
 
 #[test]

@@ -6,8 +6,6 @@ pub mod aws_iam;
 pub mod cleartext;
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
-/// The differential checker: direct vs through Sluice, step by step.
-pub mod differential;
 /// Sluice's resident memory with many idle clients (for the benches).
 pub mod idle;
 /// A ledger of transfers whose total must not change, for failover tests.

@@ -314,6 +314,10 @@ pub struct BackendConn {
     pub epoch: u64,
     /// The capabilities the server's greeting announced.
     pub server_caps: CapabilityFlags,
+    /// Variables outside the replayable set that a `SET STATEMENT` set for one statement,
+    /// with the value it restored: MariaDB echoes that value with its next report, which is
+    /// then no change (see `session::tracker::Reduction::set_for_statement`).
+    pub restored: Vec<(String, String)>,
 }
 
 impl BackendConn {
@@ -464,6 +468,7 @@ impl BackendConn {
             host: HostId(0),
             epoch: 0,
             server_caps,
+            restored: Vec::new(),
         })
     }
 
@@ -791,6 +796,7 @@ impl BackendConn {
         self.needs_reset = false;
         self.reset_reasons = ResetSet::default();
         self.conditions = false;
+        self.restored.clear();
         Ok(())
     }
 
@@ -843,6 +849,7 @@ impl BackendConn {
         self.needs_reset = false;
         self.reset_reasons = ResetSet::default();
         self.conditions = false;
+        self.restored.clear();
         Ok(())
     }
 

@@ -36,7 +36,12 @@ impl ClientSession {
             .await
         {
             Ok((head, rows)) => {
-                self.state.diagnostics.captured = Some(Arc::new(CapturedWarnings { head, rows }));
+                let results_charset = self.results_charset();
+                self.state.diagnostics.captured = Some(Arc::new(CapturedWarnings {
+                    head,
+                    rows,
+                    results_charset,
+                }));
             }
             Err(e) => {
                 tracing::warn!(client = %self.handle.id, error = %e, "cannot read the session's warnings");
@@ -53,6 +58,14 @@ impl ClientSession {
     ) -> Result<(), crate::backend::BackendError> {
         if self.state.diagnostics.on_backend {
             return Ok(());
+        }
+        if let Some(err) = self.state.diagnostics.local_error.clone() {
+            return self.signal_local_error(&err).await;
+        }
+        // A single captured condition goes back on the connection, for a statement (a batch,
+        // stored code) that may read it there.
+        if let Some(err) = self.single_captured_condition() {
+            return self.signal_local_error(&err).await;
         }
         let dialect = self.shared.dialect;
         let Some(b) = self.backend.as_mut() else {
@@ -78,6 +91,107 @@ impl ClientSession {
         b.conditions = false;
         self.state.own_statement_ran();
         Ok(())
+    }
+
+    /// The session's one captured condition, when it has exactly one that `SIGNAL` can raise
+    /// again as it was (an error or a warning; the SQLSTATE, which `SHOW WARNINGS` does not
+    /// show, becomes HY000 or 01000).
+    fn single_captured_condition(&self) -> Option<crate::errors::ClientError> {
+        let d = &self.state.diagnostics;
+        let captured = d.captured.as_ref()?;
+        let [row] = captured.rows.as_slice() else {
+            return None;
+        };
+        if d.warning_count != 1 {
+            return None;
+        }
+        let mut r = Reader::new(row);
+        let level = r.lenenc_bytes()?;
+        let code: u16 = std::str::from_utf8(r.lenenc_bytes()?).ok()?.parse().ok()?;
+        let message = std::str::from_utf8(r.lenenc_bytes()?).ok()?;
+        let sql_state = match level {
+            b"Error" => *b"HY000",
+            b"Warning" => *b"01000",
+            _ => return None,
+        };
+        // SIGNAL takes up to 128 characters of message.
+        if message.chars().count() > 128 {
+            return None;
+        }
+        Some(crate::errors::ClientError {
+            code,
+            sql_state,
+            message: message.to_string(),
+        })
+    }
+
+    /// Makes the borrowed connection's diagnostics area hold exactly `err`, an error Sluice
+    /// answered itself in the server's name, by raising it there with `SIGNAL`.
+    async fn signal_local_error(
+        &mut self,
+        err: &crate::errors::ClientError,
+    ) -> Result<(), crate::backend::BackendError> {
+        if self.backend.is_none() {
+            return Ok(());
+        }
+        self.before_own_statement().await;
+        // Quotes doubled; backslashes doubled where the session's sql_mode reads them as
+        // escapes.
+        let mut text = err.message.replace('\'', "''");
+        if self.lex_mode().backslash_escapes {
+            text = text.replace('\\', "\\\\");
+        }
+        let sql = format!(
+            "SIGNAL SQLSTATE '{}' SET MYSQL_ERRNO = {}, MESSAGE_TEXT = '{text}'",
+            String::from_utf8_lossy(&err.sql_state),
+            err.code,
+        );
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        match b.query_row(&sql, "raising the session's error").await {
+            Err(crate::backend::BackendError::Command { code, .. }) if code == err.code => {}
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        b.conditions = true;
+        self.state.own_statement_ran();
+        self.state.diagnostics.on_backend = true;
+        self.state.diagnostics.local_error = None;
+        Ok(())
+    }
+
+    /// The session's `character_set_results` (`None`: what a new connection has).
+    pub(in crate::frontend) fn results_charset(&self) -> Option<String> {
+        let i = crate::session::tracked_index("character_set_results")?;
+        self.state.vars.as_ref()?.0.get(i)?.clone()
+    }
+
+    /// The captured conditions with column definitions for the session's character set now
+    /// (it changed since they were captured), read from the borrowed connection.
+    pub(in crate::frontend) async fn recode_captured(
+        &mut self,
+        captured: &CapturedWarnings,
+    ) -> Result<Arc<CapturedWarnings>, crate::backend::BackendError> {
+        self.before_own_statement().await;
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(Arc::new(captured.clone()));
+        };
+        let (head, _) = b
+            .query_result_set(
+                "SHOW WARNINGS LIMIT 0",
+                "reading the warnings' column definitions",
+                0,
+            )
+            .await?;
+        self.state.own_statement_ran();
+        let recoded = Arc::new(CapturedWarnings {
+            head,
+            rows: captured.rows.clone(),
+            results_charset: self.results_charset(),
+        });
+        self.state.diagnostics.captured = Some(recoded.clone());
+        Ok(recoded)
     }
 
     /// Answers `SHOW WARNINGS` / `SHOW ERRORS` from the session's captured conditions. The

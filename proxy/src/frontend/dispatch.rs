@@ -18,7 +18,14 @@ impl ClientSession {
                 self.state.counters_on_backend = false;
                 self.answer_locally(None).await
             }
-            COM_PING => self.relay_command(Some(Expect::Single), SYNC_ALL).await.0,
+            COM_PING => {
+                // Its OK sets ROW_COUNT() to 0 on the connection, as any OK does.
+                let (flow, summary) = self.relay_command(Some(Expect::Single), SYNC_ALL).await;
+                if let Some(s) = summary {
+                    self.after_command(&s).await;
+                }
+                flow
+            }
             COM_QUERY => self.query(len).await,
             COM_INIT_DB => {
                 let schema = String::from_utf8_lossy(&self.payload(len)[1..]).into_owned();

@@ -224,6 +224,16 @@ impl ClientSession {
         }
     }
 
+    /// Sends an error Sluice answers in the server's name, which becomes the session's
+    /// diagnostics area as the server's own would (`SHOW ERRORS`, `@@error_count`).
+    pub(in crate::frontend) async fn reply_server_error(&mut self, err: &ClientError) -> Flow {
+        self.state.diagnostics.local_error(err);
+        // After an error ROW_COUNT() is -1.
+        self.state.row_count = -1;
+        self.state.counters_on_backend = false;
+        self.reply_error(err).await
+    }
+
     /// Relays an ERR packet the server sent to one of Sluice's own commands.
     pub(in crate::frontend) async fn reply_raw_error(&mut self, packet: &[u8]) -> Flow {
         match self.client.write_packet(1, packet).await {

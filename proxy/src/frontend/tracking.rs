@@ -74,7 +74,17 @@ impl ClientSession {
         for reason in r.taint.iter() {
             b.taint(reason);
         }
-        if let Some(name) = &r.unreplayable {
+        // A reported value that a SET STATEMENT restored is MariaDB's late echo, not a change.
+        let mut unreplayable = r.unreplayable.clone();
+        for (name, value) in &r.reported_unreplayable {
+            match b.restored.iter().position(|(n, v)| n == name && v == value) {
+                Some(i) => {
+                    b.restored.remove(i);
+                }
+                None => unreplayable = Some(name.clone()),
+            }
+        }
+        if let Some(name) = &unreplayable {
             if !self
                 .state
                 .pins
@@ -193,12 +203,71 @@ impl ClientSession {
                 }
             }
         }
+        if !r.set_for_statement.is_empty() {
+            self.note_restored(&r.set_for_statement).await;
+        }
         if vars_changed && let Some(b) = self.backend.as_ref() {
             self.state.vars = Some(b.vars.clone());
         }
         self.state.autocommit = Some(autocommit);
         self.note_pin_changes(before);
         r.release
+    }
+
+    /// Reads the values a `SET STATEMENT` restored to `names` (variables outside the replayable
+    /// set), so that MariaDB's later echo of them is known for what it is. A name that cannot
+    /// be read holds the session, as any unreplayable change would.
+    async fn note_restored(&mut self, names: &[String]) {
+        let readable = names
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'));
+        if readable {
+            self.before_own_statement().await;
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        // SHOW VARIABLES writes values as session tracking does (ON/OFF, not 1/0).
+        let rows = if readable {
+            let sql = format!(
+                "SHOW SESSION VARIABLES WHERE Variable_name IN ({})",
+                names
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            b.query_rows(
+                &sql,
+                "reading variables SET STATEMENT restored",
+                names.len(),
+            )
+            .await
+            .ok()
+        } else {
+            None
+        };
+        if readable {
+            self.state.own_statement_ran();
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return;
+        };
+        let mut found = 0;
+        for row in rows.unwrap_or_default() {
+            let mut cols = row.into_iter();
+            if let (Some(Some(name)), Some(value)) = (cols.next(), cols.next()) {
+                let name = name.to_ascii_lowercase();
+                if names.contains(&name) {
+                    b.restored.retain(|(n, _)| *n != name);
+                    b.restored.push((name, value.unwrap_or_default()));
+                    found += 1;
+                }
+            }
+        }
+        if found < names.len() {
+            self.state.pins.add(PinReason::SessionVariable, None);
+        }
     }
 
     /// Forgets the named locks of `names` this connection does not hold.

@@ -27,6 +27,9 @@ pub struct CapturedWarnings {
     pub head: Vec<Vec<u8>>,
     /// One text row per condition: Level, Code, Message.
     pub rows: Vec<Vec<u8>>,
+    /// The session's `character_set_results` when captured (`None`: the pool's), which the
+    /// column definitions depend on.
+    pub results_charset: Option<String>,
 }
 
 /// Where the session's diagnostics area (the conditions of its last statement) is.
@@ -38,9 +41,11 @@ pub struct DiagnosticsArea {
     pub warning_count: u64,
     /// `@@error_count`.
     pub error_count: u64,
-    /// The conditions, captured before the connection went back (or made by Sluice for an
-    /// error it sent itself).
+    /// The conditions, captured before the connection went back.
     pub captured: Option<Arc<CapturedWarnings>>,
+    /// An error Sluice answered itself in the server's name (an unknown statement id): put on
+    /// the connection (`SIGNAL`) before a statement that reads the diagnostics area.
+    pub local_error: Option<crate::errors::ClientError>,
 }
 
 impl DiagnosticsArea {
@@ -56,6 +61,17 @@ impl DiagnosticsArea {
         self.warning_count = u64::from(warnings) + u64::from(error);
         self.error_count = u64::from(error);
         self.captured = None;
+    }
+
+    /// Sluice answered the statement itself with `err`, as the server would have.
+    pub fn local_error(&mut self, err: &crate::errors::ClientError) {
+        *self = DiagnosticsArea {
+            on_backend: false,
+            warning_count: 1,
+            error_count: 1,
+            captured: None,
+            local_error: Some(err.clone()),
+        };
     }
 
     /// Sluice answered the statement itself without a condition.

@@ -41,8 +41,16 @@ pub struct Reduction {
     pub vars: Vec<(String, String)>,
     /// The schema the server reported last (`Some(None)`: none selected).
     pub schema: Option<Option<String>>,
-    /// The server reported a variable outside the replayable set.
+    /// A variable outside the replayable set changed (the statement's text says so).
     pub unreplayable: Option<String>,
+    /// Variables outside the replayable set the server reported (name lower case, value):
+    /// changed, unless a report is MariaDB's late echo of a value `SET STATEMENT` restored
+    /// (the frontend knows those values).
+    pub reported_unreplayable: Vec<(String, String)>,
+    /// Variables outside the replayable set that a `SET STATEMENT` set for its statement only:
+    /// MariaDB reports their restored values again with the next report it sends, however
+    /// much later.
+    pub set_for_statement: Vec<String>,
     /// A state change nobody explains: hold until a reset.
     pub unknown_state_change: bool,
     /// Read the replayable variables back from the server: they may have changed without a
@@ -278,7 +286,28 @@ fn reduce_statement(
     }
     // SET STATEMENT's reported values are the temporary ones: read the real ones back.
     let temporary = st.is_some_and(|s| s.set_statement);
-    if !temporary {
+    if let Some(st) = st.filter(|_| temporary) {
+        // The names come from the report where there is one (a classic EOF carries none) and
+        // from the text; the frontend reads their values, so a wrong name costs a read only.
+        let reported = summary
+            .changes
+            .get(r.changes.clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| match c {
+                TrackedChange::SystemVariable { name, .. } => Some(name.to_ascii_lowercase()),
+                _ => None,
+            });
+        for name in reported.chain(st.set_statement_vars.iter().cloned()) {
+            if name != "autocommit"
+                && !super::vars::is_ignored(&name)
+                && super::vars::tracked_index(&name).is_none()
+                && !out.set_for_statement.contains(&name)
+            {
+                out.set_for_statement.push(name);
+            }
+        }
+    } else {
         apply_reports(r, summary, out);
     }
     if state_changed(r) {
@@ -300,10 +329,11 @@ fn reduce_statement(
     } else if st.is_some_and(|s| s.stored_code) {
         // Whether code Sluice cannot see opened a table, only the server knows.
         out.diagnostics_unknown = true;
-    } else if st.is_none_or(|s| s.uses_tables) {
+    } else if st.is_some_and(|s| s.uses_tables) {
         out.diagnostics = Some((0, false));
         out.diagnostics_unknown = false;
     }
+    // Commands that are no statement (COM_INIT_DB, COM_PING) leave MariaDB's area as it was.
 }
 
 /// The server said the session state changed.
@@ -335,7 +365,7 @@ fn apply_reports(r: &ResultSummary, summary: &Summary, out: &mut Reduction) {
                 if super::vars::tracked_index(&name).is_some() {
                     out.vars.push((name, value.clone()));
                 } else {
-                    out.unreplayable = Some(name);
+                    out.reported_unreplayable.push((name, value.clone()));
                 }
             }
             TrackedChange::StateChanged => {}

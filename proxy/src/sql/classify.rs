@@ -140,6 +140,9 @@ pub struct Statement {
     pub sysvars: Vec<SysVarSet>,
     /// `SET STATEMENT ... FOR`: tracking reports the temporary values.
     pub set_statement: bool,
+    /// The variables a `SET STATEMENT` sets for its statement (lower case): MariaDB reports
+    /// their restored values later, with the next report it sends.
+    pub set_statement_vars: Vec<String>,
     /// Reads `LAST_INSERT_ID()` (or `@@identity`, `@@last_insert_id`).
     pub reads_insert_id: bool,
     /// Mentions a user variable (whose type shows in a prepared statement's columns).
@@ -621,7 +624,8 @@ fn classify_statement(toks: &[Token<'_>], mode: LexMode, st: &mut Statement) {
 fn found_rows_effect(toks: &[Token<'_>], st: &Statement) -> FoundRows {
     let first = &toks[0];
     let with_select = |from: usize| toks[from..].iter().any(|t| t.is("SELECT"));
-    if st.stored_code {
+    // SET STATEMENT ... FOR <statement>: whatever the wrapped statement does; the server says.
+    if st.stored_code || st.set_statement {
         FoundRows::Unknown
     } else if st.verb == "SELECT" || st.verb == "WITH" || first.kind == Kind::LParen {
         FoundRows::Sets
@@ -648,8 +652,29 @@ fn classify_set(toks: &[Token<'_>], st: &mut Statement, body_from: &mut usize) {
         // SET STATEMENT a=1, b=2 FOR <statement>: the assignments last one statement.
         st.set_statement = true;
         // The wrapped statement is classified as itself.
-        if let Some(pos) = toks.iter().position(|t| t.is("FOR")) {
+        let end = toks.iter().position(|t| t.is("FOR"));
+        if let Some(pos) = end {
             *body_from = pos + 2;
+        }
+        // The names: the first word, and each word after a comma outside parentheses, when an
+        // `=` follows.
+        let assignments = toks.get(1..end.unwrap_or(toks.len())).unwrap_or_default();
+        let mut depth = 0i32;
+        let mut expect_name = true;
+        for (i, t) in assignments.iter().enumerate() {
+            match t.kind {
+                Kind::LParen => depth += 1,
+                Kind::RParen => depth -= 1,
+                Kind::Comma if depth == 0 => expect_name = true,
+                _ if expect_name => {
+                    expect_name = false;
+                    if t.is_ident() && assignments.get(i + 1).is_some_and(|n| n.kind == Kind::Eq) {
+                        st.set_statement_vars
+                            .push(String::from_utf8_lossy(t.text).to_ascii_lowercase());
+                    }
+                }
+                _ => {}
+            }
         }
         return;
     }
@@ -1191,6 +1216,8 @@ mod tests {
     fn set_statement_holds_nothing_and_is_marked() {
         let k = c("SET STATEMENT max_statement_time=1 FOR SELECT 1");
         assert!(k.statements[0].set_statement);
+        let k = c("SET STATEMENT Histogram_Size = IF(1, 2, 3), `x` = 1 FOR SELECT 1");
+        assert_eq!(k.statements[0].set_statement_vars, ["histogram_size", "x"]);
         assert!(k.statements[0].effects.is_empty());
         // The statement it wraps still counts.
         assert_eq!(

@@ -25,10 +25,12 @@ impl ClientSession {
             .ok()
             .and_then(|i| self.shared.registry.get(ClientId(i)));
         let Some(target) = target else {
-            return self.reply_error(&ClientError::unknown_thread(id)).await;
+            return self
+                .reply_server_error(&ClientError::unknown_thread(id))
+                .await;
         };
         if target.user() != self.key.user {
-            return self.reply_error(&ClientError::not_owner(id)).await;
+            return self.reply_server_error(&ClientError::not_owner(id)).await;
         }
         if target.id == self.id() {
             // Killing oneself: nothing else runs on this session; end it for KILL CONNECTION.

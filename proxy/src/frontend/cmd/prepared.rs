@@ -240,7 +240,7 @@ impl ClientSession {
         };
         let Some(reservation) = reservation else {
             return self
-                .reply_error(&ClientError::too_many_statements(
+                .reply_server_error(&ClientError::too_many_statements(
                     MAX_STATEMENTS_PER_SESSION.min(self.stmts.defs.len()),
                 ))
                 .await;
@@ -479,7 +479,9 @@ impl ClientSession {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
             }
-            return self.reply_error(&ClientError::no_open_cursor(id)).await;
+            return self
+                .reply_server_error(&ClientError::no_open_cursor(id))
+                .await;
         };
         if let Some(flow) = self.forward_with_id(hold.server_id).await {
             return flow;
@@ -542,6 +544,9 @@ impl ClientSession {
             return self.unknown_statement(id, COM_STMT_RESET).await;
         }
         let Some(hold) = self.stmts.holds.get(&id).cloned() else {
+            // As the server's OK would: ROW_COUNT() is 0 after it.
+            self.state.row_count = 0;
+            self.state.counters_on_backend = false;
             return self.answer_locally(None).await;
         };
         if let Some(flow) = self.forward_with_id(hold.server_id).await {
@@ -612,7 +617,7 @@ impl ClientSession {
             COM_STMT_SEND_LONG_DATA => "mysqld_stmt_send_long_data",
             _ => name(cmd),
         };
-        self.reply_error(&ClientError::unknown_statement(id, function))
+        self.reply_server_error(&ClientError::unknown_statement(id, function))
             .await
     }
 

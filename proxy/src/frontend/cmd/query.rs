@@ -113,7 +113,19 @@ impl ClientSession {
             if self.skip_command().await == Flow::Close {
                 return Flow::Close;
             }
-            return self.answer_show_warnings(&captured, d).await;
+            if captured.results_charset == self.results_charset() {
+                return self.answer_show_warnings(&captured, d).await;
+            }
+            // Column definitions follow character_set_results, which changed since.
+            if let Err(err) = self.acquire(SYNC_ALL).await {
+                return self.reply_error(&err).await;
+            }
+            let flow = match self.recode_captured(&captured).await {
+                Ok(recoded) => self.answer_show_warnings(&recoded, d).await,
+                Err(e) => return self.backend_failed(e).await,
+            };
+            self.release_if_free().await;
+            return flow;
         }
         if let Err(err) = self.acquire(SYNC_ALL).await {
             if self.skip_command().await == Flow::Close {

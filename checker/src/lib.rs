@@ -3,6 +3,11 @@
 //! step's complete answer compared byte for byte, and whether Sluice holds each session's
 //! connection compared with a model of what rightly holds one. A divergence is shrunk to a
 //! short reproducer printed as SQL per client.
+//!
+//! Its isolation mode runs many short sessions through Sluice alone and asks, at the start of
+//! each, a fixed battery of probes whose answers must be a fresh direct session's
+//! ([`Checker::check_isolation_seed`]); its oracle check runs a schedule twice directly
+//! ([`Checker::check_oracle_seed`]).
 
 pub mod grammar;
 pub mod model;

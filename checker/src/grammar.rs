@@ -44,8 +44,8 @@ impl Rng {
 /// A command a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
-    /// Log in (a new session).
-    Connect,
+    /// Log in (a new session), with the schema to select at login, if any.
+    Connect(Option<String>),
     /// COM_QUIT.
     Disconnect,
     Query(Vec<u8>),
@@ -136,7 +136,7 @@ impl Step {
 }
 
 /// Client options that change the wire format or the server's behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientKind {
     pub found_rows: bool,
     pub multi_statements: bool,
@@ -148,6 +148,31 @@ pub struct ClientKind {
 pub struct Script {
     pub kind: ClientKind,
     pub steps: Vec<Step>,
+    /// Isolation scripts: the steps whose answer must be a fresh session's.
+    pub probes: Vec<Probe>,
+}
+
+/// A step of an isolation script whose answer must be what a fresh session gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Index in the script's steps.
+    pub step: usize,
+    /// Index in [`isolation_battery`].
+    pub battery: usize,
+    /// How the session that asks it began.
+    pub start: Start,
+}
+
+/// How a session that asks the isolation battery began; a fresh session's answers differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Start {
+    /// A login without a schema (the schema is selected with COM_INIT_DB before the probes
+    /// that need it).
+    Login,
+    /// A login naming the schema.
+    LoginWithSchema,
+    /// `COM_RESET_CONNECTION` in a session that had selected the schema (which a reset keeps).
+    Reset,
 }
 
 /// Which server the statements are written for.
@@ -189,6 +214,7 @@ pub fn script(
         long,
         slots: 0,
         steps: Vec::new(),
+        probes: Vec::new(),
     };
     for _ in 0..sessions {
         g.session();
@@ -196,7 +222,89 @@ pub fn script(
     Script {
         kind,
         steps: g.steps,
+        probes: g.probes,
     }
+}
+
+/// Generates one client's script for an isolation run: short sessions, each opening with the
+/// fixed battery of probes whose answers must be those of a fresh direct session.
+pub fn isolation_script(
+    rng: &mut Rng,
+    c: usize,
+    server: Server,
+    schema: &str,
+    sessions: usize,
+    long: bool,
+) -> Script {
+    let kind = ClientKind {
+        found_rows: rng.chance(30),
+        multi_statements: rng.chance(60),
+        deprecate_eof: rng.chance(50),
+    };
+    let mut g = Gen {
+        rng,
+        c,
+        server,
+        kind,
+        schema: schema.to_string(),
+        long,
+        slots: 0,
+        steps: Vec::new(),
+        probes: Vec::new(),
+    };
+    for _ in 0..sessions {
+        g.isolation_session();
+    }
+    Script {
+        kind,
+        steps: g.steps,
+        probes: g.probes,
+    }
+}
+
+/// What an isolation run asks at the start of every session, in order, with `Some(db)` where
+/// the schema is selected first: every user variable, lock, temporary table, statement and
+/// handler name the grammar uses, a write to the client's own table (refused under a leaked
+/// table lock or read-only transaction), the transaction's mode and the session variables.
+/// Lock probes ask whether *this* connection owns the lock, so other sessions' locks do not
+/// change the answer.
+pub fn isolation_battery(server: Server, schema: &str, c: usize) -> Vec<(Option<String>, String)> {
+    let isolation = match server {
+        Server::MariaDb => {
+            "@@session.tx_isolation, @@session.tx_read_only, @@session.in_transaction"
+        }
+        Server::MySql => "@@session.transaction_isolation, @@session.transaction_read_only",
+    };
+    let owned = |name: &str| format!("IS_USED_LOCK('{name}') <=> CONNECTION_ID()");
+    let db = Some(schema.to_string());
+    vec![
+        (
+            None,
+            format!(
+                "SELECT @v_a, @v_b, @v_c, @from_proc, @from_func, @d_n, @v_decoy, @u, DATABASE(), \
+                 @@session.time_zone, @@session.sql_mode, @@session.character_set_results, \
+                 @@session.autocommit, @@session.group_concat_max_len, \
+                 @@session.max_sp_recursion_depth, @@session.completion_type, {}, {}, {}, {}, \
+                 {isolation}",
+                owned(&format!("{schema}_{}", SHARED_LOCKS[0])),
+                owned(&format!("{schema}_{}", SHARED_LOCKS[1])),
+                owned(&format!("{schema}_lk_c{c}")),
+                owned("lk_decoy"),
+            ),
+        ),
+        (
+            db.clone(),
+            "SELECT (SELECT COUNT(*) FROM shadow_a), (SELECT COUNT(*) FROM shadow_b)".to_string(),
+        ),
+        (
+            db.clone(),
+            format!("UPDATE {} SET v = v WHERE id = 0", table(c)),
+        ),
+        (db.clone(), "SELECT COUNT(*) FROM tmp_c".to_string()),
+        // Not EXECUTE: Sluice treats that as dynamic SQL (its effects read back afterwards).
+        (db.clone(), "DEALLOCATE PREPARE ps1".to_string()),
+        (db, "HANDLER h1 READ FIRST".to_string()),
+    ]
 }
 
 struct Gen<'a> {
@@ -209,6 +317,8 @@ struct Gen<'a> {
     /// Statement slots used in this session.
     slots: usize,
     steps: Vec<Step>,
+    /// See [`Script::probes`].
+    probes: Vec<Probe>,
 }
 
 impl Gen<'_> {
@@ -216,10 +326,66 @@ impl Gen<'_> {
         self.steps.push(s);
     }
 
+    /// A short session for an isolation run: the battery, then a few actions, then a quit
+    /// (sometimes a reset and the battery again, which must also find a fresh session).
+    fn isolation_session(&mut self) {
+        self.slots = 0;
+        // Most drivers name a schema at login; a session without one makes Sluice leave the
+        // schema the last borrower chose (a COM_CHANGE_USER), which is checked too.
+        let (db, start) = if self.rng.chance(75) {
+            (Some(self.schema.clone()), Start::LoginWithSchema)
+        } else {
+            (None, Start::Login)
+        };
+        self.push(Step {
+            cmd: Cmd::Connect(db),
+            effects: Vec::new(),
+        });
+        self.battery(start);
+        for _ in 0..1 + self.rng.below(6) {
+            self.action();
+        }
+        if self.rng.chance(10) {
+            self.push(Step {
+                cmd: Cmd::ResetConnection,
+                effects: Vec::new(),
+            });
+            self.slots = 0;
+            self.battery(Start::Reset);
+        }
+        self.push(Step {
+            cmd: Cmd::Disconnect,
+            effects: Vec::new(),
+        });
+    }
+
+    /// The isolation battery, ending with the schema selected (as a session's actions expect).
+    fn battery(&mut self, start: Start) {
+        let mut selected = start != Start::Login;
+        for (i, (db, sql)) in isolation_battery(self.server, &self.schema, self.c)
+            .into_iter()
+            .enumerate()
+        {
+            if db.is_some() && !selected {
+                self.push(Step {
+                    cmd: Cmd::InitDb(self.schema.clone()),
+                    effects: Vec::new(),
+                });
+                selected = true;
+            }
+            self.probes.push(Probe {
+                step: self.steps.len(),
+                battery: i,
+                start,
+            });
+            self.push(Step::plain(sql));
+        }
+    }
+
     fn session(&mut self) {
         self.slots = 0;
         self.push(Step {
-            cmd: Cmd::Connect,
+            cmd: Cmd::Connect(None),
             effects: Vec::new(),
         });
         // What a fresh session must see, before it does anything.

@@ -41,26 +41,11 @@ fn long_mode() -> bool {
 /// for them): they run, and a divergence there is printed, not failed; one that passes is
 /// printed too (take it off the list). Any other divergence fails the test. (Seeds name
 /// schedules as the default four workers interleave them: odd seeds on a pool of one.)
-const KNOWN_DIVERGENT: &[(u64, &str)] = &[
-    (
-        681,
-        "a condition captured when the connection went back is not on the next connection \
+const KNOWN_DIVERGENT: &[(u64, &str)] = &[(
+    681,
+    "a condition captured when the connection went back is not on the next connection \
          for a multi-statement query that reads it part-way (SELECT 1/0; SHOW WARNINGS; ...)",
-    ),
-    (
-        682,
-        "FOUND_ROWS() after SET STATEMENT character_set_results = NULL FOR SELECT ... is 2 \
-         through Sluice, 1 directly",
-    ),
-    (
-        721,
-        "FOUND_ROWS() after SET STATEMENT time_zone = ... FOR SELECT ... (as seed 682)",
-    ),
-    (
-        952,
-        "FOUND_ROWS() after SET STATEMENT group_concat_max_len = ... FOR SELECT ... (as seed 682)",
-    ),
-];
+)];
 
 /// What a worker runs.
 #[derive(Clone, Copy, Debug)]

@@ -97,7 +97,10 @@ async fn five_hundred_instances_through_a_pool_of_ten() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected status line {max_used:?}"));
     assert!(
-        max_used <= SLUICE_MAX_CONNECTIONS + 1,
+        // The pool's cap, this test's own connection, and the failover monitor's: with one
+        // host and no monitor_user it checks the host's greeting when a session meets trouble
+        // (a connect that timed out under the burst), outside the pool (README, Failover).
+        max_used <= SLUICE_MAX_CONNECTIONS + 2,
         "MariaDB saw {max_used} connections at once"
     );
     eprintln!(

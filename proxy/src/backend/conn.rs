@@ -262,9 +262,25 @@ fn parse_greeting(payload: &[u8]) -> Result<HandshakePacket<'_>, BackendError> {
             message: e.message_lossy(),
         });
     }
+    // mysql_common reads the scramble's length as a signed byte and subtracts 8, which
+    // overflows (a panic in debug builds) for 0x80..=0x87; real servers send 21.
+    let malformed = || BackendError::Protocol(ProtocolError::Malformed("server greeting"));
+    let version_end = payload
+        .iter()
+        .skip(1)
+        .position(|&b| b == 0)
+        .ok_or_else(malformed)?;
+    // Protocol version, version and its NUL, then connection id (4), scramble (8), filler
+    // (1), capabilities (2), collation (1), status (2), capabilities (2).
+    if payload
+        .get(1 + version_end + 1 + 20)
+        .is_some_and(|&b| b >= 0x80)
+    {
+        return Err(malformed());
+    }
     ParseBuf(payload)
         .parse::<HandshakePacket<'_>>(())
-        .map_err(|_| BackendError::Protocol(ProtocolError::Malformed("server greeting")))
+        .map_err(|_| malformed())
 }
 
 /// An open, logged-in backend connection and what Sluice knows of its session state.
@@ -976,5 +992,35 @@ fn command_error(what: &'static str, p: &[u8]) -> BackendError {
             message: e.message_lossy(),
         },
         None => ProtocolError::Malformed("ERR packet").into(),
+    }
+}
+
+#[cfg(test)]
+mod greeting_tests {
+    use super::*;
+
+    /// A greeting whose scramble-length byte is `len`.
+    fn greeting(len: u8) -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"11.0.0\0");
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(b"abcdefgh\0");
+        p.extend_from_slice(&0xF7FFu16.to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&0x81BFu16.to_le_bytes());
+        p.push(len);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"ijklmnopqrst\0");
+        p.extend_from_slice(b"mysql_native_password\0");
+        p
+    }
+
+    #[test]
+    fn a_hostile_scramble_length_is_refused_not_a_panic() {
+        assert!(parse_greeting(&greeting(21)).is_ok());
+        for len in [0x80, 0x83, 0x87, 0xFF] {
+            assert!(parse_greeting(&greeting(len)).is_err(), "length {len:#x}");
+        }
     }
 }

@@ -60,12 +60,12 @@ impl ClientSession {
             return Ok(());
         }
         if let Some(err) = self.state.diagnostics.local_error.clone() {
-            return self.signal_local_error(&err).await;
+            return Box::pin(self.signal_local_error(&err)).await;
         }
         // A single captured condition goes back on the connection, for a statement (a batch,
         // stored code) that may read it there.
         if let Some(err) = self.single_captured_condition() {
-            return self.signal_local_error(&err).await;
+            return Box::pin(self.signal_local_error(&err)).await;
         }
         let dialect = self.shared.dialect;
         let Some(b) = self.backend.as_mut() else {

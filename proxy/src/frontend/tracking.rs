@@ -204,7 +204,8 @@ impl ClientSession {
             }
         }
         if !r.set_for_statement.is_empty() {
-            self.note_restored(&r.set_for_statement).await;
+            // Boxed: rare, and kept out of every session task's size.
+            Box::pin(self.note_restored(&r.set_for_statement)).await;
         }
         if vars_changed && let Some(b) = self.backend.as_ref() {
             self.state.vars = Some(b.vars.clone());

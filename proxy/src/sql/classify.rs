@@ -521,7 +521,10 @@ fn classify_statement(toks: &[Token<'_>], mode: LexMode, st: &mut Statement) {
                     st.counters.append(&mut wrapped.counters);
                     st.calc_found_rows |= wrapped.calc_found_rows;
                     st.completion = wrapped.completion;
+                    st.uses_tables = wrapped.uses_tables;
                 }
+                // Whatever the wrapped statement does to FOUND_ROWS(): the server says.
+                st.found_rows = FoundRows::Unknown;
                 return;
             }
         }
@@ -1219,6 +1222,8 @@ mod tests {
         let k = c("SET STATEMENT Histogram_Size = IF(1, 2, 3), `x` = 1 FOR SELECT 1");
         assert_eq!(k.statements[0].set_statement_vars, ["histogram_size", "x"]);
         assert!(k.statements[0].effects.is_empty());
+        // What it does to FOUND_ROWS() is the wrapped statement's: the server says.
+        assert_eq!(k.statements[0].found_rows, FoundRows::Unknown);
         // The statement it wraps still counts.
         assert_eq!(
             adds("SET STATEMENT max_statement_time=1 FOR SELECT @x := 1"),

@@ -71,9 +71,27 @@ impl ClientSession {
         if !reserved {
             return Some(false);
         }
-        let filled = self.client.fill(HEADER_LEN + len).await;
+        // The rest must come within client_read_timeout, as for any command.
+        let limit = self.shared.config().client_read_timeout;
+        let filled = tokio::time::timeout(limit, self.client.fill(HEADER_LEN + len)).await;
         budget.fetch_sub(len, Relaxed);
-        filled.ok().map(|_| true)
+        match filled {
+            Ok(Ok(())) => Some(true),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::info!(client = %self.id(), user = %self.key.user, peer = %self.peer,
+                    announced = len, client_read_timeout = %humantime::format_duration(limit),
+                    "closing a client that stalled in the middle of a command");
+                crate::frontend::farewell(
+                    &self.shared.metrics,
+                    &mut self.client,
+                    1,
+                    &crate::errors::ClientError::command_read_timeout(limit),
+                )
+                .await;
+                None
+            }
+        }
     }
 
     /// COM_QUERY.
@@ -120,7 +138,7 @@ impl ClientSession {
             if let Err(err) = self.acquire(SYNC_ALL).await {
                 return self.reply_error(&err).await;
             }
-            let flow = match self.recode_captured(&captured).await {
+            let flow = match Box::pin(self.recode_captured(&captured)).await {
                 Ok(recoded) => self.answer_show_warnings(&recoded, d).await,
                 Err(e) => return self.backend_failed(e).await,
             };
@@ -168,7 +186,9 @@ impl ClientSession {
             }
             self.relay_reply(Expect::ResultSets).await
         } else {
-            if let Some(flow) = self.send_command().await {
+            // Refused unrun by a host that is no longer the writer (or not written at all):
+            // sent again to the writer, outside a transaction (frontend/reroute.rs).
+            if let Some(flow) = self.send_command_rerouting(SYNC_ALL).await {
                 return flow;
             }
             self.relay_reply(Expect::ResultSets).await

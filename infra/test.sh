@@ -120,9 +120,15 @@ synth "$work/cdk.out" -c sidecarExample=true -c sidecarAppRepository=example-app
 # EC2 Auto Scaling, under another stack name so the templates sit side by side for cfn-lint.
 synth "$work/cdk.out.ec2" -c sluiceHosting=ec2 -c stackName=SluiceEc2 \
     -c sluiceBinary="$work/host/sluice" -c rdsCaBundle="$work/host/rds-ca.pem"
-templates=("$work"/cdk.out/*.template.json "$work"/cdk.out.ec2/*.template.json)
-[ "${#templates[@]}" -eq 3 ] || {
-    echo "infra: expected 3 templates (Fargate, sidecar example, EC2), got: ${templates[*]}" >&2
+# IAM end to end: the Lambda logs in to Sluice with IAM, Sluice to RDS with IAM tokens.
+printf -- '-----BEGIN CERTIFICATE-----\nstub\n-----END CERTIFICATE-----\n' >"$work/client-ca.pem"
+synth "$work/cdk.out.iam" -c stackName=SluiceIam -c clientAuth=iam -c backendAuth=iam \
+    -c dbName=shop -c clientTlsCaFile="$work/client-ca.pem" \
+    -c clientTlsSecretArn=arn:aws:secretsmanager:eu-west-1:123456789012:secret:sluice-tls-AbCdEf
+templates=("$work"/cdk.out/*.template.json "$work"/cdk.out.ec2/*.template.json
+    "$work"/cdk.out.iam/*.template.json)
+[ "${#templates[@]}" -eq 4 ] || {
+    echo "infra: expected 4 templates (Fargate, sidecar example, EC2, IAM), got: ${templates[*]}" >&2
     exit 1
 }
 
@@ -192,7 +198,10 @@ step "the sluice binary accepts the configuration the stack gives it"
 # secret's ARN) get stand-ins of the same shape.
 printf '# Sluice in a container: every setting comes from SLUICE_* environment variables\n' \
     >"$work/sluice.toml"
-node -e '
+# check_task_env TEMPLATE: the task's SLUICE_* environment (and the names of the values ECS
+# injects from secrets), with stand-ins for what CloudFormation fills in, passes --check.
+check_task_env() {
+    node -e '
 const fs = require("fs");
 const [template, dockerfile] = process.argv.slice(1);
 const env = {};
@@ -206,12 +215,17 @@ for (const m of runtime.matchAll(/^ENV ((?:.*\\\n)*.*)$/gm)) {
 }
 const resources = JSON.parse(fs.readFileSync(template, "utf8")).Resources;
 const stand_in = { SLUICE_BACKEND_ADDRESS: "db.example.internal:3306",
-  SLUICE_SECRETS_MANAGER_SECRET_IDS: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-db-AbCdEf" };
+  SLUICE_SECRETS_MANAGER_SECRET_IDS: "arn:aws:secretsmanager:eu-west-1:123456789012:secret:app-db-AbCdEf",
+  SLUICE_IAM_IDENTITIES: "arn:aws:iam::123456789012:role/SluiceIam-FunctionServiceRole=app",
+  SLUICE_IAM_STS_REGION: "eu-west-1", SLUICE_RDS_IAM_REGION: "eu-west-1",
+  SLUICE_TLS_CERT_PEM: "stand-in-certificate", SLUICE_TLS_KEY_PEM: "stand-in-key" };
 let found = 0;
 for (const r of Object.values(resources)) {
   if (r.Type !== "AWS::ECS::TaskDefinition") continue;
   for (const c of r.Properties.ContainerDefinitions) {
-    for (const { Name, Value } of c.Environment ?? []) {
+    const plain = (c.Environment ?? []).map(({ Name, Value }) => [Name, Value]);
+    const injected = (c.Secrets ?? []).map(({ Name }) => [Name, undefined]);
+    for (const [Name, Value] of [...plain, ...injected]) {
       if (!Name.startsWith("SLUICE_")) continue;
       found++;
       env[Name] = typeof Value === "string" ? Value : stand_in[Name];
@@ -221,15 +235,20 @@ for (const r of Object.values(resources)) {
 }
 if (found === 0) throw new Error("no SLUICE_* environment in the task definition");
 for (const [k, v] of Object.entries(env)) console.log(`${k}=${v}`);
-' "$work/cdk.out/Sluice.template.json" ../Dockerfile >"$work/sluice.env"
+' "$1" ../Dockerfile >"$work/sluice.env"
+    (
+        set -a
+        # shellcheck disable=SC1091
+        . "$work/sluice.env"
+        set +a
+        cd .. && SLUICE_CONFIG="$work/sluice.toml" cargo run --quiet -p sluice --bin sluice -- --check
+    )
+}
+check_task_env "$work/cdk.out/Sluice.template.json"
 grep -q '^SLUICE_SECRETS_MANAGER_SECRET_IDS=' "$work/sluice.env"
-(
-    set -a
-    # shellcheck disable=SC1091
-    . "$work/sluice.env"
-    set +a
-    cd .. && SLUICE_CONFIG="$work/sluice.toml" cargo run --quiet -p sluice --bin sluice -- --check
-)
+check_task_env "$work/cdk.out.iam/SluiceIam.template.json"
+grep -q '^SLUICE_RDS_IAM_USERS=app$' "$work/sluice.env"
+! grep -q '^SLUICE_SECRETS_MANAGER_SECRET_IDS=' "$work/sluice.env"
 
 step "cfn-lint"
 # W3005 (a DependsOn that a GetAtt already implies) is how CDK writes some of its own

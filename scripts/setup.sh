@@ -101,6 +101,35 @@ ensure_moto() {
     }
 }
 
+# ensure_cleartext_test_plugin: MariaDB's own test plugin that asks clients for their password in
+# clear (cleartext_plugin_server in auth_test_plugin.so, from the mariadb-test package of the
+# installed server's version). tests/rds_iam.rs logs Sluice in with an RDS IAM token through it,
+# as RDS asks IAM users. Only the one file is extracted into the cache (the package's test data
+# would be 230 MB).
+ensure_cleartext_test_plugin() {
+    local dir="${SLUICE_CACHE:-$HOME/.cache/sluice}/mariadb-test-plugin"
+    [ -f "$dir/auth_test_plugin.so" ] && return 0
+    local version
+    version=$(dpkg-query -W -f='${Version}' mariadb-server 2>/dev/null) || {
+        echo "setup: mariadb-server is not installed; cannot fetch its test plugin" >&2
+        return 1
+    }
+    echo "setup: fetching MariaDB's test authentication plugin (mariadb-test $version)"
+    local work
+    work=$(mktemp -d)
+    (
+        cd "$work"
+        apt-get download -q "mariadb-test=$version" >/dev/null 2>&1 || {
+            as_root apt-get update -qq
+            apt-get download -q "mariadb-test=$version" >/dev/null
+        }
+        dpkg-deb -x mariadb-test_*.deb extracted
+    )
+    mkdir -p "$dir"
+    cp "$work/extracted/usr/lib/mysql/plugin/auth_test_plugin.so" "$dir/"
+    rm -rf "$work"
+}
+
 # ensure_cargo_lambda: cargo-lambda and the zig linker it cross-compiles with (both PyPI).
 ensure_cargo_lambda() {
     use_venv

@@ -12,6 +12,7 @@ ensure_apt haproxy haproxy
 ensure_pymysql
 ensure_moto
 ensure_cargo_lambda
+ensure_cleartext_test_plugin
 # MySQL 9 (caching_sha2_password backend) lives in a cached Debian sid chroot.
 as_root env SLUICE_CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}" scripts/mysql9-chroot.sh
 

@@ -1,5 +1,9 @@
 //! Sandbox shared by Sluice's end-to-end tests, benchmarks and demo: real servers, real clients.
 
+/// AWS identities for tests: moto_server checking signatures, IAM roles, users and sessions.
+pub mod aws_iam;
+/// A MariaDB that asks for the password in clear, as RDS asks its IAM users.
+pub mod cleartext;
 /// Real external clients (PyMySQL, the `mariadb` CLI) driven from tests.
 pub mod clients;
 /// Sluice's resident memory with many idle clients (for the benches).
@@ -29,6 +33,7 @@ pub mod sluice;
 /// sysbench runs and their figures.
 pub mod sysbench;
 
+pub use aws_iam::{AwsKeys, IamMoto};
 pub use clients::{
     client_opts, mariadb_cli, mariadb_cli_async, pymysql, pymysql_async, stdout_if_success,
 };

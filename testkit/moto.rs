@@ -203,6 +203,33 @@ impl Moto {
         Ok(json)
     }
 
+    fn recording_path(&self) -> PathBuf {
+        self.dir.join("recording.jsonl")
+    }
+
+    /// Starts recording every request the server gets (its headers, method, URL and body),
+    /// for [`Moto::recorded_requests`].
+    pub fn start_recording(&self) -> Result<()> {
+        let (status, _) = http_request(self.port, "POST", "/moto-api/recorder/start-recording")?;
+        if status != 200 {
+            bail!("moto refused to start recording: HTTP {status}");
+        }
+        Ok(())
+    }
+
+    /// The requests recorded since [`Moto::start_recording`], one JSON object each.
+    pub fn recorded_requests(&self) -> Result<Vec<Value>> {
+        let text = match std::fs::read_to_string(self.recording_path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).context("cannot read moto's recording"),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("a line of moto's recording"))
+            .collect()
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -217,6 +244,8 @@ impl Moto {
             .with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut cmd = Command::new(program);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // Where requests go once recording is started (off until then).
+            .env("MOTO_RECORDER_FILEPATH", self.recording_path())
             // Flush output at once, so a start-up error is in the log when we read it.
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -324,26 +353,63 @@ fn string_field(reply: &Value, name: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("moto's reply has no `{name}`: {reply}"))
 }
 
-/// POST / with an AWS JSON 1.1 body; returns the status and the body. HTTP/1.0, so the reply
-/// is never chunked and ends when the server closes the connection.
+/// POST / with an AWS JSON 1.1 body; returns the status and the body.
 fn post(port: u16, target: &str, service: &str, body: &str) -> io::Result<(u16, Vec<u8>)> {
+    // moto takes the region from the credential scope; the signature is not checked.
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={key}/20240101/{region}/{service}/aws4_request, \
+         SignedHeaders=content-type;host;x-amz-target, Signature=0",
+        key = Moto::ACCESS_KEY_ID,
+        region = Moto::REGION,
+    );
+    http_post(
+        port,
+        &[
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("X-Amz-Target", target),
+            ("Authorization", &authorization),
+            ("X-Amz-Date", "20240101T000000Z"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// `method path` to moto on `port` without a body (its own `/moto-api/` endpoints).
+pub(crate) fn http_request(port: u16, method: &str, path: &str) -> io::Result<(u16, Vec<u8>)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-    // moto takes the region from the credential scope; the signature is not checked.
-    let request = format!(
-        "POST / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Target: {target}\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential={key}/20240101/{region}/{service}/aws4_request, \
-         SignedHeaders=content-type;host;x-amz-target, Signature=0\r\n\
-         X-Amz-Date: 20240101T000000Z\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
-        key = Moto::ACCESS_KEY_ID,
-        region = Moto::REGION,
-        len = body.len()
-    );
+    let request =
+        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    parse_reply(&reply)
+}
+
+/// POST / to moto on `port` with `headers` (beside Host, Content-Length and Connection) and
+/// `body`; returns the status and the body. HTTP/1.0, so the reply is never chunked and ends
+/// when the server closes the connection.
+pub(crate) fn http_post(
+    port: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<(u16, Vec<u8>)> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut request = format!("POST / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply)?;
     parse_reply(&reply)

@@ -38,6 +38,8 @@ const LOG_TAIL_LINES: usize = 40;
 pub struct SluiceOptions {
     /// The MySQL/MariaDB server behind the proxy (`[backend] address`).
     pub backend: SocketAddr,
+    /// More hosts after `backend` in `[backend] address` (replicas, or hosts that are down).
+    pub more_backends: Vec<SocketAddr>,
     /// Users clients may log in as: (username, password), both also valid on the backend.
     pub users: Vec<(String, String)>,
     /// `[backend] max_connections`: the cap on backend connections (default 20).
@@ -65,6 +67,7 @@ impl Default for SluiceOptions {
     fn default() -> Self {
         Self {
             backend: SocketAddr::from((Ipv4Addr::LOCALHOST, 3306)),
+            more_backends: Vec::new(),
             users: Vec::new(),
             max_connections: 20,
             extra_toml: String::new(),
@@ -146,7 +149,11 @@ impl SluiceOptions {
             );
         }
         toml.push_str("\n[backend]\n");
-        let _ = writeln!(toml, "address = {}", toml_string(&self.backend.to_string()));
+        let hosts: Vec<String> = std::iter::once(&self.backend)
+            .chain(&self.more_backends)
+            .map(SocketAddr::to_string)
+            .collect();
+        let _ = writeln!(toml, "address = {}", toml_string(&hosts.join(",")));
         let _ = writeln!(toml, "max_connections = {}", self.max_connections);
         if let Some((user, password)) = &self.monitor {
             let _ = writeln!(toml, "monitor_user = {}", toml_string(user));

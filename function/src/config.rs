@@ -2,11 +2,19 @@
 //!
 //! | variable | meaning |
 //! |---|---|
+//! | `AUTH_MODE` | `secret` (default): log in with the secret's password; `iam`: with an IAM token |
 //! | `SECRET_ARN` | the Secrets Manager secret (RDS format: `username`, `password`, `dbname`...) |
+//! | `DB_USER` | IAM mode: the database user Sluice maps the function's role to |
+//! | `SLUICE_AUDIENCE` | IAM mode: the audience of the Sluice (its `iam.audience`) |
 //! | `PROXY_ENDPOINT` | Sluice: `host`, `host:port` or `[ipv6]:port`; port 3306 by default |
 //! | `DB_NAME` | the database for the `Customer` table; default: the secret's `dbname` |
 //! | `DB_TLS` | `off` (default) or `required`: TLS to the proxy, certificate and name verified |
 //! | `DB_TLS_CA_FILE` | PEM bundle to trust instead of the built-in web roots (with `required`) |
+//! | `DB_TLS_CA_PEM` | the same bundle given as text (a Lambda package holds no extra files) |
+//!
+//! IAM mode needs `DB_NAME` and `DB_TLS=required` (the token is a password sent in clear), and
+//! no `SECRET_ARN`. Tokens are signed for STS in `AWS_REGION`, at `AWS_ENDPOINT_URL_STS` or
+//! `AWS_ENDPOINT_URL` when set (the host Sluice sends them to), else the regional endpoint.
 //!
 //! Tests build a [`Config`] directly or through [`Config::from_lookup`]; nothing here reads
 //! the process environment except [`Config::from_env`].
@@ -28,8 +36,10 @@ pub const DEFAULT_POOL_MAX: usize = 1;
 /// Everything the function needs besides the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// ARN (or name) of the database secret.
+    /// ARN (or name) of the database secret; empty in IAM mode.
     pub secret_arn: String,
+    /// IAM mode: log in with an IAM token instead of a secret.
+    pub iam: Option<IamMode>,
     /// Host name or IP address of the proxy.
     pub proxy_host: String,
     /// TCP port of the proxy.
@@ -38,10 +48,25 @@ pub struct Config {
     pub db_name: Option<String>,
     /// TLS to the proxy.
     pub tls: DbTls,
+    /// `DB_TLS_CA_PEM`: certificates to trust, given as text instead of a file.
+    pub tls_ca_pem: Option<String>,
     /// Limit for opening one connection (TCP connect, TLS and login).
     pub connect_timeout: Duration,
     /// Most connections the instance's pool opens.
     pub pool_max: usize,
+}
+
+/// IAM mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamMode {
+    /// The database user (`DB_USER`).
+    pub db_user: String,
+    /// The Sluice's audience (`SLUICE_AUDIENCE`).
+    pub audience: String,
+    /// `host[:port]` of STS from `AWS_ENDPOINT_URL_STS`/`AWS_ENDPOINT_URL`; `None`: regional.
+    pub sts_host: Option<String>,
+    /// `AWS_REGION`; `None`: from the AWS configuration at init.
+    pub region: Option<String>,
 }
 
 /// Whether and how the function speaks TLS to the proxy.
@@ -62,10 +87,12 @@ impl Config {
     pub fn new(secret_arn: impl Into<String>, proxy_host: impl Into<String>, port: u16) -> Config {
         Config {
             secret_arn: secret_arn.into(),
+            iam: None,
             proxy_host: proxy_host.into(),
             proxy_port: port,
             db_name: None,
             tls: DbTls::Off,
+            tls_ca_pem: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             pool_max: DEFAULT_POOL_MAX,
         }
@@ -83,14 +110,43 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let secret_arn =
-            get("SECRET_ARN").ok_or_else(|| Error::Config("SECRET_ARN is not set".to_owned()))?;
+        let iam_mode = match get("AUTH_MODE").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("secret") => false,
+            Some("iam") => true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "AUTH_MODE is `{other}`; expected `secret` or `iam`"
+                )));
+            }
+        };
+        let secret_arn = match (iam_mode, get("SECRET_ARN")) {
+            (false, Some(arn)) => arn,
+            (false, None) => return Err(Error::Config("SECRET_ARN is not set".to_owned())),
+            (true, None) => String::new(),
+            (true, Some(_)) => {
+                return Err(Error::Config(
+                    "SECRET_ARN is set but AUTH_MODE is iam, which reads no secret; unset one"
+                        .to_owned(),
+                ));
+            }
+        };
         let endpoint = get("PROXY_ENDPOINT")
             .ok_or_else(|| Error::Config("PROXY_ENDPOINT is not set".to_owned()))?;
         let (proxy_host, proxy_port) = parse_endpoint(&endpoint)?;
         let ca_file = get("DB_TLS_CA_FILE").map(PathBuf::from);
+        let tls_ca_pem = get("DB_TLS_CA_PEM");
+        if tls_ca_pem.is_some() && ca_file.is_some() {
+            return Err(Error::Config(
+                "DB_TLS_CA_FILE and DB_TLS_CA_PEM are both set; use one".to_owned(),
+            ));
+        }
         let tls = match get("DB_TLS").map(|v| v.to_ascii_lowercase()).as_deref() {
             None | Some("off") => {
+                if tls_ca_pem.is_some() {
+                    return Err(Error::Config(
+                        "DB_TLS_CA_PEM is set but DB_TLS is off; set DB_TLS=required".to_owned(),
+                    ));
+                }
                 if let Some(ca) = ca_file {
                     return Err(Error::Config(format!(
                         "DB_TLS_CA_FILE is set ({}) but DB_TLS is off; set DB_TLS=required",
@@ -106,11 +162,55 @@ impl Config {
                 )));
             }
         };
+        let db_name = get("DB_NAME");
+        let iam = if iam_mode {
+            let need = |name: &str| {
+                get(name).ok_or_else(|| Error::Config(format!("AUTH_MODE=iam needs {name}")))
+            };
+            let db_user = need("DB_USER")?;
+            let audience = need("SLUICE_AUDIENCE")?;
+            if db_name.is_none() {
+                return Err(Error::Config(
+                    "AUTH_MODE=iam needs DB_NAME (there is no secret to name it)".to_owned(),
+                ));
+            }
+            if tls == DbTls::Off {
+                return Err(Error::Config(
+                    "AUTH_MODE=iam needs DB_TLS=required: the token is sent as a clear-text \
+                     password"
+                        .to_owned(),
+                ));
+            }
+            let sts_host = match get("AWS_ENDPOINT_URL_STS").or_else(|| get("AWS_ENDPOINT_URL")) {
+                Some(url) => Some(url_authority(&url).ok_or_else(|| {
+                    Error::Config(format!(
+                        "AWS_ENDPOINT_URL `{url}` is not http(s)://host[:port]"
+                    ))
+                })?),
+                None => None,
+            };
+            Some(IamMode {
+                db_user,
+                audience,
+                sts_host,
+                region: get("AWS_REGION"),
+            })
+        } else {
+            None
+        };
         Ok(Config {
-            db_name: get("DB_NAME"),
+            db_name,
             tls,
+            tls_ca_pem,
+            iam,
             ..Config::new(secret_arn, proxy_host, proxy_port)
         })
+    }
+
+    /// The database user, for messages: IAM mode's `DB_USER`, else unknown until the secret
+    /// is read.
+    pub fn iam_user(&self) -> Option<&str> {
+        self.iam.as_ref().map(|m| m.db_user.as_str())
     }
 
     /// `host:port` of the proxy, for messages and logs (IPv6 addresses in brackets).
@@ -121,6 +221,24 @@ impl Config {
             format!("{}:{}", self.proxy_host, self.proxy_port)
         }
     }
+}
+
+/// `host[:port]` of `http(s)://host[:port][/]`, with `:443`/`:80` dropped as SigV4 signs it.
+fn url_authority(url: &str) -> Option<String> {
+    let (rest, default) = match url.strip_prefix("https://") {
+        Some(r) => (r, ":443"),
+        None => (url.strip_prefix("http://")?, ":80"),
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
+        return None;
+    }
+    Some(
+        authority
+            .strip_suffix(default)
+            .unwrap_or(authority)
+            .to_ascii_lowercase(),
+    )
 }
 
 /// Splits `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
@@ -276,6 +394,68 @@ mod tests {
             m.contains("DB_TLS_CA_FILE") && m.contains("DB_TLS is off"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn iam_mode() {
+        let base = [
+            ("AUTH_MODE", "iam"),
+            ("PROXY_ENDPOINT", "h"),
+            ("DB_USER", "app"),
+            ("SLUICE_AUDIENCE", "sluice-prod"),
+            ("DB_NAME", "shop"),
+            ("DB_TLS", "required"),
+            ("AWS_REGION", "eu-west-1"),
+        ];
+        let c = parse(&base).unwrap();
+        assert_eq!(
+            c.iam,
+            Some(IamMode {
+                db_user: "app".into(),
+                audience: "sluice-prod".into(),
+                sts_host: None,
+                region: Some("eu-west-1".into()),
+            })
+        );
+        assert_eq!(c.secret_arn, "");
+        let mut local = base.to_vec();
+        local.push(("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"));
+        assert_eq!(
+            parse(&local).unwrap().iam.unwrap().sts_host.as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        local.push(("AWS_ENDPOINT_URL_STS", "https://STS.vpce.example:443/"));
+        assert_eq!(
+            parse(&local).unwrap().iam.unwrap().sts_host.as_deref(),
+            Some("sts.vpce.example")
+        );
+        for (drop, words) in [
+            ("DB_USER", "DB_USER"),
+            ("SLUICE_AUDIENCE", "SLUICE_AUDIENCE"),
+            ("DB_NAME", "DB_NAME"),
+            ("DB_TLS", "DB_TLS=required"),
+        ] {
+            let vars: Vec<_> = base.iter().copied().filter(|(k, _)| *k != drop).collect();
+            let m = message(parse(&vars));
+            assert!(m.contains(words), "{drop}: {m}");
+        }
+        let mut both = base.to_vec();
+        both.push(("SECRET_ARN", "arn"));
+        assert!(message(parse(&both)).contains("SECRET_ARN is set"));
+        let mut odd = base.to_vec();
+        odd[0] = ("AUTH_MODE", "kerberos");
+        assert!(message(parse(&odd)).contains("AUTH_MODE"));
+        let mut pem = base.to_vec();
+        pem.push((
+            "DB_TLS_CA_PEM",
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----",
+        ));
+        assert!(parse(&pem).unwrap().tls_ca_pem.is_some());
+        pem.push(("DB_TLS_CA_FILE", "/ca.pem"));
+        assert!(message(parse(&pem)).contains("both set"));
+        let mut bad_url = base.to_vec();
+        bad_url.push(("AWS_ENDPOINT_URL", "ftp://x"));
+        assert!(message(parse(&bad_url)).contains("AWS_ENDPOINT_URL"));
     }
 
     #[test]

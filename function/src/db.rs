@@ -107,8 +107,17 @@ pub(crate) fn database(config: &Config, secret: &DbSecret) -> Result<String, Err
         })
 }
 
-/// Reads the CA bundle named by `DB_TLS_CA_FILE`, if any; checked once at init.
+/// Reads the CA bundle named by `DB_TLS_CA_FILE` (or given in `DB_TLS_CA_PEM`), if any;
+/// checked once at init.
 pub(crate) fn load_ca(config: &Config) -> Result<Option<Vec<u8>>, Error> {
+    if let Some(pem) = &config.tls_ca_pem {
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::Config(
+                "DB_TLS_CA_PEM holds no PEM certificate".to_owned(),
+            ));
+        }
+        return Ok(Some(pem.as_bytes().to_vec()));
+    }
     let DbTls::Required {
         ca_file: Some(path),
     } = &config.tls
@@ -152,6 +161,9 @@ pub(crate) fn opts(
         .pass(Some(secret.password.expose().to_owned()))
         .db_name(Some(database.to_owned()))
         .prefer_socket(false)
+        // IAM mode: Sluice asks for the token with mysql_clear_password (always inside TLS,
+        // which IAM mode requires).
+        .enable_cleartext_plugin(config.iam.is_some())
         // No prepared statements are used: the text protocol never pins a proxy session.
         .stmt_cache_size(0)
         // The function leaves no session state behind (no variables, temporary tables or

@@ -28,6 +28,10 @@ pub enum Error {
         message: String,
     },
 
+    /// IAM mode: the function's AWS credentials could not sign a token.
+    #[error("IAM token: {0}")]
+    Iam(String),
+
     /// The proxy could not be reached, refused or dropped the connection, or did not answer in
     /// time.
     #[error("connection to the database proxy at {endpoint} failed: {message}")]
@@ -66,6 +70,7 @@ impl Error {
             Error::Config(_) => "ConfigurationError",
             Error::BadEvent { .. } => "BadEvent",
             Error::Secret { .. } => "SecretError",
+            Error::Iam(_) => "IamError",
             Error::Connection { .. } => "ConnectionError",
             Error::Authentication { .. } => "AuthenticationError",
             Error::Query { .. } => "QueryError",

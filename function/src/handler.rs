@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::db::{self, ConnectFailure, Customer, Stage};
 use crate::error::Error;
+use crate::iam::IamSigner;
 use crate::secret::{DbSecret, SecretsClient};
 
 /// Most customers one event may carry (one statement each way, bounded in size).
@@ -166,11 +167,37 @@ impl DbState {
     }
 }
 
+/// Where the database login comes from.
+#[derive(Debug)]
+enum Source {
+    /// The secret named by `SECRET_ARN`.
+    Secret(SecretsClient),
+    /// An IAM token signed with the function's own credentials (`AUTH_MODE=iam`).
+    Iam(IamSigner),
+}
+
+impl Source {
+    /// How a refused login was retried, for its error message.
+    fn retried(&self) -> &'static str {
+        match self {
+            Source::Secret(_) => "also after reading the secret again",
+            Source::Iam(_) => "also with a freshly signed token",
+        }
+    }
+
+    async fn fetch(&self, config: &Config) -> Result<DbSecret, Error> {
+        match self {
+            Source::Secret(client) => client.fetch(&config.secret_arn).await,
+            Source::Iam(signer) => signer.login().await,
+        }
+    }
+}
+
 /// One function instance: configuration, the secret and a small pool, kept across invocations.
 #[derive(Debug)]
 pub struct Function {
     config: Config,
-    secrets: SecretsClient,
+    source: Source,
     ca: Option<Vec<u8>>,
     state: RwLock<Arc<DbState>>,
     secret_fetches: AtomicU64,
@@ -182,15 +209,24 @@ impl Function {
     /// Fails on bad configuration or an unreadable secret. A first connection that fails is
     /// logged and not fatal: each invocation tries again and reports the failure's class.
     pub async fn init(config: Config, secrets: SecretsClient) -> Result<Function, Error> {
+        Self::init_from(config, Source::Secret(secrets)).await
+    }
+
+    /// Init in IAM mode: no secret; `signer` makes the token the function logs in with.
+    pub async fn init_iam(config: Config, signer: IamSigner) -> Result<Function, Error> {
+        Self::init_from(config, Source::Iam(signer)).await
+    }
+
+    async fn init_from(config: Config, source: Source) -> Result<Function, Error> {
         crate::install_crypto_provider();
         let started = Instant::now();
         let ca = db::load_ca(&config)?;
-        let secret = secrets.fetch(&config.secret_arn).await?;
+        let secret = source.fetch(&config).await?;
         let secret_ms = started.elapsed().as_millis() as u64;
         let state = DbState::new(&config, secret, ca.as_deref())?;
         let function = Function {
             config,
-            secrets,
+            source,
             ca,
             state: RwLock::new(Arc::new(state)),
             secret_fetches: AtomicU64::new(1),
@@ -215,7 +251,8 @@ impl Function {
         &self.config
     }
 
-    /// How many times this instance has read the secret (1 after init, +1 per refused login).
+    /// How many times this instance has read the secret, or signed a token in IAM mode (1
+    /// after init, +1 per refused login).
     pub fn secret_fetches(&self) -> u64 {
         self.secret_fetches.load(Ordering::Relaxed)
     }
@@ -291,7 +328,7 @@ impl Function {
         warn!(
             user = %state.secret.username,
             error = %denied,
-            "the proxy refused the login; reading the secret again"
+            "the proxy refused the login; getting the credentials again"
         );
         let state = self.refresh().await?;
         let started = Instant::now();
@@ -309,7 +346,7 @@ impl Function {
                     } => Error::Authentication {
                         user,
                         endpoint,
-                        message: format!("{message} (also after reading the secret again)"),
+                        message: format!("{message} ({})", self.source.retried()),
                     },
                     other => other,
                 },
@@ -328,17 +365,18 @@ impl Function {
         );
     }
 
-    /// Reads the secret again; new credentials replace the pool, the old one closes.
+    /// Reads the secret again (or signs a new token); new credentials replace the pool, the
+    /// old one closes.
     async fn refresh(&self) -> Result<Arc<DbState>, Error> {
-        let secret = self.secrets.fetch(&self.config.secret_arn).await?;
+        let secret = self.source.fetch(&self.config).await?;
         self.secret_fetches.fetch_add(1, Ordering::Relaxed);
         let mut current = self.state.write().await;
         if secret == current.secret {
-            info!("the secret is unchanged");
+            info!("the credentials are unchanged");
             return Ok(current.clone());
         }
         let fresh = Arc::new(DbState::new(&self.config, secret, self.ca.as_deref())?);
-        info!(user = %fresh.secret.username, "the secret changed; logging in with its new value");
+        info!(user = %fresh.secret.username, "the credentials changed; logging in with the new ones");
         let old = std::mem::replace(&mut *current, fresh.clone());
         // The old pool closes once connections still out (if any) come back.
         let pool = old.pool.clone();

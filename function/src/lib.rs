@@ -1,7 +1,8 @@
 //! The AWS Lambda that targets Sluice, the Rust counterpart of the seed's Python function.
 //!
-//! At init it reads the database secret named by `SECRET_ARN` from Secrets Manager and opens a
-//! small `mysql_async` pool to the proxy at `PROXY_ENDPOINT`; each invocation upserts the
+//! At init it reads the database secret named by `SECRET_ARN` from Secrets Manager (or, with
+//! `AUTH_MODE=iam`, signs a Sluice IAM token with its own role credentials and reads no secret)
+//! and opens a small `mysql_async` pool to the proxy at `PROXY_ENDPOINT`; each invocation upserts the
 //! customers of its event into the seed's `Customer` table and returns them as stored. See
 //! [`Function`] and the crate's README.
 
@@ -13,13 +14,16 @@ pub mod db;
 pub mod error;
 /// Init and invocation.
 pub mod handler;
+/// IAM mode: tokens signed with the function's own role credentials.
+pub mod iam;
 /// The database secret from Secrets Manager.
 pub mod secret;
 
-pub use config::{Config, DbTls};
+pub use config::{Config, DbTls, IamMode};
 pub use db::Customer;
 pub use error::Error;
 pub use handler::{Function, Response, parse_event};
+pub use iam::IamSigner;
 pub use secret::{DbSecret, Password, SecretsClient};
 
 /// Makes aws-lc-rs the process's rustls crypto provider (idempotent).

@@ -7,7 +7,7 @@
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
-use sluice_function::{Config, Error, Function, SecretsClient};
+use sluice_function::{Config, Error, Function, IamSigner, SecretsClient};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
@@ -31,8 +31,10 @@ async fn ready() -> Result<&'static Function, Error> {
     FUNCTION
         .get_or_try_init(|| async {
             let config = Config::from_env()?;
-            let secrets = SecretsClient::from_env().await;
-            Function::init(config, secrets).await
+            match config.iam.clone() {
+                Some(iam) => Function::init_iam(config, IamSigner::from_env(&iam).await?).await,
+                None => Function::init(config, SecretsClient::from_env().await).await,
+            }
         })
         .await
         .inspect_err(|e| tracing::error!(error_type = e.error_type(), error = %e, "init failed"))

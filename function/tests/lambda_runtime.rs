@@ -1,6 +1,6 @@
 //! End to end through the Lambda Runtime API: `cargo lambda watch` serves the real binary,
 //! `cargo lambda invoke` sends it events, and the function reaches MariaDB through Sluice with
-//! the secret from moto_server.
+//! the secret from moto_server, or in IAM mode with a token its role credentials sign.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{create_secret, db, moto, schema, sluice};
+use common::{create_secret, db, iam_env, moto, schema, sluice};
 use serde_json::{Value, json};
 use sluice_function::{Customer, Response};
 use sluice_testkit::moto::find_pypi_program;
@@ -120,6 +120,31 @@ impl Drop for Watcher {
     }
 }
 
+/// A private directory named after `name` with the function's environment file (values
+/// quoted: session tokens hold characters an unquoted dotenv value may not), and a watcher
+/// serving the function with it.
+fn watch_with_env(cargo_lambda: &Path, name: &str, env: &[(&str, String)]) -> (PathBuf, Watcher) {
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env_file = dir.join("function.env");
+    let env_text: String = env.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    std::fs::write(&env_file, env_text).unwrap();
+    let watcher = Watcher::start(cargo_lambda, &env_file, dir.join("watch.log"));
+    (dir, watcher)
+}
+
+/// The first invocation (which builds the function), parsed; fails with the watcher's log.
+async fn first_invocation(cargo_lambda: &Path, watcher: &Watcher, event: &Value) -> Response {
+    let first = invoke(cargo_lambda, watcher.port, event, FIRST_INVOKE_LIMIT).await;
+    assert!(
+        first.status.success(),
+        "{}\nwatcher:\n{}",
+        text(&first),
+        watcher.log_text()
+    );
+    serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)))
+}
+
 /// `cargo lambda invoke` of the watcher's function with `payload`, as JSON output.
 async fn invoke(cargo_lambda: &Path, port: u16, payload: &Value, limit: Duration) -> Output {
     let mut cmd = Command::new(cargo_lambda);
@@ -156,30 +181,16 @@ async fn invocations_through_the_lambda_runtime_api() {
     let schema = schema("fn_e2e");
     let arn = create_secret(db().app_password(), &schema);
 
-    let dir = std::env::temp_dir().join(format!("sluice-fn-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let env_file = dir.join("function.env");
     let mut env = vec![
         ("SECRET_ARN", arn.clone()),
         ("PROXY_ENDPOINT", sluice().addr().to_string()),
         ("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()),
     ];
     env.extend(moto().sdk_env());
-    let env_text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(&env_file, env_text).unwrap();
-
-    let mut watcher = Watcher::start(&cargo_lambda, &env_file, dir.join("watch.log"));
+    let (dir, mut watcher) = watch_with_env(&cargo_lambda, "fn-e2e", &env);
 
     let event = json!({"customers": [{"id": 10, "name": "Ada"}, {"id": 11, "name": "Grace"}]});
-    let first = invoke(&cargo_lambda, watcher.port, &event, FIRST_INVOKE_LIMIT).await;
-    assert!(
-        first.status.success(),
-        "{}\nwatcher:\n{}",
-        text(&first),
-        watcher.log_text()
-    );
-    let response: Response =
-        serde_json::from_slice(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&first)));
+    let response = first_invocation(&cargo_lambda, &watcher, &event).await;
     let expected = Response {
         database: schema.clone(),
         upserted: 2,
@@ -246,6 +257,55 @@ async fn invocations_through_the_lambda_runtime_api() {
     assert!(
         !log.contains(db().app_password()),
         "the password leaked into the log"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_mode_through_the_lambda_runtime_api() {
+    let cargo_lambda =
+        find_pypi_program("cargo-lambda", INSTALL).unwrap_or_else(|e| panic!("{e:#}"));
+    let aws = sluice_testkit::IamMoto::shared();
+    let role = aws
+        .create_role(&sluice_testkit::Moto::unique_name("fn-iam-runtime"))
+        .unwrap();
+    let keys = aws.assume_role(&role, "runtime").unwrap();
+    let schema = schema("fn_iam_e2e");
+
+    // The execution role's credentials, as Lambda provides them; no SECRET_ARN.
+    let mut env = iam_env(&schema);
+    env.extend(keys.env());
+    env.push(("AWS_LAMBDA_LOG_LEVEL", "info".to_owned()));
+    let (dir, mut watcher) = watch_with_env(&cargo_lambda, "fn-iam", &env);
+    let event = json!({"customers": [{"id": 7, "name": "Hedy"}]});
+    let response = first_invocation(&cargo_lambda, &watcher, &event).await;
+    assert_eq!(response.database, schema);
+    assert_eq!(
+        response.customers,
+        vec![Customer {
+            id: 7,
+            name: Some("Hedy".to_owned()),
+        }]
+    );
+    assert_eq!(common::table(&schema), "7\tHedy\n");
+    let second = invoke(&cargo_lambda, watcher.port, &event, INVOKE_LIMIT).await;
+    assert!(second.status.success(), "{}", text(&second));
+
+    let log = watcher.log_text();
+    assert!(watcher.stop(), "cargo lambda watch did not stop:\n{log}");
+    assert!(
+        log.contains("SUCCESS: connection to the database proxy succeeded"),
+        "{log}"
+    );
+    // No secret was read, and the token never reached the log.
+    assert!(!log.contains("GetSecretValue"), "{log}");
+    assert!(
+        !log.contains("sluice-iam-v1."),
+        "the token leaked into the log"
+    );
+    assert!(
+        aws.sts_calls_signed_by(&keys.access_key_id).unwrap() >= 1,
+        "Sluice checked the role's token with STS"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,6 @@ fuzz_target!(|data: &[u8]| {
         collation: 45,
         route: Route::Writer,
     };
-    let _ = runtime().block_on(connector.open(&key, &Secret::new("pw"), Some("db")));
+    let _ = runtime().block_on(connector.open(&key, &Secret::new("pw").into(), Some("db")));
     let _ = server.join();
 });

@@ -10,7 +10,7 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Node } from 'constructs';
 
-import { SLUICE_HOSTINGS, type SluiceStackProps } from './sluice-stack';
+import { AUTH_MODES, SLUICE_HOSTINGS, type SluiceStackProps } from './sluice-stack';
 
 /** The repository root: the Docker build context, and where cargo puts its output. */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -60,6 +60,14 @@ export const CONTEXT_KEYS = {
   sluiceBinary:
     'ec2: the aarch64 sluice binary (default target/aarch64-unknown-linux-gnu/release/sluice)',
   rdsCaBundle: 'ec2: the RDS CA bundle (default target/rds-ca/global-bundle.pem)',
+  clientAuth: 'how the Lambda logs in to Sluice: secret (default) or iam',
+  backendAuth: 'how Sluice logs in to the database: secret (default) or iam (needs clientAuth=iam)',
+  iamDatabaseUser:
+    'the database user of IAM logins (default: master user; app with backendAuth=iam)',
+  iamAudience: 'the audience IAM tokens are bound to (default sluice-<stack name>)',
+  clientTlsSecretArn:
+    'clientAuth=iam: the secret holding Sluice client TLS certificate and privateKey (PEM)',
+  clientTlsCaFile: 'clientAuth=iam: the CA certificate file (PEM) the Lambda trusts',
 } as const;
 
 export type ContextKey = keyof typeof CONTEXT_KEYS;
@@ -125,7 +133,14 @@ export function stackSettingsFromContext(
   const shutdown = ctx.integer('shutdownTimeoutSeconds');
   const instanceType = ctx.string('dbInstanceType');
   const hostType = ctx.string('instanceType');
+  const caFile = ctx.string('clientTlsCaFile');
   return {
+    clientAuth: ctx.oneOf('clientAuth', AUTH_MODES),
+    backendAuth: ctx.oneOf('backendAuth', AUTH_MODES),
+    iamDatabaseUser: ctx.string('iamDatabaseUser'),
+    iamAudience: ctx.string('iamAudience'),
+    clientTlsSecretArn: ctx.string('clientTlsSecretArn'),
+    clientTlsCaPem: caFile === undefined ? undefined : readCaFile(caFile),
     hosting: ctx.oneOf('sluiceHosting', SLUICE_HOSTINGS),
     azCount: ctx.integer('azCount'),
     availabilityZones: ctx.list('availabilityZones'),
@@ -147,6 +162,19 @@ export function stackSettingsFromContext(
     minInstances: ctx.integer('minInstances'),
     maxInstances: ctx.integer('maxInstances'),
   };
+}
+
+/** The PEM text of `file` (context clientTlsCaFile), with a clear error when it is unusable. */
+function readCaFile(file: string): string {
+  const location = path.resolve(file);
+  if (!fs.existsSync(location)) {
+    throw new Error(`context clientTlsCaFile: ${location} does not exist`);
+  }
+  const pem = fs.readFileSync(location, 'utf8');
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new Error(`context clientTlsCaFile: ${location} holds no PEM certificate`);
+  }
+  return pem;
 }
 
 /**

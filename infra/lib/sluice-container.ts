@@ -5,6 +5,7 @@
  */
 import { Duration, Token, Validations } from 'aws-cdk-lib';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 
 /** The MySQL port Sluice listens on (and the port RDS listens on). */
@@ -29,10 +30,34 @@ export interface SluiceSettings {
   readonly backendAddress: string;
   /** Cap on backend connections opened by this one Sluice process. */
   readonly backendMaxConnections: number;
-  /** Secrets Manager secrets (RDS format) holding the database users' credentials. */
+  /**
+   * Secrets Manager secrets (RDS format) holding the database users' credentials (none when
+   * every backend login uses an RDS IAM token).
+   */
   readonly secretArns: string[];
   /** How long Sluice lets open transactions finish after SIGTERM. */
   readonly shutdownTimeout: Duration;
+  /** Clients that log in with AWS IAM instead of a password (needs `clientTlsSecret`). */
+  readonly iam?: SluiceIamSettings;
+  /** Database users Sluice logs in as with RDS IAM authentication tokens. */
+  readonly rdsIamUsers?: string[];
+  /** The database's region, for RDS IAM tokens (default: the task's AWS_REGION). */
+  readonly rdsIamRegion?: string;
+  /**
+   * Sluice's client TLS certificate chain and private key (PEM): a secret whose JSON has the
+   * keys `certificate` and `privateKey`, given to the container through its environment.
+   */
+  readonly clientTlsSecret?: secretsmanager.ISecret;
+}
+
+/** IAM logins: which AWS identities may log in as which database users. */
+export interface SluiceIamSettings {
+  /** The name this Sluice's tokens are bound to (`iam.audience`). */
+  readonly audience: string;
+  /** ARN patterns and the database user each logs in as. */
+  readonly identities: readonly { readonly arn: string; readonly databaseUser: string }[];
+  /** STS's region (default: the task's AWS_REGION). */
+  readonly stsRegion?: string;
 }
 
 /** Checks settings that would only fail at deploy or run time. */
@@ -44,8 +69,21 @@ export function validateSettings(s: SluiceSettings): void {
       );
     }
   }
-  if (s.secretArns.length === 0) {
-    throw new Error('Sluice needs at least one Secrets Manager secret');
+  if (s.secretArns.length === 0 && (s.rdsIamUsers ?? []).length === 0) {
+    throw new Error(
+      'Sluice needs at least one Secrets Manager secret, or RDS IAM users (rdsIamUsers)',
+    );
+  }
+  if (s.iam !== undefined) {
+    if (s.iam.identities.length === 0) {
+      throw new Error('IAM logins need at least one identity (an ARN and its database user)');
+    }
+    if (s.clientTlsSecret === undefined) {
+      throw new Error(
+        'IAM logins need client TLS (the token travels as a clear-text password): give ' +
+          'clientTlsSecret, a secret with the keys certificate and privateKey',
+      );
+    }
   }
   const stop = s.shutdownTimeout.toSeconds() + STOP_MARGIN.toSeconds();
   if (s.shutdownTimeout.toSeconds() < 1 || stop > MAX_STOP_TIMEOUT.toSeconds()) {
@@ -65,11 +103,41 @@ export function sluiceEnvironment(s: SluiceSettings): Record<string, string> {
     SLUICE_HTTP_LISTEN: `${s.healthHost}:${HEALTH_PORT}`,
     SLUICE_BACKEND_ADDRESS: s.backendAddress,
     SLUICE_BACKEND_MAX_CONNECTIONS: String(s.backendMaxConnections),
-    SLUICE_SECRETS_MANAGER_SECRET_IDS: s.secretArns.join(','),
+    ...(s.secretArns.length > 0
+      ? { SLUICE_SECRETS_MANAGER_SECRET_IDS: s.secretArns.join(',') }
+      : {}),
     SLUICE_BACKEND_TLS: 'verify-identity',
     SLUICE_BACKEND_TLS_CA_FILE: RDS_CA_FILE,
     SLUICE_SHUTDOWN_TIMEOUT: `${s.shutdownTimeout.toSeconds()}s`,
     SLUICE_LOG_FORMAT: 'json',
+    ...(s.clientTlsSecret !== undefined ? { SLUICE_TLS_MODE: 'required' } : {}),
+    ...(s.iam !== undefined
+      ? {
+          SLUICE_IAM_AUDIENCE: s.iam.audience,
+          SLUICE_IAM_IDENTITIES: s.iam.identities
+            .map((i) => `${i.arn}=${i.databaseUser}`)
+            .join(','),
+          ...(s.iam.stsRegion !== undefined ? { SLUICE_IAM_STS_REGION: s.iam.stsRegion } : {}),
+        }
+      : {}),
+    ...((s.rdsIamUsers ?? []).length > 0
+      ? {
+          SLUICE_RDS_IAM_USERS: (s.rdsIamUsers ?? []).join(','),
+          ...(s.rdsIamRegion !== undefined ? { SLUICE_RDS_IAM_REGION: s.rdsIamRegion } : {}),
+        }
+      : {}),
+  };
+}
+
+/**
+ * What the container gets from Secrets Manager through its environment (ECS reads it with the
+ * execution role at start): the client TLS certificate and key, when configured.
+ */
+export function sluiceSecrets(s: SluiceSettings): Record<string, ecs.Secret> {
+  if (s.clientTlsSecret === undefined) return {};
+  return {
+    SLUICE_TLS_CERT_PEM: ecs.Secret.fromSecretsManager(s.clientTlsSecret, 'certificate'),
+    SLUICE_TLS_KEY_PEM: ecs.Secret.fromSecretsManager(s.clientTlsSecret, 'privateKey'),
   };
 }
 
@@ -105,6 +173,7 @@ export function addSluiceContainer(
     image: options.image,
     essential: true,
     environment: sluiceEnvironment(options.settings),
+    secrets: sluiceSecrets(options.settings),
     user: `${SLUICE_UID}:${SLUICE_UID}`,
     readonlyRootFilesystem: true,
     privileged: false,

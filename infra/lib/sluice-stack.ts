@@ -14,7 +14,9 @@
 import {
   CfnOutput,
   Duration,
+  Lazy,
   RemovalPolicy,
+  ArnFormat,
   Stack,
   StackProps,
   Token,
@@ -23,6 +25,7 @@ import {
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -40,6 +43,16 @@ export const DATABASE_USERNAME = 'admin';
 export const VPC_CIDR = '10.0.0.0/16';
 /** The MySQL engine: a concrete version, so synth never picks one silently. */
 export const DEFAULT_ENGINE_VERSION = rds.MysqlEngineVersion.VER_8_4_8;
+
+/**
+ * How a side logs in: with the database secret's password, or with AWS IAM (the Lambda: a
+ * Sluice IAM token its role signs; Sluice: RDS IAM authentication tokens).
+ */
+export type AuthMode = 'secret' | 'iam';
+export const AUTH_MODES: readonly AuthMode[] = ['secret', 'iam'];
+
+/** The database user IAM logins use by default when Sluice logs in to RDS with IAM too. */
+export const DEFAULT_IAM_DATABASE_USER = 'app';
 
 /** Where Sluice runs: ECS Fargate tasks, or EC2 instances in an Auto Scaling group. */
 export type SluiceHosting = 'fargate' | 'ec2';
@@ -99,6 +112,33 @@ export interface SluiceStackProps extends StackProps {
   readonly minInstances?: number;
   /** ec2: Auto Scaling maximum (default instanceCount + 1, room for rolling updates). */
   readonly maxInstances?: number;
+  /**
+   * How the Lambda logs in to Sluice (default 'secret'). 'iam': no secret; its role's
+   * credentials sign a token Sluice checks with STS (through an STS interface endpoint),
+   * over TLS; needs databaseName, clientTlsSecretArn and clientTlsCaPem. Fargate only.
+   */
+  readonly clientAuth?: AuthMode;
+  /**
+   * How Sluice logs in to the database (default 'secret'). 'iam': RDS IAM authentication
+   * tokens from its task role, which may rds-db:connect as iamDatabaseUser only; Sluice reads
+   * no secret. Needs clientAuth 'iam'. Fargate only.
+   */
+  readonly backendAuth?: AuthMode;
+  /**
+   * The database user the Lambda works as with clientAuth 'iam' (default: the master user
+   * with backendAuth 'secret', whose password Sluice reads from the secret; 'app' with
+   * backendAuth 'iam', created IDENTIFIED WITH AWSAuthenticationPlugin).
+   */
+  readonly iamDatabaseUser?: string;
+  /** The audience Sluice's IAM tokens are bound to (default `sluice-<stack name>`). */
+  readonly iamAudience?: string;
+  /**
+   * clientAuth 'iam': a Secrets Manager secret (complete ARN) whose JSON holds Sluice's client
+   * TLS certificate chain (`certificate`) and private key (`privateKey`), in PEM.
+   */
+  readonly clientTlsSecretArn?: string;
+  /** clientAuth 'iam': the CA certificate (PEM) that signed it, which the Lambda trusts. */
+  readonly clientTlsCaPem?: string;
 }
 
 /** Props that only mean something for one kind of hosting (an unused image is harmless). */
@@ -172,6 +212,46 @@ export class SluiceStack extends Stack {
           `hosting, and this stack runs Sluice on ${this.hosting}`,
       );
     }
+    const clientAuth = props.clientAuth ?? 'secret';
+    const backendAuth = props.backendAuth ?? 'secret';
+    for (const [name, mode] of [
+      ['clientAuth', clientAuth],
+      ['backendAuth', backendAuth],
+    ] as const) {
+      if (!AUTH_MODES.includes(mode)) {
+        throw new Error(`${name} must be ${AUTH_MODES.join(' or ')}, got ${mode}`);
+      }
+    }
+    if (backendAuth === 'iam' && clientAuth !== 'iam') {
+      throw new Error(
+        "backendAuth 'iam' needs clientAuth 'iam': with the secret the Lambda would log in " +
+          'as the master user, which RDS cannot authenticate with IAM',
+      );
+    }
+    if (clientAuth === 'iam') {
+      if (this.hosting !== 'fargate') {
+        throw new Error("clientAuth 'iam' is available with Fargate hosting only");
+      }
+      const missing = (['databaseName', 'clientTlsSecretArn', 'clientTlsCaPem'] as const).filter(
+        (key) => props[key] === undefined || props[key] === '',
+      );
+      if (missing.length > 0) {
+        throw new Error(
+          `clientAuth 'iam' needs ${missing.join(', ')}: the Lambda reads no secret (so no ` +
+            'database name from it), and its token goes over TLS to a certificate it checks',
+        );
+      }
+      if (!(props.clientTlsCaPem ?? '').includes('-----BEGIN CERTIFICATE-----')) {
+        throw new Error('clientTlsCaPem holds no PEM certificate');
+      }
+    }
+    const iamUser =
+      props.iamDatabaseUser ??
+      (backendAuth === 'iam' ? DEFAULT_IAM_DATABASE_USER : DATABASE_USERNAME);
+    if (!/^[A-Za-z0-9_]{1,32}$/.test(iamUser)) {
+      throw new Error(`iamDatabaseUser must be 1 to 32 letters, digits or _, got ${iamUser}`);
+    }
+    const audience = props.iamAudience ?? `sluice-${id}`;
     const taskCount = positiveInteger('taskCount', props.taskCount ?? 2);
     const shutdownTimeout = props.shutdownTimeout ?? Duration.seconds(30);
     const logRetention = props.logRetention ?? logs.RetentionDays.ONE_MONTH;
@@ -229,6 +309,9 @@ export class SluiceStack extends Stack {
       ...(this.hosting === 'ec2'
         ? { CloudFormation: ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION }
         : {}),
+      // IAM logins: Sluice sends each new token to STS here (private DNS keeps the regional
+      // name the tokens are signed for).
+      ...(clientAuth === 'iam' ? { Sts: ec2.InterfaceVpcEndpointAwsService.STS } : {}),
     };
     for (const [name, service] of Object.entries(interfaceEndpoints)) {
       this.vpc.addInterfaceEndpoint(`${name}Endpoint`, {
@@ -354,6 +437,8 @@ export class SluiceStack extends Stack {
       deletionProtection,
       removalPolicy: deletionProtection ? RemovalPolicy.SNAPSHOT : RemovalPolicy.DESTROY,
       autoMinorVersionUpgrade: true,
+      // backendAuth 'iam': Sluice logs in with RDS IAM authentication tokens.
+      iamAuthentication: backendAuth === 'iam',
       caCertificate: rds.CaCertificate.RDS_CA_RSA2048_G1,
       parameterGroup: new rds.ParameterGroup(this, 'DatabaseParameters', {
         engine,
@@ -386,13 +471,39 @@ export class SluiceStack extends Stack {
     // ---- Sluice: ECS Fargate tasks or EC2 instances, configured alike -----------------------------
     // One settings object for either hosting: the Fargate container's environment and the EC2
     // hosts' /etc/sluice/sluice.env both come from sluiceEnvironment(settings).
+    const clientTlsSecret =
+      props.clientTlsSecretArn === undefined
+        ? undefined
+        : secretsmanager.Secret.fromSecretCompleteArn(
+            this,
+            'ClientTlsSecret',
+            props.clientTlsSecretArn,
+          );
     const settings: SluiceSettings = {
       listenHost: '0.0.0.0',
       healthHost: '0.0.0.0',
       backendAddress: `${this.database.dbInstanceEndpointAddress}:${this.database.dbInstanceEndpointPort}`,
       backendMaxConnections: props.backendMaxConnections ?? 20,
-      secretArns: [this.secret.secretArn],
+      // With RDS IAM tokens Sluice needs no password, so it reads no secret.
+      secretArns: backendAuth === 'iam' ? [] : [this.secret.secretArn],
       shutdownTimeout,
+      clientTlsSecret,
+      ...(clientAuth === 'iam'
+        ? {
+            iam: {
+              audience,
+              // The Lambda's role; its sessions resolve to it. Lazy: the function comes later.
+              identities: [
+                {
+                  arn: Lazy.string({ produce: () => this.function.role!.roleArn }),
+                  databaseUser: iamUser,
+                },
+              ],
+              stsRegion: this.region,
+            },
+          }
+        : {}),
+      ...(backendAuth === 'iam' ? { rdsIamUsers: [iamUser], rdsIamRegion: this.region } : {}),
     };
     let target: elbv2.INetworkLoadBalancerTarget;
     if (this.hosting === 'fargate') {
@@ -420,7 +531,25 @@ export class SluiceStack extends Stack {
         }),
         settings,
       });
-      grantSecretRead(taskDefinition.taskRole, this.secret);
+      if (backendAuth === 'iam') {
+        // rds-db:connect as exactly the one database user, on exactly this instance.
+        taskDefinition.taskRole.addToPrincipalPolicy(
+          new iam.PolicyStatement({
+            sid: 'ConnectToTheDatabaseWithIam',
+            actions: ['rds-db:connect'],
+            resources: [
+              Stack.of(this).formatArn({
+                service: 'rds-db',
+                resource: 'dbuser',
+                resourceName: `${this.database.instanceResourceId}/${iamUser}`,
+                arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+              }),
+            ],
+          }),
+        );
+      } else {
+        grantSecretRead(taskDefinition.taskRole, this.secret);
+      }
       Validations.of(taskDefinition).acknowledge({
         id: 'AwsSolutions-ECS2',
         reason:
@@ -526,13 +655,25 @@ export class SluiceStack extends Stack {
       vpcSubnets: isolated,
       securityGroups: [this.lambdaSecurityGroup],
       environment: {
-        SECRET_ARN: this.secret.secretArn,
         PROXY_ENDPOINT: this.loadBalancer.loadBalancerDnsName,
         ...(props.databaseName ? { DB_NAME: props.databaseName } : {}),
+        ...(clientAuth === 'iam'
+          ? {
+              // No secret: the execution role signs a token, sent over TLS to a Sluice whose
+              // certificate chains to this CA.
+              AUTH_MODE: 'iam',
+              DB_USER: iamUser,
+              SLUICE_AUDIENCE: audience,
+              DB_TLS: 'required',
+              DB_TLS_CA_PEM: props.clientTlsCaPem ?? '',
+            }
+          : { SECRET_ARN: this.secret.secretArn }),
       },
       logGroup: new logs.LogGroup(this, 'FunctionLogs', { retention: logRetention }),
     });
-    grantSecretRead(this.function, this.secret);
+    if (clientAuth === 'secret') {
+      grantSecretRead(this.function, this.secret);
+    }
     for (const policy of ['AWSLambdaBasicExecutionRole', 'AWSLambdaVPCAccessExecutionRole']) {
       Validations.of(this.function.role!).acknowledge({
         id: `AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/${policy}]`,
@@ -551,6 +692,17 @@ export class SluiceStack extends Stack {
       description: 'Database credentials (RDS secret format)',
       value: this.secret.secretArn,
     });
+    if (backendAuth === 'iam') {
+      const database = props.databaseName ?? '';
+      new CfnOutput(this, 'CreateIamDatabaseUser', {
+        description:
+          'Run once as the master user (credentials in SecretArn) to create the user Sluice ' +
+          'logs in as with RDS IAM tokens',
+        value:
+          `CREATE USER IF NOT EXISTS '${iamUser}'@'%' IDENTIFIED WITH AWSAuthenticationPlugin ` +
+          `AS 'RDS' REQUIRE SSL; GRANT ALL PRIVILEGES ON \`${database}\`.* TO '${iamUser}'@'%';`,
+      });
+    }
     new CfnOutput(this, 'FunctionName', {
       description: 'The Lambda that queries through Sluice',
       value: this.function.functionName,

@@ -61,6 +61,12 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Users whose credentials come from AWS Secrets Manager.
     pub secrets_manager: SecretsManagerConfig,
+    /// Clients logging in with their AWS IAM identity instead of a password.
+    pub iam: IamConfig,
+    /// Database users Sluice logs in as with RDS IAM authentication tokens.
+    pub rds_iam: RdsIamConfig,
+    /// Users Sluice does not know, looked up in the database's own accounts.
+    pub database_accounts: DatabaseAccountsConfig,
     /// The database Sluice fronts and its connection pool.
     pub backend: BackendConfig,
     /// Database users clients may log in as (the static source, for local use).
@@ -98,6 +104,11 @@ pub struct TlsConfig {
     pub cert_file: String,
     /// PEM private key of that certificate.
     pub key_file: String,
+    /// The certificate chain itself, in PEM, instead of `cert_file` (for containers that get
+    /// it from a secret through the environment).
+    pub cert_pem: Secret,
+    /// The private key itself, in PEM, instead of `key_file`.
+    pub key_pem: Secret,
     /// PEM CA bundle for mutual TLS: when set, every client must present a certificate that
     /// one of these CAs signed (needs `mode = "required"`). Empty: no client certificates.
     pub client_ca_file: String,
@@ -132,6 +143,78 @@ pub struct SecretsManagerConfig {
     /// After a rotation, how long clients may still log in with the previous password.
     #[serde(with = "duration")]
     pub rotation_window: Duration,
+}
+
+/// Clients that log in with AWS IAM: they send, as their password over TLS, a signed
+/// `sts:GetCallerIdentity` request bound to this Sluice; STS says whose it is, and
+/// `identities` map that ARN to a database user.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IamConfig {
+    /// The name tokens must be bound to (their signed `x-sluice-audience` header); empty turns
+    /// IAM logins off.
+    pub audience: String,
+    /// Where tokens are sent to be checked, `https://host[:port]`; empty means
+    /// `https://sts.<sts_region>.amazonaws.com` (with the VPC interface endpoint's private DNS,
+    /// that name reaches the endpoint). Tokens must be signed for this host.
+    pub sts_endpoint: String,
+    /// The region of STS; empty means the standard AWS environment's (`AWS_REGION`).
+    pub sts_region: String,
+    /// Tokens signed longer ago than this are refused (STS's own limit is 15 minutes).
+    #[serde(with = "duration")]
+    pub token_max_age: Duration,
+    /// How long a token STS has verified is accepted again without asking STS.
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Limit for one STS call; a login that hits it is refused as "cannot verify now".
+    #[serde(with = "duration")]
+    pub sts_timeout: Duration,
+    /// Which AWS identities may log in as which database users.
+    pub identities: Vec<IamIdentity>,
+}
+
+/// One mapping from AWS identities to a database user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamIdentity {
+    /// An IAM role or user ARN (`arn:aws:iam::123456789012:role/orders`); `*` matches any run
+    /// of characters. Assumed-role sessions match as their role
+    /// (`arn:aws:iam::ACCOUNT:role/NAME`, without the role's path).
+    pub arn: String,
+    /// The database user such a client logs in as (the user name it sends).
+    pub database_user: String,
+}
+
+/// Logging in to the database with RDS IAM authentication tokens instead of passwords.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdsIamConfig {
+    /// Database users Sluice logs in as with a token made from its own AWS credentials.
+    pub users: Vec<String>,
+    /// The database's region; empty means the standard AWS environment's (`AWS_REGION`).
+    pub region: String,
+    /// The endpoint name every token is signed for; empty means each host of `backend.address`
+    /// gets tokens signed for itself.
+    pub hostname: String,
+    /// The port tokens are signed for; 0 means the port in `backend.address`.
+    pub port: u16,
+    /// How often tokens are made anew (they are valid for 15 minutes).
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+/// Users unknown to Sluice, looked up in the database (`mysql.user`) through a lookup account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseAccountsConfig {
+    /// Turns the lookup on.
+    pub enabled: bool,
+    /// A user Sluice knows (`[[users]]` or a secret) with `SELECT` on `mysql.user`.
+    pub lookup_user: String,
+    /// How long a looked-up account is used before it is read again (a failed login reads it
+    /// again at once).
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
 }
 
 /// TLS between Sluice and the database.
@@ -255,14 +338,22 @@ pub enum AuthPluginName {
     MysqlNativePassword,
     #[serde(rename = "caching_sha2_password")]
     CachingSha2Password,
+    /// MariaDB's `ed25519` (the client side is `client_ed25519`).
+    #[serde(rename = "client_ed25519", alias = "ed25519")]
+    Ed25519,
+    /// The password (for Sluice: an IAM token) in clear, inside TLS. Not for `[[users]]`.
+    #[serde(rename = "mysql_clear_password", skip_deserializing)]
+    ClearPassword,
 }
 
 impl AuthPluginName {
-    /// The plugin's protocol name.
+    /// The plugin's protocol name (the client side's, as it goes in an auth switch).
     pub fn as_str(self) -> &'static str {
         match self {
             AuthPluginName::MysqlNativePassword => "mysql_native_password",
             AuthPluginName::CachingSha2Password => "caching_sha2_password",
+            AuthPluginName::Ed25519 => "client_ed25519",
+            AuthPluginName::ClearPassword => "mysql_clear_password",
         }
     }
 }
@@ -329,6 +420,9 @@ impl Default for Config {
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
             secrets_manager: SecretsManagerConfig::default(),
+            iam: IamConfig::default(),
+            rds_iam: RdsIamConfig::default(),
+            database_accounts: DatabaseAccountsConfig::default(),
             backend: BackendConfig::default(),
             users: Vec::new(),
         }
@@ -350,6 +444,8 @@ impl Default for TlsConfig {
             mode: TlsMode::Disabled,
             cert_file: String::new(),
             key_file: String::new(),
+            cert_pem: Secret::default(),
+            key_pem: Secret::default(),
             client_ca_file: String::new(),
             reload_interval: Duration::from_secs(10),
         }
@@ -362,6 +458,42 @@ impl Default for SecretsManagerConfig {
             secret_ids: Vec::new(),
             refresh_interval: Duration::from_secs(300),
             rotation_window: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for IamConfig {
+    fn default() -> Self {
+        IamConfig {
+            audience: String::new(),
+            sts_endpoint: String::new(),
+            sts_region: String::new(),
+            token_max_age: Duration::from_secs(300),
+            cache_ttl: Duration::from_secs(60),
+            sts_timeout: Duration::from_secs(3),
+            identities: Vec::new(),
+        }
+    }
+}
+
+impl Default for RdsIamConfig {
+    fn default() -> Self {
+        RdsIamConfig {
+            users: Vec::new(),
+            region: String::new(),
+            hostname: String::new(),
+            port: 0,
+            refresh_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for DatabaseAccountsConfig {
+    fn default() -> Self {
+        DatabaseAccountsConfig {
+            enabled: false,
+            lookup_user: String::new(),
+            cache_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -415,8 +547,12 @@ const MAX_BACKEND_HOSTS: usize = 16;
 enum Kind {
     Text,
     Integer,
+    /// `true` or `false`.
+    Bool,
     /// Comma-separated, into an array of strings.
     List,
+    /// Comma-separated `ARN=database_user` pairs, into `[[iam.identities]]` tables.
+    Identities,
 }
 
 /// Environment variables that override file values, for containers.
@@ -562,6 +698,8 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     ("SLUICE_TLS_MODE", &["tls", "mode"], Kind::Text),
     ("SLUICE_TLS_CERT_FILE", &["tls", "cert_file"], Kind::Text),
     ("SLUICE_TLS_KEY_FILE", &["tls", "key_file"], Kind::Text),
+    ("SLUICE_TLS_CERT_PEM", &["tls", "cert_pem"], Kind::Text),
+    ("SLUICE_TLS_KEY_PEM", &["tls", "key_pem"], Kind::Text),
     (
         "SLUICE_TLS_CLIENT_CA_FILE",
         &["tls", "client_ca_file"],
@@ -580,6 +718,36 @@ const ENV_OVERRIDES: &[(&str, &[&str], Kind)] = &[
     (
         "SLUICE_SECRETS_MANAGER_ROTATION_WINDOW",
         &["secrets_manager", "rotation_window"],
+        Kind::Text,
+    ),
+    ("SLUICE_IAM_AUDIENCE", &["iam", "audience"], Kind::Text),
+    (
+        "SLUICE_IAM_STS_ENDPOINT",
+        &["iam", "sts_endpoint"],
+        Kind::Text,
+    ),
+    ("SLUICE_IAM_STS_REGION", &["iam", "sts_region"], Kind::Text),
+    (
+        "SLUICE_IAM_IDENTITIES",
+        &["iam", "identities"],
+        Kind::Identities,
+    ),
+    ("SLUICE_RDS_IAM_USERS", &["rds_iam", "users"], Kind::List),
+    ("SLUICE_RDS_IAM_REGION", &["rds_iam", "region"], Kind::Text),
+    (
+        "SLUICE_RDS_IAM_HOSTNAME",
+        &["rds_iam", "hostname"],
+        Kind::Text,
+    ),
+    ("SLUICE_RDS_IAM_PORT", &["rds_iam", "port"], Kind::Integer),
+    (
+        "SLUICE_DATABASE_ACCOUNTS_ENABLED",
+        &["database_accounts", "enabled"],
+        Kind::Bool,
+    ),
+    (
+        "SLUICE_DATABASE_ACCOUNTS_LOOKUP_USER",
+        &["database_accounts", "lookup_user"],
         Kind::Text,
     ),
 ];
@@ -620,6 +788,16 @@ impl Config {
                         reason: format!("expected an integer, got {raw:?}"),
                     })?)
                 }
+                Kind::Bool => match raw.trim() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::Env {
+                            var,
+                            reason: format!("expected true or false, got {raw:?}"),
+                        });
+                    }
+                },
                 Kind::List => toml::Value::Array(
                     raw.split(',')
                         .map(str::trim)
@@ -627,6 +805,7 @@ impl Config {
                         .map(|s| toml::Value::String(s.to_string()))
                         .collect(),
                 ),
+                Kind::Identities => identities_from_env(var, &raw)?,
             };
             set_path(&mut table, path, value);
         }
@@ -760,11 +939,13 @@ impl Config {
             return invalid("admin.username", "must not be empty");
         }
         if self.tls.mode != TlsMode::Disabled
-            && (self.tls.cert_file.is_empty() || self.tls.key_file.is_empty())
+            && ((self.tls.cert_file.is_empty() && self.tls.cert_pem.expose().is_empty())
+                || (self.tls.key_file.is_empty() && self.tls.key_pem.expose().is_empty()))
         {
             return invalid(
                 "tls.cert_file",
-                "tls.mode preferred or required needs tls.cert_file and tls.key_file",
+                "tls.mode preferred or required needs tls.cert_file and tls.key_file (or \
+                 tls.cert_pem and tls.key_pem)",
             );
         }
         if !self.tls.client_ca_file.is_empty() && self.tls.mode != TlsMode::Required {
@@ -798,15 +979,21 @@ impl Config {
         if sm.secret_ids.iter().any(|id| id.trim().is_empty()) {
             return invalid("secrets_manager.secret_ids", "contains an empty id");
         }
-        if self.users.is_empty() && sm.secret_ids.is_empty() {
+        self.validate_identity()?;
+        if self.users.is_empty()
+            && sm.secret_ids.is_empty()
+            && self.iam.identities.is_empty()
+            && !self.database_accounts.enabled
+        {
             return invalid(
                 "users",
-                "no users configured: add a [[users]] table or [secrets_manager] secret_ids",
+                "no users configured: add a [[users]] table, [secrets_manager] secret_ids, \
+                 [[iam.identities]] or [database_accounts]",
             );
         }
         let mut seen = HashSet::new();
         for u in &self.users {
-            if u.username.is_empty() || u.username.contains('\0') || u.username.len() > 80 {
+            if !valid_user_name(&u.username) {
                 return invalid("users.username", "must be 1 to 80 characters without NUL");
             }
             if !seen.insert(u.username.as_str()) {
@@ -819,10 +1006,162 @@ impl Config {
         Ok(())
     }
 
+    /// Checks `[iam]`, `[rds_iam]` and `[database_accounts]`.
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        let iam = &self.iam;
+        if !iam.identities.is_empty() || !iam.audience.is_empty() {
+            if iam.audience.trim().is_empty()
+                || !iam.audience.bytes().all(|b| (0x21..0x7F).contains(&b))
+            {
+                return invalid(
+                    "iam.audience",
+                    "IAM logins need an audience: a name for this Sluice, printable and \
+                     without spaces, that clients sign their tokens for"
+                        .into(),
+                );
+            }
+            if iam.identities.is_empty() {
+                return invalid(
+                    "iam.identities",
+                    "iam.audience is set but no [[iam.identities]] maps an AWS identity to a \
+                     database user"
+                        .into(),
+                );
+            }
+            if self.tls.mode == TlsMode::Disabled {
+                return invalid(
+                    "iam.audience",
+                    "IAM tokens travel as a clear-text password, so IAM logins need client TLS \
+                     (tls.mode preferred or required)"
+                        .into(),
+                );
+            }
+            if !iam.sts_endpoint.is_empty() && sts_authority(&iam.sts_endpoint).is_none() {
+                return invalid(
+                    "iam.sts_endpoint",
+                    format!(
+                        "{:?} must be https://host[:port] (or http:// for a local stand-in), \
+                         without a path",
+                        iam.sts_endpoint
+                    ),
+                );
+            }
+            if iam.token_max_age.is_zero() || iam.token_max_age > Duration::from_secs(900) {
+                return invalid(
+                    "iam.token_max_age",
+                    "must be longer than zero and at most 15m (STS's own limit)".into(),
+                );
+            }
+            if iam.sts_timeout.is_zero() {
+                return invalid("iam.sts_timeout", "must be longer than zero".into());
+            }
+            for id in &iam.identities {
+                if !id.arn.starts_with("arn:") || id.arn.len() > 2048 {
+                    return invalid(
+                        "iam.identities.arn",
+                        format!(
+                            "{:?} is not an ARN (arn:aws:iam::123456789012:role/name)",
+                            id.arn
+                        ),
+                    );
+                }
+                if !valid_user_name(&id.database_user) {
+                    return invalid(
+                        "iam.identities.database_user",
+                        "must be 1 to 80 characters without NUL".into(),
+                    );
+                }
+            }
+        }
+        let rds = &self.rds_iam;
+        if !rds.users.is_empty() {
+            if !matches!(
+                self.backend.tls,
+                BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity
+            ) {
+                return invalid(
+                    "rds_iam.users",
+                    "RDS IAM tokens are sent as a clear-text password, so backend.tls must be \
+                     verify-ca or verify-identity (with the RDS CA bundle)"
+                        .into(),
+                );
+            }
+            if let Some(u) = rds.users.iter().find(|u| !valid_user_name(u)) {
+                return invalid(
+                    "rds_iam.users",
+                    format!("{u:?} must be 1 to 80 characters without NUL"),
+                );
+            }
+            if rds.refresh_interval < Duration::from_secs(1)
+                || rds.refresh_interval > Duration::from_secs(600)
+            {
+                return invalid(
+                    "rds_iam.refresh_interval",
+                    "must be between 1s and 10m (tokens are valid for 15 minutes)".into(),
+                );
+            }
+        }
+        let accounts = &self.database_accounts;
+        if accounts.enabled && !valid_user_name(&accounts.lookup_user) {
+            return invalid(
+                "database_accounts.lookup_user",
+                "the lookup needs an account: name a user from [[users]] or a secret that may \
+                 SELECT from mysql.user"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The configured user called `name`.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.username == name)
     }
+}
+
+/// A user name MySQL can hold: 1 to 80 bytes, no NUL.
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('\0') && name.len() <= 80
+}
+
+/// `host[:port]` of an `http(s)://host[:port]` URL without a path; `None` for anything else.
+pub fn sts_authority(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    ok.then_some(rest)
+}
+
+/// `arn=user,arn=user` into an array of `{arn, database_user}` tables.
+fn identities_from_env(var: &'static str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let mut out = Vec::new();
+    for pair in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((arn, user)) = pair.rsplit_once('=') else {
+            return Err(ConfigError::Env {
+                var,
+                reason: format!("{pair:?} is not ARN=database_user"),
+            });
+        };
+        let mut t = toml::Table::new();
+        t.insert("arn".into(), toml::Value::String(arn.trim().to_string()));
+        t.insert(
+            "database_user".into(),
+            toml::Value::String(user.trim().to_string()),
+        );
+        out.push(toml::Value::Table(t));
+    }
+    Ok(toml::Value::Array(out))
 }
 
 fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
@@ -900,6 +1239,20 @@ mod tests {
     fn the_example_file_is_valid() {
         let text = include_str!("../sluice.example.toml");
         Config::from_toml(text, "sluice.example.toml", no_env).unwrap();
+    }
+
+    #[test]
+    fn the_example_file_names_every_environment_variable() {
+        let text = include_str!("../sluice.example.toml");
+        let missing: Vec<&str> = ENV_OVERRIDES
+            .iter()
+            .map(|(var, _, _)| *var)
+            .filter(|var| !text.contains(var))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in sluice.example.toml: {missing:?}"
+        );
     }
 
     #[test]
@@ -992,6 +1345,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("backend.tls_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn identity_sections_validate_and_come_from_the_environment() {
+        let tls = "[tls]\nmode = \"required\"\ncert_pem = \"c\"\nkey_pem = \"k\"\n";
+        let env = |k: &str| match k {
+            "SLUICE_IAM_AUDIENCE" => Some("sluice-prod".to_string()),
+            "SLUICE_IAM_IDENTITIES" => {
+                Some("arn:aws:iam::1:role/a-*=app, arn:aws:iam::1:user/b=report".to_string())
+            }
+            "SLUICE_DATABASE_ACCOUNTS_ENABLED" => Some("true".to_string()),
+            "SLUICE_DATABASE_ACCOUNTS_LOOKUP_USER" => Some("lookup".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(tls, "test", env).unwrap();
+        assert_eq!(c.iam.audience, "sluice-prod");
+        assert_eq!(
+            c.iam.identities,
+            [
+                IamIdentity {
+                    arn: "arn:aws:iam::1:role/a-*".into(),
+                    database_user: "app".into()
+                },
+                IamIdentity {
+                    arn: "arn:aws:iam::1:user/b".into(),
+                    database_user: "report".into()
+                },
+            ]
+        );
+        assert!(c.database_accounts.enabled);
+        assert!(!format!("{c:?}").contains("\"c\""), "PEM stays hidden");
+
+        let bad_env = |k: &str| (k == "SLUICE_IAM_IDENTITIES").then(|| "no-equals".to_string());
+        let err = Config::from_toml(MINIMAL, "test", bad_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ARN=database_user"), "{err}");
+        let bad_bool =
+            |k: &str| (k == "SLUICE_DATABASE_ACCOUNTS_ENABLED").then(|| "yes".to_string());
+        let err = Config::from_toml(MINIMAL, "test", bad_bool)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("true or false"), "{err}");
+
+        let iam = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[iam]\naudience = \"a\"\n{extra}\n[[iam.identities]]\narn = \"arn:aws:iam::1:role/r\"\ndatabase_user = \"app\"\n"
+            )
+        };
+        for (text, key) in [
+            (iam(""), "iam.audience"),
+            (
+                format!("{}\n{tls}", iam("sts_endpoint = \"sts.example.com\"")),
+                "iam.sts_endpoint",
+            ),
+            (
+                format!("{}\n{tls}", iam("token_max_age = \"1h\"")),
+                "iam.token_max_age",
+            ),
+            (
+                format!("{MINIMAL}\n[rds_iam]\nusers = [\"app\"]\n"),
+                "rds_iam.users",
+            ),
+            (
+                format!("{MINIMAL}\n[database_accounts]\nenabled = true\n"),
+                "database_accounts.lookup_user",
+            ),
+        ] {
+            let err = Config::from_toml(&text, "test", no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let ok = format!("{}\n{tls}", iam("sts_endpoint = \"http://127.0.0.1:5000\""));
+        Config::from_toml(&ok, "test", no_env).unwrap();
+        let verified = MINIMAL.replace(
+            "min_idle = 0",
+            "min_idle = 0\ntls = \"verify-ca\"\ntls_ca_file = \"ca.pem\"",
+        );
+        Config::from_toml(
+            &format!("{verified}\n[rds_iam]\nusers = [\"app\"]\n"),
+            "test",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            sts_authority("https://sts.eu-west-1.amazonaws.com/"),
+            Some("sts.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(sts_authority("ftp://x"), None);
+        assert_eq!(sts_authority("https://h/path"), None);
     }
 
     #[test]

@@ -233,6 +233,7 @@ impl Shared {
                 draining: self.is_draining(),
                 secret_refreshes: self.credentials.secret_read_outcomes(),
                 users_in_rotation_window: self.credentials.users_in_rotation_window(),
+                identity: self.credentials.identity_counts(),
             },
         );
         self.metrics.render()

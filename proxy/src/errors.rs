@@ -65,6 +65,9 @@ pub const ER_BACKEND_LOST: u16 = 9503;
 pub const ER_UNSUPPORTED: u16 = 9504;
 /// RELOAD found the configuration file unreadable or invalid; nothing was changed (Sluice).
 pub const ER_RELOAD_FAILED: u16 = 9505;
+/// A login could not be checked now: STS or the database account lookup did not answer
+/// (Sluice; trying again later may succeed).
+pub const ER_AUTH_UNAVAILABLE: u16 = 9506;
 
 impl ClientError {
     fn new(code: u16, sql_state: &[u8; 5], message: impl Into<String>) -> Self {
@@ -87,6 +90,25 @@ impl ClientError {
             ER_ACCESS_DENIED,
             b"28000",
             format!("Access denied for user '{user}'@'{host}' (using password: {using})"),
+        )
+    }
+
+    /// A refused login with the reason a person needs to fix it (IAM tokens, database accounts
+    /// whose plugin Sluice cannot use); MySQL's wording, then the reason.
+    pub fn access_denied_because(user: &str, host: &str, why: &str) -> Self {
+        Self::new(
+            ER_ACCESS_DENIED,
+            b"28000",
+            format!("Access denied for user '{user}'@'{host}': {why}"),
+        )
+    }
+
+    /// A login that could not be checked now (STS or the account lookup did not answer).
+    pub fn cannot_verify_login(user: &str, why: &str) -> Self {
+        Self::new(
+            ER_AUTH_UNAVAILABLE,
+            b"08004",
+            format!("Sluice cannot check the login of '{user}' now: {why}; try again"),
         )
     }
 
@@ -446,6 +468,7 @@ impl ClientError {
             ER_BACKEND_LOST => "backend_lost",
             ER_UNSUPPORTED => "unsupported",
             ER_RELOAD_FAILED => "reload_failed",
+            ER_AUTH_UNAVAILABLE => "auth_unavailable",
             _ => "database",
         }
     }

@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::credentials::IdentityCounts;
 use crate::session::{PinReason, ResetReason};
 use crate::stats::Stats;
 
@@ -90,6 +91,14 @@ pub mod names {
     pub const SECRET_REFRESHES: &str = "sluice_secret_refreshes_total";
     /// Gauge: users whose previous password still lets clients in (a rotation is recent).
     pub const USERS_IN_ROTATION_WINDOW: &str = "sluice_users_in_rotation_window";
+    /// Counter by `result` (`verified`, `cached`, `refused`, `sts_unavailable`): IAM logins.
+    pub const IAM_LOGINS: &str = "sluice_iam_logins_total";
+    /// Counter by `result` (`answered`, `failed`): calls to STS to check IAM tokens.
+    pub const STS_REQUESTS: &str = "sluice_iam_sts_requests_total";
+    /// Counter by `result` (`found`, `absent`, `failed`): database account lookups.
+    pub const ACCOUNT_LOOKUPS: &str = "sluice_database_account_lookups_total";
+    /// Counter by `result` (`success`, `failure`): RDS IAM token refreshes.
+    pub const RDS_TOKEN_REFRESHES: &str = "sluice_rds_iam_token_refreshes_total";
     /// Gauge: 1 while PAUSE holds new transactions.
     pub const PAUSED: &str = "sluice_paused";
     /// Gauge: 1 while Sluice drains before stopping.
@@ -166,6 +175,8 @@ pub struct Scrape {
     /// Secrets Manager reads after the start: (succeeded, failed).
     pub secret_refreshes: (u64, u64),
     pub users_in_rotation_window: usize,
+    /// IAM logins, STS calls, account lookups, RDS token refreshes.
+    pub identity: IdentityCounts,
 }
 
 /// One proxy's metrics: its own recorder and the handles into it.
@@ -197,6 +208,43 @@ pub struct Metrics {
     /// Succeeded, failed.
     secret_refreshes: [Counter; 2],
     users_in_rotation_window: Gauge,
+    /// By the labels of [`IDENTITY_COUNTERS`], in order.
+    identity: Vec<Counter>,
+}
+
+/// The identity counters: name, label, and its values in [`IdentityCounts`] order.
+const IDENTITY_COUNTERS: [(&str, &str, &[&str]); 4] = [
+    (
+        IAM_LOGINS,
+        "result",
+        &["verified", "cached", "refused", "sts_unavailable"],
+    ),
+    (STS_REQUESTS, "result", &["answered", "failed"]),
+    (ACCOUNT_LOOKUPS, "result", &["found", "absent", "failed"]),
+    (RDS_TOKEN_REFRESHES, "result", &["success", "failure"]),
+];
+
+impl IdentityCounts {
+    /// The figures in [`IDENTITY_COUNTERS`] order.
+    fn values(&self) -> [u64; 11] {
+        let [a, b, c, d] = self.iam_logins;
+        let (calls, failed) = self.sts_calls;
+        let [f, g, h] = self.account_lookups;
+        let (ok, bad) = self.rds_token_refreshes;
+        [
+            a,
+            b,
+            c,
+            d,
+            calls.saturating_sub(failed),
+            failed,
+            f,
+            g,
+            h,
+            ok,
+            bad,
+        ]
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -292,6 +340,17 @@ impl Metrics {
                 )
             }),
             users_in_rotation_window: gauge(USERS_IN_ROTATION_WINDOW),
+            identity: IDENTITY_COUNTERS
+                .iter()
+                .flat_map(|(name, label, values)| {
+                    values.iter().map(|v| {
+                        recorder.register_counter(
+                            &Key::from_parts(*name, vec![Label::new(*label, *v)]),
+                            &METADATA,
+                        )
+                    })
+                })
+                .collect(),
             users: RwLock::new(HashMap::new()),
             by_label: Mutex::new(HashMap::new()),
             handle,
@@ -461,6 +520,9 @@ impl Metrics {
         self.secret_refreshes[1].absolute(failed);
         self.users_in_rotation_window
             .set(scrape.users_in_rotation_window as f64);
+        for (counter, value) in self.identity.iter().zip(scrape.identity.values()) {
+            counter.absolute(value);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -541,6 +603,22 @@ fn describe(r: &PrometheusRecorder) {
         (
             SECRET_REFRESHES,
             "Secrets Manager reads after the start (refresh_interval, or a refused password), by result; a failure keeps the last good value.",
+        ),
+        (
+            IAM_LOGINS,
+            "IAM token logins: verified by STS, answered from the cache, refused, or refused because STS did not answer.",
+        ),
+        (
+            STS_REQUESTS,
+            "Calls to STS to check IAM tokens: answered, or failed without an answer (timeout, unreachable, server error).",
+        ),
+        (
+            ACCOUNT_LOOKUPS,
+            "Database account lookups (database_accounts): found, absent, failed.",
+        ),
+        (
+            RDS_TOKEN_REFRESHES,
+            "RDS IAM token refreshes, by result; a failure keeps the current tokens.",
         ),
     ];
     for (name, help) in counters {

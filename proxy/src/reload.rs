@@ -215,6 +215,11 @@ fn keep_running_value(effective: &mut Config, old: &Config, key: &str) {
             .clone_from(&o.backend.tls_server_name),
         k if k.starts_with("tls.") => e.tls = o.tls.clone(),
         k if k.starts_with("secrets_manager.") => e.secrets_manager = o.secrets_manager.clone(),
+        k if k.starts_with("iam.") => e.iam = o.iam.clone(),
+        k if k.starts_with("rds_iam.") => e.rds_iam = o.rds_iam.clone(),
+        k if k.starts_with("database_accounts.") => {
+            e.database_accounts = o.database_accounts.clone()
+        }
         // A key added to Config later and not listed here is reported as needing a restart
         // while its new value is used where it is read: list new keys above or in LIVE_KEYS.
         _ => {}

@@ -16,7 +16,7 @@ use crate::auth::{ServerRsaKey, Sha2Cache};
 use crate::backend::{Connector, Pool, Route, Topology};
 use crate::config::{Config, FullAuth};
 use crate::context::{RefusalLog, Shared, stop_requested};
-use crate::credentials::{Credentials, SecretError};
+use crate::credentials::{Credentials, LoadError};
 use crate::errors::ClientError;
 use crate::metrics::Metrics;
 use crate::protocol::CapabilityFlags;
@@ -61,10 +61,11 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
-    /// A secret of `[secrets_manager] secret_ids` could not be read or used; the message
-    /// names it and why, never its value.
+    /// A secret of `[secrets_manager] secret_ids` could not be read or used (the message names
+    /// it and why, never its value), or IAM logins, RDS IAM tokens or database account lookups
+    /// cannot work.
     #[error(transparent)]
-    Secret(#[from] SecretError),
+    Credentials(#[from] LoadError),
     #[error("{setting}: {source}")]
     Tls {
         setting: &'static str,

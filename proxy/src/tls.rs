@@ -106,9 +106,19 @@ impl Files {
         let client_ca = (!config.client_ca_file.is_empty())
             .then(|| read("client CA bundle", &config.client_ca_file))
             .transpose()?;
+        // PEM given inline (from the environment, as ECS injects secrets) or read from files.
+        let inline = |pem: &crate::config::Secret| {
+            (!pem.expose().is_empty()).then(|| pem.expose().as_bytes().to_vec())
+        };
         Ok(Files {
-            cert: read("certificate", &config.cert_file)?,
-            key: read("private key", &config.key_file)?,
+            cert: match inline(&config.cert_pem) {
+                Some(pem) => pem,
+                None => read("certificate", &config.cert_file)?,
+            },
+            key: match inline(&config.key_pem) {
+                Some(pem) => pem,
+                None => read("private key", &config.key_file)?,
+            },
             client_ca,
         })
     }

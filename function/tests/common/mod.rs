@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_json::{Value, json};
 use sluice_function::{Config, SecretsClient};
-use sluice_testkit::{MariaDb, Moto, SluiceOptions, SluiceProcess};
+use sluice_testkit::{IamMoto, MariaDb, Moto, Pki, SluiceOptions, SluiceProcess};
 
 /// Backend connections Sluice may open: the burst runs against this bound.
 pub const SLUICE_MAX_CONNECTIONS: usize = 10;
@@ -39,6 +39,65 @@ pub fn sluice() -> &'static SluiceProcess {
         })
         .as_ref()
         .unwrap_or_else(|e| panic!("cannot start sluice: {e}"))
+}
+
+/// The audience of [`iam_sluice`].
+pub const AUDIENCE: &str = "sluice-function-test";
+
+/// A Sluice in front of [`db`] that takes IAM logins checked by [`IamMoto::shared`] (client TLS
+/// required, certificate from [`pki`]): roles named `fn-iam-*` log in as `app`, whose password
+/// Sluice keeps for its backend logins. Shared by this test process.
+pub fn iam_sluice() -> &'static SluiceProcess {
+    static SLUICE: OnceLock<Result<SluiceProcess, String>> = OnceLock::new();
+    SLUICE
+        .get_or_init(|| {
+            let aws = IamMoto::shared();
+            let pki = pki();
+            let extra = format!(
+                "[tls]\nmode = \"required\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\
+                 [iam]\naudience = \"{AUDIENCE}\"\nsts_endpoint = \"{sts}\"\n\
+                 sts_region = \"{region}\"\n\
+                 [[iam.identities]]\narn = \"arn:aws:iam::{account}:role/fn-iam-*\"\n\
+                 database_user = \"app\"\n",
+                cert = pki.path("server.pem").display(),
+                key = pki.path("server-key.pem").display(),
+                sts = aws.endpoint(),
+                region = aws.region(),
+                account = IamMoto::ACCOUNT,
+            );
+            SluiceProcess::start(SluiceOptions {
+                max_connections: SLUICE_MAX_CONNECTIONS,
+                backend_extra_toml: "borrow_timeout = \"30s\"".to_owned(),
+                extra_toml: extra,
+                ..SluiceOptions::for_mariadb(db())
+            })
+            .map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .unwrap_or_else(|e| panic!("cannot start sluice: {e}"))
+}
+
+/// Test certificates for [`iam_sluice`], kept for the whole process.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| Pki::generate().expect("test certificates"))
+}
+
+/// The environment of a function instance in IAM mode, logging in through [`iam_sluice`] to
+/// database `dbname` (the role's credentials come separately).
+pub fn iam_env(dbname: &str) -> Vec<(&'static str, String)> {
+    let aws = IamMoto::shared();
+    vec![
+        ("AUTH_MODE", "iam".to_owned()),
+        ("PROXY_ENDPOINT", iam_sluice().addr().to_string()),
+        ("DB_USER", "app".to_owned()),
+        ("DB_NAME", dbname.to_owned()),
+        ("SLUICE_AUDIENCE", AUDIENCE.to_owned()),
+        ("DB_TLS", "required".to_owned()),
+        ("DB_TLS_CA_FILE", pki().path("ca.pem").display().to_string()),
+        ("AWS_ENDPOINT_URL", aws.endpoint()),
+        ("AWS_REGION", aws.region().to_owned()),
+    ]
 }
 
 /// A fresh, empty database on [`db`] for one test.

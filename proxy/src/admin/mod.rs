@@ -29,7 +29,7 @@ use crate::protocol::CapabilityFlags;
 /// Logs in as `user` on a backend connection of its own, outside the pool (so a busy pool
 /// cannot hold it up), through the pool's login path: every password Sluice knows for the user
 /// is tried, since a rotation may be under way. Close it with [`close_side_connection`].
-async fn side_connection(
+pub(crate) async fn side_connection(
     shared: &Shared,
     user: Arc<str>,
     deadline: tokio::time::Instant,
@@ -55,7 +55,7 @@ async fn side_connection(
 }
 
 /// Says goodbye to the server on a [`side_connection`] and counts it closed.
-fn close_side_connection(shared: &Shared, conn: BackendConn) {
+pub(crate) fn close_side_connection(shared: &Shared, conn: BackendConn) {
     conn.stream.try_quit();
     drop(conn);
     shared.stats.backend_closed();

@@ -14,7 +14,8 @@ use super::pool::PoolKey;
 use super::statements::{PrepareMeta, StatementCache, StatementKey};
 use super::topology::HostId;
 use crate::auth::{self, AuthError};
-use crate::config::Secret;
+use crate::config::BackendTlsMode;
+use crate::credentials::{BackendSecret, Transport};
 use crate::protocol::codec::{PacketStream, ProtocolError};
 use crate::protocol::lenenc::Reader;
 use crate::protocol::packets::{self, HandshakeResponse};
@@ -164,18 +165,19 @@ impl Connector {
         self
     }
 
-    /// Opens, logs in and prepares a connection for `key`, starting in `schema`.
+    /// Opens, logs in (with `secret`) and prepares a connection for `key`, starting in
+    /// `schema`.
     pub async fn open(
         &self,
         key: &PoolKey,
-        password: &Secret,
+        secret: &BackendSecret,
         schema: Option<&str>,
     ) -> Result<BackendConn, BackendError> {
         let result = self
             .within_timeout(async {
                 let stream = self.dial().await?;
                 let id = BackendId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
-                let mut conn = BackendConn::login(stream, id, key, password, schema, self).await?;
+                let mut conn = BackendConn::login(stream, id, key, secret, schema, self).await?;
                 conn.statements = StatementCache::new(self.statement_cache());
                 conn.prepare_session().await?;
                 Ok(conn)
@@ -206,6 +208,18 @@ impl Connector {
             Ok((hs.server_version_str().into_owned(), hs.capabilities()))
         })
         .await
+    }
+
+    /// What protects `stream`: TLS counts as verified only when `backend.tls` checks the
+    /// certificate.
+    fn transport(&self, stream: &PacketStream) -> Transport {
+        match (stream.is_tls(), self.tls.mode) {
+            (false, _) => Transport::Plain,
+            (true, BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity) => {
+                Transport::VerifiedTls
+            }
+            (true, _) => Transport::Tls,
+        }
     }
 
     /// Opens a TCP connection to the backend, resolving its name again.
@@ -295,6 +309,8 @@ pub struct BackendConn {
     nonce: Vec<u8>,
     /// The authentication plugin the login ended with (COM_CHANGE_USER uses it again).
     plugin: Vec<u8>,
+    /// What protects the connection (what may be sent in clear on it).
+    transport: Transport,
     pub created: Instant,
     pub last_used: Instant,
     /// Served a pinned session or lost its client mid-transaction: reset before reuse.
@@ -340,7 +356,7 @@ impl BackendConn {
         mut stream: PacketStream,
         id: BackendId,
         key: &PoolKey,
-        password: &Secret,
+        secret: &BackendSecret,
         schema: Option<&str>,
         connector: &Connector,
     ) -> Result<BackendConn, BackendError> {
@@ -392,7 +408,6 @@ impl BackendConn {
             // A plugin Sluice does not speak: answer for native and let the server switch.
             plugin = auth::NATIVE.as_bytes().to_vec();
         }
-        let response = auth::client_response(&plugin, &nonce, password.expose())?;
         let mut seq = seq.wrapping_add(1);
         match connector.tls.connector() {
             Some((tls, name)) if server_caps.contains(CapabilityFlags::CLIENT_SSL) => {
@@ -417,6 +432,8 @@ impl BackendConn {
             }
             _ => {}
         }
+        let transport = connector.transport(&stream);
+        let response = secret.response(&plugin, &nonce, transport)?;
         let version = env!("CARGO_PKG_VERSION");
         let attrs = [
             ("_client_name", "sluice"),
@@ -438,7 +455,8 @@ impl BackendConn {
             .write_packet(seq, &hello)
             .await
             .map_err(ProtocolError::from)?;
-        let (status, plugin) = auth_exchange(&mut stream, plugin, nonce.clone(), password).await?;
+        let (status, plugin) =
+            auth_exchange(&mut stream, plugin, nonce.clone(), secret, transport).await?;
         let now = Instant::now();
         Ok(BackendConn {
             id,
@@ -455,6 +473,7 @@ impl BackendConn {
             status,
             nonce,
             plugin,
+            transport,
             created: now,
             last_used: now,
             needs_reset: false,
@@ -817,10 +836,13 @@ impl BackendConn {
 
     /// Logs in again as the same user with no schema selected (COM_CHANGE_USER), clearing all
     /// session state. The only way to leave every schema once one was chosen.
-    pub async fn change_user_no_schema(&mut self, password: &Secret) -> Result<(), BackendError> {
+    pub async fn change_user_no_schema(
+        &mut self,
+        secret: &BackendSecret,
+    ) -> Result<(), BackendError> {
         self.statements.clear();
         let plugin = self.plugin.clone();
-        let response = auth::client_response(&plugin, &self.nonce, password.expose())?;
+        let response = secret.response(&plugin, &self.nonce, self.transport)?;
         let mut payload = vec![command::COM_CHANGE_USER];
         payload.extend_from_slice(self.key.user.as_bytes());
         payload.push(0);
@@ -837,8 +859,14 @@ impl BackendConn {
             .write_packet(0, &payload)
             .await
             .map_err(ProtocolError::from)?;
-        let (status, plugin) =
-            auth_exchange(&mut self.stream, plugin, self.nonce.clone(), password).await?;
+        let (status, plugin) = auth_exchange(
+            &mut self.stream,
+            plugin,
+            self.nonce.clone(),
+            secret,
+            self.transport,
+        )
+        .await?;
         self.plugin = plugin;
         self.status = status;
         self.schema = None;
@@ -868,13 +896,21 @@ impl BackendConn {
 
 /// Answers the server's authentication requests until it says OK or ERR. `plugin` and `nonce`
 /// are what the last response was computed with; the server may switch to another plugin.
+/// What `secret` may answer on `transport` is its own rule ([`BackendSecret::response`]).
 async fn auth_exchange(
     stream: &mut PacketStream,
     mut plugin: Vec<u8>,
     mut nonce: Vec<u8>,
-    password: &Secret,
+    secret: &BackendSecret,
+    transport: Transport,
 ) -> Result<(StatusFlags, Vec<u8>), BackendError> {
+    // A server that keeps switching plugins is not logging anyone in.
+    let mut rounds = 0u8;
     loop {
+        rounds = rounds.saturating_add(1);
+        if rounds > 16 {
+            return Err(ProtocolError::Malformed("authentication exchange without an end").into());
+        }
         let (rseq, p) = stream.read_packet(CONTROL_PACKET_MAX).await?;
         let seq = rseq.wrapping_add(1);
         match p.first() {
@@ -890,15 +926,20 @@ async fn auth_exchange(
                 });
             }
             Some(0xFE) => {
-                // AuthSwitchRequest: plugin name, NUL, new nonce (often NUL-terminated).
-                let mut r = Reader::new(&p[1..]);
+                // AuthSwitchRequest: plugin name, NUL, new nonce (scrambles NUL-terminated;
+                // ed25519's 32 bytes exactly as they are).
+                let mut r = Reader::new(p.get(1..).unwrap_or_default());
                 let name = r
                     .null_terminated()
                     .ok_or_else(|| AuthError::UnsupportedPlugin("mysql_old_password".into()))?;
                 plugin = name.to_vec();
                 let data = r.take_rest();
-                nonce = data.strip_suffix(&[0]).unwrap_or(data).to_vec();
-                let response = auth::client_response(&plugin, &nonce, password.expose())?;
+                nonce = if plugin == auth::ED25519.as_bytes() {
+                    data.to_vec()
+                } else {
+                    data.strip_suffix(&[0]).unwrap_or(data).to_vec()
+                };
+                let response = secret.response(&plugin, &nonce, transport)?;
                 stream
                     .write_packet(seq, &response)
                     .await
@@ -908,7 +949,7 @@ async fn auth_exchange(
                 Some(&auth::FAST_AUTH_OK) => {}
                 Some(&auth::PERFORM_FULL_AUTH) if stream.is_tls() => {
                     // Over TLS the password itself goes, NUL-terminated, as MySQL's clients do.
-                    let mut clear = password.expose().as_bytes().to_vec();
+                    let mut clear = full_auth_password(secret)?.as_bytes().to_vec();
                     clear.push(0);
                     stream
                         .write_packet(seq, &clear)
@@ -926,9 +967,9 @@ async fn auth_exchange(
                         Some((0x01, pem)) => pem,
                         _ => return Err(AuthError::BadPublicKey.into()),
                     };
-                    let secret = auth::encrypt_password(password.expose(), &nonce, pem)?;
+                    let cipher = auth::encrypt_password(full_auth_password(secret)?, &nonce, pem)?;
                     stream
-                        .write_packet(kseq.wrapping_add(1), &secret)
+                        .write_packet(kseq.wrapping_add(1), &cipher)
                         .await
                         .map_err(ProtocolError::from)?;
                 }
@@ -937,6 +978,13 @@ async fn auth_exchange(
             _ => return Err(ProtocolError::Malformed("authentication exchange").into()),
         }
     }
+}
+
+/// The password caching_sha2_password's full authentication sends; only a password has one.
+fn full_auth_password(secret: &BackendSecret) -> Result<&str, AuthError> {
+    secret.password().ok_or_else(|| {
+        AuthError::NeedsPassword("caching_sha2_password (full authentication)".into())
+    })
 }
 
 /// The name of a column definition (catalog, schema, table, original table, then the name).

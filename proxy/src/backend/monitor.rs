@@ -25,7 +25,7 @@ use super::conn::{BackendConn, BackendError};
 use super::login::{self, LoginError};
 use super::pool::{Pool, PoolKey};
 use super::topology::{HostId, Lag, Probe, Route, Topology};
-use crate::credentials::Credentials;
+use crate::credentials::{BackendSecret, Credentials};
 use crate::protocol::CapabilityFlags;
 
 /// How often hosts are checked while no writer is known.
@@ -215,7 +215,11 @@ pub(crate) async fn open_side(
         route: Route::Writer,
     };
     let mut conn = match password {
-        Some(password) => connector.open(&key, &password, None).await?,
+        Some(password) => {
+            connector
+                .open(&key, &BackendSecret::from(password), None)
+                .await?
+        }
         None => {
             let deadline = tokio::time::Instant::now() + connector.connect_timeout();
             login::open(connector, credentials, &key, deadline, Duration::ZERO)

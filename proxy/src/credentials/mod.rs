@@ -1,10 +1,17 @@
-//! Where user passwords come from, and which of them are accepted right now.
+//! Who may log in, how they prove it, and what Sluice logs in to the database with.
 //!
-//! Two sources:
+//! Password sources:
 //! - the static `[[users]]` tables of the configuration ([`static_users`]), for local use;
 //! - AWS Secrets Manager ([`secrets_manager`]): one RDS-format secret ([`rds_secret`]) per
 //!   database user, as RDS Proxy reads them. Such users authenticate clients with
 //!   `mysql_native_password`.
+//!
+//! Identity without a secret per user:
+//! - [`iam`]: clients that log in with their AWS identity (a signed STS request as password);
+//! - [`rds_iam`]: Sluice logs in to RDS with IAM authentication tokens instead of passwords;
+//! - [`accounts`]: users unknown to Sluice are looked up in the database's own accounts.
+//!
+//! What a backend login uses is a [`BackendSecret`] ([`backend_secret`]).
 //!
 //! A user named both in `[[users]]` and in a secret takes the secret's password (a warning says
 //! so at start and on reload).
@@ -21,9 +28,14 @@
 //! the current one, the secret's `AWSPENDING` one (an RDS rotation sets it on the database
 //! before it becomes current) and the previous one while its window lasts.
 
+pub mod accounts;
+pub mod backend_secret;
+pub mod iam;
+pub mod rds_iam;
 pub mod rds_secret;
 pub mod secrets_manager;
 mod static_users;
+mod wildcard;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +47,10 @@ use tokio::time::Instant as TokioInstant;
 
 use crate::auth;
 use crate::config::{AuthPluginName, Config, Secret, SecretsManagerConfig, UserConfig};
+pub use accounts::{Account, AccountRow, DatabaseAccounts};
+pub use backend_secret::{BackendSecret, Transport};
+pub use iam::{IamRefusal, IamVerifier};
+pub use rds_iam::{RdsIamError, RdsIamTokens};
 pub use rds_secret::{FormatError, RdsSecret};
 pub use secrets_manager::{FetchedSecret, SecretError, SecretErrorReason, SecretsManagerClient};
 
@@ -75,16 +91,20 @@ enum Origin {
         id: Arc<str>,
         generation: u64,
     },
+    /// Named only by `[[iam.identities]]`: no password anywhere.
+    Iam,
+    /// A database account, as looked up.
+    Database(Account),
 }
 
 impl Credential {
-    /// Checks a client's scramble answer (`mysql_native_password` or `caching_sha2_password`
-    /// fast authentication) against the current password, then against the previous one while
-    /// its rotation window lasts.
+    /// Checks a client's answer to `scramble` (`mysql_native_password`, `caching_sha2_password`
+    /// fast authentication, ed25519) against the current password, then against the previous
+    /// one while its rotation window lasts.
     pub fn verify_scramble(
         &self,
         plugin: AuthPluginName,
-        scramble: &[u8; 20],
+        scramble: &[u8],
         auth_data: &[u8],
     ) -> bool {
         self.accepted_passwords(Instant::now())
@@ -103,9 +123,34 @@ impl Credential {
     /// The secret this user comes from; `None` for a `[[users]]` entry.
     pub fn secret_id(&self) -> Option<&str> {
         match &self.origin {
-            Origin::Static => None,
             Origin::Secret { id, .. } => Some(id),
+            _ => None,
         }
+    }
+
+    /// A database account looked up by [`accounts`]: clients answer mysql_native_password
+    /// scrambles, checked against its stored hash.
+    pub fn database_account(name: &str, account: Account) -> Credential {
+        Credential {
+            username: Arc::from(name),
+            password: Secret::default(),
+            auth_plugin: AuthPluginName::MysqlNativePassword,
+            previous: None,
+            origin: Origin::Database(account),
+        }
+    }
+
+    /// The looked-up account, for a credential made by [`Credential::database_account`].
+    pub fn account(&self) -> Option<&Account> {
+        match &self.origin {
+            Origin::Database(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Whether clients of this user log in with an IAM token.
+    pub fn uses_iam(&self) -> bool {
+        self.auth_plugin == AuthPluginName::ClearPassword
     }
 
     /// Whether a previous password is still accepted from clients.
@@ -129,10 +174,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The passwords to try, in order, when logging in to the backend as one user.
+/// What to try, in order, when logging in to the backend as one user.
 #[derive(Debug, Clone)]
 pub struct BackendLogin {
-    pub passwords: Vec<Secret>,
+    pub secrets: Vec<BackendSecret>,
     /// The secret to read again if the database refuses all of them, and its generation.
     reread: Option<(Arc<str>, u64)>,
 }
@@ -159,6 +204,41 @@ pub struct Credentials {
     users: RwLock<Users>,
     /// Absent without `[secrets_manager] secret_ids`.
     secrets: Option<SecretSource>,
+    /// Absent without `[iam] audience`.
+    pub iam: Option<IamVerifier>,
+    /// Absent without `[rds_iam] users`.
+    pub rds: Option<Arc<RdsIamTokens>>,
+    /// Absent unless `[database_accounts] enabled`.
+    pub accounts: Option<DatabaseAccounts>,
+}
+
+/// Why the credentials could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Iam(#[from] iam::IamSetupError),
+    #[error(transparent)]
+    RdsIam(#[from] RdsIamError),
+    #[error(
+        "database_accounts.lookup_user `{0}` is not a user Sluice can log in as: add it to \
+         [[users]] or to a secret"
+    )]
+    LookupUser(String),
+}
+
+/// Counts of the identity features, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityCounts {
+    /// IAM logins: verified by STS, from the cache, refused, refused for want of STS.
+    pub iam_logins: [u64; 4],
+    /// STS calls: made, failed without an answer.
+    pub sts_calls: (u64, u64),
+    /// Database account lookups: found, absent, failed.
+    pub account_lookups: [u64; 3],
+    /// RDS IAM token refreshes: succeeded, failed.
+    pub rds_token_refreshes: (u64, u64),
 }
 
 #[derive(Debug, Default)]
@@ -223,15 +303,33 @@ impl Credentials {
     }
 
     /// Builds the set from `[[users]]` and, when `[secrets_manager] secret_ids` lists any,
-    /// reads every secret (AWS settings from the standard environment). Fails on the first
-    /// secret that cannot be read or used; the error names it and never holds its value.
-    pub async fn load(config: &Config) -> Result<Self, SecretError> {
+    /// reads every secret (AWS settings from the standard environment); then sets up IAM
+    /// logins, RDS IAM tokens and database account lookups as configured. Fails on the first
+    /// secret that cannot be read or used (the error names it and never holds its value), or
+    /// when the identity features cannot work.
+    pub async fn load(config: &Config) -> Result<Self, LoadError> {
         let settings = &config.secrets_manager;
-        if settings.secret_ids.is_empty() {
-            return Ok(Self::from_config(&config.users));
+        let mut credentials = if settings.secret_ids.is_empty() {
+            Self::from_config(&config.users)
+        } else {
+            let client = SecretsManagerClient::from_env().await;
+            Self::load_with(config, client).await?
+        };
+        if !config.iam.audience.is_empty() {
+            credentials.iam = Some(IamVerifier::from_config(&config.iam).await?);
         }
-        let client = SecretsManagerClient::from_env().await;
-        Self::load_with(config, client).await
+        if !config.rds_iam.users.is_empty() {
+            let tokens = RdsIamTokens::load(&config.rds_iam, &config.backend.hosts()).await?;
+            credentials.rds = Some(Arc::new(tokens));
+        }
+        if config.database_accounts.enabled {
+            let lookup = &config.database_accounts.lookup_user;
+            if credentials.backend_login(lookup, "").is_none() {
+                return Err(LoadError::LookupUser(lookup.clone()));
+            }
+            credentials.accounts = Some(DatabaseAccounts::new(&config.database_accounts));
+        }
+        Ok(credentials)
     }
 
     /// As [`Credentials::load`], with a given client (tests point one at a local endpoint).
@@ -260,6 +358,7 @@ impl Credentials {
                 settings: settings.clone(),
                 reads,
             }),
+            ..Credentials::default()
         };
         // One after the other: a deployment has a few secrets, and the first failure stops
         // the start anyway.
@@ -295,37 +394,74 @@ impl Credentials {
         all.statics = statics;
     }
 
-    /// The user called `name`, if known.
+    /// The user called `name`, if Sluice knows it (database accounts are looked up by the
+    /// login itself). A user `[[iam.identities]]` name logs in with IAM, whatever password
+    /// Sluice also holds for it (that one serves backend logins).
     pub fn get(&self, name: &str) -> Option<Credential> {
-        let users = self.read();
-        match users.by_name.get(name) {
-            Some(id) => users.secrets.get(id).map(|s| s.credential.clone()),
-            None => users.statics.get(name).cloned(),
+        let known = {
+            let users = self.read();
+            match users.by_name.get(name) {
+                Some(id) => users.secrets.get(id).map(|s| s.credential.clone()),
+                None => users.statics.get(name).cloned(),
+            }
+        };
+        if !self.iam.as_ref().is_some_and(|v| v.maps_user(name)) {
+            return known;
         }
+        Some(match known {
+            Some(c) => Credential {
+                auth_plugin: AuthPluginName::ClearPassword,
+                ..c
+            },
+            None => Credential {
+                username: Arc::from(name),
+                password: Secret::default(),
+                auth_plugin: AuthPluginName::ClearPassword,
+                previous: None,
+                origin: Origin::Iam,
+            },
+        })
     }
 
-    /// Some known user, the first by name (secrets first), for checks that need to log in.
+    /// Some known user Sluice can log in to the backend as, the first by name (secrets first,
+    /// then `[[users]]`, then RDS IAM users), for checks that need to log in.
     pub fn any(&self) -> Option<Credential> {
-        let users = self.read();
-        let from_secret = users
-            .secrets
-            .values()
-            .map(|s| &s.credential)
-            .min_by(|a, b| a.username.cmp(&b.username));
-        from_secret
-            .or_else(|| {
-                users
-                    .statics
-                    .values()
-                    .min_by(|a, b| a.username.cmp(&b.username))
+        let first = {
+            let users = self.read();
+            let from_secret = users
+                .secrets
+                .values()
+                .map(|s| &s.credential)
+                .min_by(|a, b| a.username.cmp(&b.username));
+            from_secret
+                .or_else(|| {
+                    users
+                        .statics
+                        .values()
+                        .min_by(|a, b| a.username.cmp(&b.username))
+                })
+                .cloned()
+        };
+        first.or_else(|| {
+            let name = self.rds.as_ref()?.users().iter().min()?;
+            Some(Credential {
+                username: Arc::from(name.as_str()),
+                password: Secret::default(),
+                auth_plugin: AuthPluginName::ClearPassword,
+                previous: None,
+                origin: Origin::Iam,
             })
-            .cloned()
+        })
     }
 
     /// True while no user is known (Secrets Manager not read yet, say): /readyz says not ready.
     pub fn is_empty(&self) -> bool {
         let users = self.read();
-        users.statics.is_empty() && users.secrets.is_empty()
+        users.statics.is_empty()
+            && users.secrets.is_empty()
+            && self.iam.is_none()
+            && self.rds.is_none()
+            && self.accounts.is_none()
     }
 
     /// The plugin to announce in the handshake: native unless every user uses caching_sha2,
@@ -378,12 +514,27 @@ impl Credentials {
         self.get(&cred.username).filter(|fresh| verify(fresh))
     }
 
-    /// The passwords to log in to the backend as `name` with, best first.
-    pub fn backend_login(&self, name: &str) -> Option<BackendLogin> {
+    /// What to log in to the backend at `address` (an entry of `backend.address`) as `name`
+    /// with, best first: an RDS IAM token for `[rds_iam] users` (signed for that host); the
+    /// passwords Sluice knows; for a database account, the proof of its last client login.
+    pub fn backend_login(&self, name: &str, address: &str) -> Option<BackendLogin> {
+        if let Some(token) = self.rds.as_ref().and_then(|r| r.token(name, address)) {
+            return Some(BackendLogin {
+                secrets: vec![BackendSecret::RdsToken(token)],
+                reread: None,
+            });
+        }
         let users = self.read();
         let Some(id) = users.by_name.get(name) else {
-            return users.statics.get(name).map(|c| BackendLogin {
-                passwords: vec![c.password.clone()],
+            if let Some(c) = users.statics.get(name) {
+                return Some(BackendLogin {
+                    secrets: vec![BackendSecret::Password(c.password.clone())],
+                    reread: None,
+                });
+            }
+            let secret = self.accounts.as_ref()?.backend_secret(name)?;
+            return Some(BackendLogin {
+                secrets: vec![secret],
                 reread: None,
             });
         };
@@ -405,23 +556,26 @@ impl Credentials {
         }
         let generation = match &cred.origin {
             Origin::Secret { generation, .. } => *generation,
-            Origin::Static => 0,
+            _ => 0,
         };
         Some(BackendLogin {
-            passwords,
+            secrets: passwords.into_iter().map(BackendSecret::Password).collect(),
             reread: Some((id.clone(), generation)),
         })
     }
 
-    /// The password to log in to the backend as `name` with: the one it accepted last, or the
-    /// current one.
-    pub fn backend_password(&self, name: &str) -> Option<Secret> {
-        self.backend_login(name)
-            .and_then(|login| login.passwords.into_iter().next())
+    /// What to log in to the backend as `name` with: the password it accepted last, or the
+    /// current one; a token; a database account's proof.
+    pub fn backend_password(&self, name: &str, address: &str) -> Option<BackendSecret> {
+        self.backend_login(name, address)
+            .and_then(|login| login.secrets.into_iter().next())
     }
 
-    /// Records that the database accepted `password` for `name`, so it is tried first.
-    pub fn backend_accepted(&self, name: &str, password: &Secret) {
+    /// Records that the database accepted `secret` for `name`, so it is tried first.
+    pub fn backend_accepted(&self, name: &str, secret: &BackendSecret) {
+        let BackendSecret::Password(password) = secret else {
+            return;
+        };
         {
             // The usual case, under the shared lock: nothing to record.
             let users = self.read();
@@ -553,6 +707,31 @@ impl Credentials {
         })
     }
 
+    /// Counts of IAM logins, STS calls, account lookups and token refreshes so far.
+    pub fn identity_counts(&self) -> IdentityCounts {
+        let mut c = IdentityCounts::default();
+        if let Some(v) = &self.iam {
+            let n = v.counts();
+            c.iam_logins = [&n.verified, &n.cached, &n.refused, &n.unavailable]
+                .map(|a| a.load(Ordering::Relaxed));
+            c.sts_calls = (
+                n.sts_calls.load(Ordering::Relaxed),
+                n.sts_failures.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(a) = &self.accounts {
+            let n = &a.counts;
+            c.account_lookups = [&n.found, &n.absent, &n.failed].map(|a| a.load(Ordering::Relaxed));
+        }
+        if let Some(r) = &self.rds {
+            c.rds_token_refreshes = (
+                r.refreshed.load(Ordering::Relaxed),
+                r.failed.load(Ordering::Relaxed),
+            );
+        }
+        c
+    }
+
     /// Users whose previous password clients may still log in with (a rotation is recent).
     pub fn users_in_rotation_window(&self) -> usize {
         let now = Instant::now();
@@ -586,6 +765,9 @@ impl Credentials {
     /// Refreshes every secret each `refresh_interval` until `shutdown` turns true or these
     /// credentials are dropped. Does nothing without secrets.
     pub fn spawn_refresh(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Some(rds) = &self.rds {
+            rds.spawn_refresh(shutdown.clone());
+        }
         let Some(source) = &self.secrets else { return };
         let every = source.settings.refresh_interval;
         let weak = Arc::downgrade(self);
@@ -650,7 +832,7 @@ impl Credentials {
             Some(old) if *old.credential.username == *current.username => {
                 let generation = match old.credential.origin {
                     Origin::Secret { generation, .. } => generation + 1,
-                    Origin::Static => 1,
+                    _ => 1,
                 };
                 let previous = if old.credential.password == current.password {
                     old.credential.previous
@@ -672,7 +854,7 @@ impl Credentials {
                 users.by_name.remove(&*old.credential.username);
                 let generation = match old.credential.origin {
                     Origin::Secret { generation, .. } => generation + 1,
-                    Origin::Static => 1,
+                    _ => 1,
                 };
                 (generation, None, None)
             }

@@ -22,6 +22,7 @@ fn store(window: Duration, ids: &[&str]) -> Credentials {
             settings,
             reads,
         }),
+        ..Credentials::default()
     }
 }
 
@@ -56,7 +57,11 @@ fn user(name: &str, password: &str) -> UserConfig {
 }
 
 fn passwords(login: &BackendLogin) -> Vec<&str> {
-    login.passwords.iter().map(Secret::expose).collect()
+    login
+        .secrets
+        .iter()
+        .map(|s| s.password().unwrap_or("(not a password)"))
+        .collect()
 }
 
 #[test]
@@ -100,7 +105,7 @@ fn the_previous_password_is_refused_once_the_window_is_over() {
     assert!(cred.verify_scramble(NATIVE, &s, &answer(NATIVE, &s, "new")));
     assert!(!cred.verify_scramble(NATIVE, &s, &answer(NATIVE, &s, "old")));
     assert!(!cred.verify_cleartext(b"old"));
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["new"]);
+    assert_eq!(passwords(&c.backend_login("app", "").unwrap()), ["new"]);
 
     // A zero window accepts the new password alone from the start.
     let c = store(Duration::ZERO, &["s1"]);
@@ -113,7 +118,7 @@ fn the_previous_password_is_refused_once_the_window_is_over() {
 fn backend_logins_try_the_accepted_then_current_pending_and_previous_passwords() {
     let c = store(Duration::from_secs(600), &["s1"]);
     apply(&c, "s1", "app", "v1");
-    let login = c.backend_login("app").unwrap();
+    let login = c.backend_login("app", "").unwrap();
     assert!(login.can_reread());
     assert_eq!(passwords(&login), ["v1"]);
 
@@ -124,20 +129,38 @@ fn backend_logins_try_the_accepted_then_current_pending_and_previous_passwords()
         Instant::now(),
     )
     .unwrap();
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v1", "v2"]);
-    c.backend_accepted("app", &Secret::new("v2"));
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v2", "v1"]);
-    assert_eq!(c.backend_password("app").unwrap().expose(), "v2");
+    assert_eq!(
+        passwords(&c.backend_login("app", "").unwrap()),
+        ["v1", "v2"]
+    );
+    c.backend_accepted("app", &BackendSecret::Password(Secret::new("v2")));
+    assert_eq!(
+        passwords(&c.backend_login("app", "").unwrap()),
+        ["v2", "v1"]
+    );
+    assert_eq!(
+        c.backend_password("app", "").unwrap().password(),
+        Some("v2")
+    );
 
     // v2 became current: v1 is previous, still worth a try while its window lasts.
     apply(&c, "s1", "app", "v2");
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v2", "v1"]);
+    assert_eq!(
+        passwords(&c.backend_login("app", "").unwrap()),
+        ["v2", "v1"]
+    );
     // Had the database kept v1, it stays first until refused.
-    c.backend_accepted("app", &Secret::new("v1"));
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v1", "v2"]);
+    c.backend_accepted("app", &BackendSecret::Password(Secret::new("v1")));
+    assert_eq!(
+        passwords(&c.backend_login("app", "").unwrap()),
+        ["v1", "v2"]
+    );
     // A password no longer known is never tried.
     apply(&c, "s1", "app", "v3");
-    assert_eq!(passwords(&c.backend_login("app").unwrap()), ["v3", "v2"]);
+    assert_eq!(
+        passwords(&c.backend_login("app", "").unwrap()),
+        ["v3", "v2"]
+    );
 }
 
 #[test]
@@ -188,7 +211,7 @@ fn static_users_are_replaced_without_touching_secret_users() {
         statics.greeting_plugin(),
         AuthPluginName::CachingSha2Password
     );
-    let login = statics.backend_login("local").unwrap();
+    let login = statics.backend_login("local", "").unwrap();
     assert!(!login.can_reread());
     assert_eq!(passwords(&login), ["l1"]);
     assert!(Credentials::from_config(&[]).is_empty());
@@ -209,7 +232,7 @@ fn passwords_never_show_in_debug_output() {
         "{c:?} {:?} {:?} {:?}",
         c.get("app"),
         c.get("local"),
-        c.backend_login("app")
+        c.backend_login("app", "")
     );
     for secret in ["hunter2", "swordfish", "tr0ub4dor", "letmein"] {
         assert!(!shown.contains(secret), "{secret} in {shown}");
@@ -220,7 +243,7 @@ fn passwords_never_show_in_debug_output() {
 async fn a_failed_read_keeps_the_last_good_value() {
     let c = store(Duration::from_secs(600), &["s1"]);
     apply(&c, "s1", "app", "good");
-    let login = c.backend_login("app").unwrap();
+    let login = c.backend_login("app", "").unwrap();
     let deadline = TokioInstant::now() + Duration::from_secs(10);
     assert_eq!(
         c.reread_after_refusal(&login, deadline).await,
@@ -241,7 +264,7 @@ async fn a_failed_read_keeps_the_last_good_value() {
 async fn rereads_are_debounced() {
     let c = store(Duration::from_secs(600), &["s1"]);
     apply(&c, "s1", "app", "good");
-    let login = c.backend_login("app").unwrap();
+    let login = c.backend_login("app", "").unwrap();
     let far = TokioInstant::now() + Duration::from_secs(10);
     c.reread_after_refusal(&login, far).await;
     // The next read may not start within MIN_REREAD_INTERVAL of the last: with a nearer
@@ -256,7 +279,7 @@ async fn rereads_are_debounced() {
 async fn a_storm_of_refusals_causes_one_read() {
     let c = Arc::new(store(Duration::from_secs(600), &["s1"]));
     apply(&c, "s1", "app", "good");
-    let login = c.backend_login("app").unwrap();
+    let login = c.backend_login("app", "").unwrap();
     let deadline = TokioInstant::now() + Duration::from_secs(10);
     let storm: Vec<_> = (0..20)
         .map(|_| {

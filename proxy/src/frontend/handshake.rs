@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::HandshakeResponse;
 
+use super::authenticate::{self, Answer};
 use crate::auth;
 use crate::backend::{PoolKey, Route};
 use crate::config::{AuthPluginName, TlsMode};
@@ -468,16 +469,33 @@ async fn authenticate(
     let caps = response.capabilities() & offered;
     let user_name = String::from_utf8_lossy(response.user()).into_owned();
     let host = peer.ip().to_string();
-    let known = shared.credentials.get(&user_name);
+    let who = authenticate::resolve(shared, &user_name).await;
     // Unknown users go through the same steps as known ones, so their replies look alike.
-    let plugin = known.as_ref().map_or(greeting_plugin, |u| u.auth_plugin);
+    let plugin = who.plugin(greeting_plugin);
+    if plugin == AuthPluginName::ClearPassword && !client.is_tls() {
+        // An IAM token is a bearer credential: never ask for one in clear text.
+        tracing::info!(client = %session.id, user = %Escaped(&user_name), %host, "IAM login refused: no TLS");
+        return Err(LoginFailure::with(
+            *seq,
+            ClientError::access_denied_because(
+                &user_name,
+                &host,
+                "this user logs in with an AWS IAM token, which needs TLS: connect with TLS \
+                 (ssl-mode=REQUIRED)",
+            ),
+            "IAM login without TLS",
+        ));
+    }
     let client_plugin = response.auth_plugin().map(|p| p.as_bytes().to_vec());
     let mut auth_data = response.scramble_buf().to_vec();
-    let client_used_plugin = match client_plugin.as_deref() {
-        Some(name) => name == plugin.as_str().as_bytes(),
-        // Without CLIENT_PLUGIN_AUTH the client answered for mysql_native_password.
-        None => plugin == AuthPluginName::MysqlNativePassword,
-    };
+    let mut nonce = scramble.to_vec();
+    // ed25519 signs a nonce of its own, so its clients always get a switch.
+    let client_used_plugin = plugin != AuthPluginName::Ed25519
+        && match client_plugin.as_deref() {
+            Some(name) => name == plugin.as_str().as_bytes(),
+            // Without CLIENT_PLUGIN_AUTH the client answered for mysql_native_password.
+            None => plugin == AuthPluginName::MysqlNativePassword,
+        };
     if !client_used_plugin {
         if !caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
             return Err(LoginFailure::with(
@@ -486,16 +504,17 @@ async fn authenticate(
                 "client cannot switch plugins",
             ));
         }
-        let switch = packets::auth_switch_request(plugin.as_str(), &scramble);
-        auth_data = exchange(client, seq, &switch).await?;
+        nonce = auth::challenge(plugin, &scramble)
+            .map_err(|_| LoginFailure::silent("no randomness for a nonce"))?;
+        auth_data = exchange(client, seq, &auth::switch_request(plugin, &nonce)).await?;
     }
     // caching_sha2 with `caching_sha2_full_auth = "first-login"`: like MySQL with a cold
     // cache, a user's first login with this password sends it in full.
     let full_auth = plugin == AuthPluginName::CachingSha2Password
         && !auth_data.is_empty()
         && shared.rsa_key.is_some()
-        && !known
-            .as_ref()
+        && !who
+            .credential()
             .is_some_and(|u| shared.sha2_cache.contains(&u.username, u.password.expose()));
     let sent = if full_auth {
         shared
@@ -506,35 +525,23 @@ async fn authenticate(
     } else {
         None
     };
-    let verified = shared
-        .credentials
-        .authenticate(known, |u| match &sent {
-            Some(sent) => sent.as_deref().is_some_and(|p| u.verify_cleartext(p)),
-            None => u.verify_scramble(plugin, &scramble, &auth_data),
-        })
-        .await;
-    let user = match verified {
-        Some(u) => {
-            if full_auth {
-                shared.sha2_cache.insert(&u.username, u.password.expose());
-            }
-            u
-        }
-        None => {
-            shared
-                .stats
-                .client_auth_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let known = shared.credentials.get(&user_name).is_some();
-            shared.metrics.auth_failed(&user_name, known);
-            tracing::info!(client = %session.id, user = %Escaped(&user_name), %host, "login refused: wrong password or unknown user");
-            return Err(LoginFailure::with(
-                *seq,
-                ClientError::access_denied(&user_name, &host, !auth_data.is_empty()),
-                "access denied",
-            ));
-        }
+    let answer = match (&sent, plugin) {
+        (Some(Some(password)), _) => Answer::Cleartext(password),
+        (Some(None), _) => Answer::Unusable,
+        (None, AuthPluginName::ClearPassword) => Answer::Cleartext(&auth_data),
+        (None, _) => Answer::Scramble {
+            nonce: &nonce,
+            response: &auth_data,
+        },
     };
+    let user = authenticate::verify(shared, who, &user_name, &host, plugin, answer)
+        .await
+        .map_err(|r| LoginFailure::with(*seq, r.error, r.reason))?;
+    if full_auth {
+        shared
+            .sha2_cache
+            .insert(&user.username, user.password.expose());
+    }
     if plugin == AuthPluginName::CachingSha2Password && !auth_data.is_empty() && !full_auth {
         client
             .write_packet(*seq, &packets::auth_more_data(&[auth::FAST_AUTH_OK]))

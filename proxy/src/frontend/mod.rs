@@ -7,6 +7,7 @@
 //! back (the backend's own `wait_timeout` still applies). On drain, idle sessions are closed
 //! with ERR 1053 and sessions in a transaction go on until it ends.
 
+pub(crate) mod authenticate;
 mod cmd;
 mod diagnostics;
 mod dispatch;

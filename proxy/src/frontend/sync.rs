@@ -63,9 +63,10 @@ impl ClientSession {
                 // since this session logged in).
                 None => {
                     let credentials = &self.shared.credentials;
+                    let address = &self.shared.pool.topology().connector(b.host).address;
                     let password = credentials
-                        .backend_password(&self.user.username)
-                        .unwrap_or_else(|| self.user.password.clone());
+                        .backend_password(&self.user.username, address)
+                        .unwrap_or_else(|| self.user.password.clone().into());
                     b.change_user_no_schema(&password).await?
                 }
             }

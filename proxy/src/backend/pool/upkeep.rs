@@ -78,7 +78,11 @@ impl Pool {
                     return; // the slot's drop gives the place back
                 };
                 let connector = pool.inner.topology.connector(target.host);
-                let Some(password) = pool.inner.credentials.backend_password(&key.user) else {
+                let Some(password) = pool
+                    .inner
+                    .credentials
+                    .backend_password(&key.user, &connector.address)
+                else {
                     return;
                 };
                 match connector.open(&key, &password, None).await {

@@ -1,10 +1,9 @@
 //! COM_CHANGE_USER: Sluice authenticates the new user itself; the session starts over.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::auth;
 use crate::config::AuthPluginName;
 use crate::errors::ClientError;
+use crate::frontend::authenticate::{self, Answer};
 use crate::frontend::{ClientSession, Flow, farewell, pool_key};
 use crate::protocol::CapabilityFlags;
 use crate::protocol::packets::{self, ChangeUser};
@@ -29,29 +28,40 @@ impl ClientSession {
             return Flow::Close;
         };
         let user_name = String::from_utf8_lossy(cu.user).into_owned();
-        let known = self.shared.credentials.get(&user_name);
-        let is_known = known.is_some();
-        let plugin = known
-            .as_ref()
-            .map_or(AuthPluginName::MysqlNativePassword, |u| u.auth_plugin);
+        let host = self.peer.ip().to_string();
+        let who = authenticate::resolve(&self.shared, &user_name).await;
+        let plugin = who.plugin(AuthPluginName::MysqlNativePassword);
         let mut seq = 1u8;
-        let mut scramble = self.scramble;
-        let mut response = cu.auth_response.to_vec();
         let collation = cu.collation.map_or(self.key.collation, |c| c as u8);
         let database =
             (!cu.database.is_empty()).then(|| String::from_utf8_lossy(cu.database).into_owned());
-        if cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
-            // Ask for an answer to a fresh scramble with the user's plugin.
-            scramble = match auth::new_scramble() {
-                Ok(s) => s,
+        if plugin == AuthPluginName::ClearPassword && !self.tls {
+            let err = ClientError::access_denied_because(
+                &user_name,
+                &host,
+                "this user logs in with an AWS IAM token, which needs TLS",
+            );
+            farewell(&self.shared.metrics, &mut self.client, seq, &err).await;
+            return Flow::Close;
+        }
+        // The client answered the connection's scramble, unless it gets a switch.
+        let mut nonce = self.scramble.to_vec();
+        let mut response = cu.auth_response.to_vec();
+        // ed25519 signs a nonce of its own; an IAM token outgrows COM_CHANGE_USER's one-byte
+        // length: both always get a switch.
+        let always_switch = matches!(
+            plugin,
+            AuthPluginName::Ed25519 | AuthPluginName::ClearPassword
+        );
+        if always_switch || cu.auth_plugin != Some(plugin.as_str().as_bytes()) {
+            // Ask for an answer to a fresh challenge with the user's plugin.
+            nonce = match auth::challenge(plugin, &self.scramble) {
+                Ok(n) => n,
                 Err(_) => return Flow::Close,
             };
             if self
                 .client
-                .write_packet(
-                    seq,
-                    &packets::auth_switch_request(plugin.as_str(), &scramble),
-                )
+                .write_packet(seq, &auth::switch_request(plugin, &nonce))
                 .await
                 .is_err()
             {
@@ -65,25 +75,21 @@ impl ClientSession {
                 Err(_) => return Flow::Close,
             };
         }
-        let host = self.peer.ip().to_string();
-        let user = match self
-            .shared
-            .credentials
-            .authenticate(known, |u| u.verify_scramble(plugin, &scramble, &response))
+        let answer = if plugin == AuthPluginName::ClearPassword {
+            Answer::Cleartext(&response)
+        } else {
+            Answer::Scramble {
+                nonce: &nonce,
+                response: &response,
+            }
+        };
+        let user = match authenticate::verify(&self.shared, who, &user_name, &host, plugin, answer)
             .await
         {
-            Some(u) => u,
-            None => {
-                self.shared.stats.client_auth_failures.fetch_add(1, Relaxed);
-                self.shared.metrics.auth_failed(&user_name, is_known);
+            Ok(u) => u,
+            Err(refusal) => {
                 tracing::info!(client = %self.id(), user = %crate::logsafe::Escaped(&user_name), %host, "COM_CHANGE_USER refused");
-                farewell(
-                    &self.shared.metrics,
-                    &mut self.client,
-                    seq,
-                    &ClientError::access_denied(&user_name, &host, !response.is_empty()),
-                )
-                .await;
+                farewell(&self.shared.metrics, &mut self.client, seq, &refusal.error).await;
                 return Flow::Close;
             }
         };

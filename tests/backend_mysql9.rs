@@ -646,3 +646,55 @@ async fn parameter_types_stay_with_their_client_statement() {
     drop((a, b, direct));
     proxy.stop().await;
 }
+
+/// The collation the server gives the result column of `SELECT 'x'` (that of
+/// `character_set_results`, which the variable's text does not name).
+async fn column_collation(conn: &mut Conn) -> u16 {
+    let result = conn.query_iter("SELECT 'x'").await.unwrap();
+    let collation = result
+        .columns_ref()
+        .first()
+        .map(|c| c.character_set())
+        .unwrap();
+    result.drop_result().await.unwrap();
+    collation
+}
+
+/// MySQL's COM_RESET_CONNECTION sets the character set variables to the server's defaults, not
+/// to the collation the client logged in with. Through Sluice, a reset Sluice makes for its own
+/// reasons (a user variable left behind) gives the next client the connection as after a
+/// login, while a client's own reset gives it what the server gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_leave_each_client_the_collation_the_server_would() {
+    let db = Mysql9::shared();
+    let proxy = Running::pool_of_one(db).await;
+    let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
+    let mut direct = Conn::new(direct_opts).await.unwrap();
+    let at_login = column_collation(&mut direct).await;
+    direct.reset().await.unwrap();
+    let after_reset = column_collation(&mut direct).await;
+    assert_ne!(
+        at_login, after_reset,
+        "MySQL's reset no longer changes the collation; this test proves nothing"
+    );
+    let opts = || client_opts(proxy.addr, db.app_password());
+    let mut a = Conn::new(opts()).await.unwrap();
+    a.query_drop("SET @left_behind = 1").await.unwrap();
+    drop(a);
+    let mut b = Conn::new(opts()).await.unwrap();
+    assert_eq!(
+        column_collation(&mut b).await,
+        at_login,
+        "a reset for Sluice's own reasons left the server's defaults for the next client"
+    );
+    b.reset().await.unwrap();
+    assert_eq!(
+        column_collation(&mut b).await,
+        after_reset,
+        "a client's own reset"
+    );
+    let mut c = Conn::new(opts()).await.unwrap();
+    assert_eq!(column_collation(&mut c).await, at_login, "the client after");
+    drop((b, c, direct));
+    proxy.stop().await;
+}

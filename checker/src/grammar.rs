@@ -105,6 +105,8 @@ pub enum Effect {
     Unreplayable,
     /// State the server reports without saying what (a procedure's user variable).
     UnknownState,
+    /// Rows from a stored function: see [`crate::model::Holds::eof_hides_changes`].
+    StoredRows,
     /// A cursor opened (`true`, if the server says so) or closed (`false`) on a statement slot.
     Cursor(usize, bool),
     /// A fetch: the cursor closes if the server says it sent the last row.
@@ -864,10 +866,11 @@ impl Gen<'_> {
             format!("PREPARE ps1 FROM '{body}'"),
             vec![Effect::SqlPrepare("ps1".into(), true)],
         ));
+        // What a text EXECUTE runs, Sluice cannot see: its rows may hide a change.
         let exec_effects = if state {
             vec![Effect::UnknownState]
         } else {
-            Vec::new()
+            vec![Effect::StoredRows]
         };
         self.push(Step::query("EXECUTE ps1", exec_effects));
         if self.rng.chance(70) {
@@ -904,12 +907,18 @@ impl Gen<'_> {
     fn stored_code(&mut self) {
         match self.rng.below(5) {
             0 => self.push(Step::query("CALL p_setvar()", vec![Effect::UnknownState])),
-            1 => self.push(Step::plain("CALL p_select()")),
+            1 => self.push(Step::query("CALL p_select()", vec![Effect::StoredRows])),
             // Its tracked variable comes with a bare state change a procedure may also cause
             // by invisible means: it holds until a reset.
             2 => self.push(Step::query("CALL p_timezone()", vec![Effect::UnknownState])),
-            3 => self.push(Step::query("SELECT f_setvar()", vec![Effect::UnknownState])),
-            _ => self.push(Step::plain("SELECT f_plain(), f_plain() + 1")),
+            3 => self.push(Step::query(
+                "SELECT f_setvar()",
+                vec![Effect::UnknownState, Effect::StoredRows],
+            )),
+            _ => self.push(Step::query(
+                "SELECT f_plain(), f_plain() + 1",
+                vec![Effect::StoredRows],
+            )),
         }
     }
 

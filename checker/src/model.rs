@@ -29,9 +29,20 @@ pub struct Holds {
     pub in_transaction: bool,
     /// `completion_type` (0 NO_CHAIN, 1 CHAIN, 2 RELEASE).
     pub completion_type: u8,
+    /// The client's result sets end with classic EOF packets from MySQL, which never raise
+    /// the state-changed flag there: rows from a stored function rightly hold the session.
+    pub eof_hides_changes: bool,
 }
 
 impl Holds {
+    /// Nothing held, for a client whose result sets hide state changes or not.
+    pub fn new(eof_hides_changes: bool) -> Holds {
+        Holds {
+            eof_hides_changes,
+            ..Holds::default()
+        }
+    }
+
     /// True when the session rightly keeps its connection.
     pub fn holds(&self) -> bool {
         self.in_transaction
@@ -49,7 +60,7 @@ impl Holds {
 
     /// The session ended or was reset: nothing is held.
     pub fn clear(&mut self) {
-        *self = Holds::default();
+        *self = Holds::new(self.eof_hides_changes);
     }
 
     /// Applies a step's effects, given the direct connection's answer.
@@ -137,6 +148,9 @@ impl Holds {
             Effect::EndTransaction { .. } if succeeded => self.next_transaction = false,
             Effect::Unreplayable if ran => self.sticky = true,
             Effect::UnknownState if ran => self.sticky = true,
+            Effect::StoredRows if ran && self.eof_hides_changes && answer.packets().len() > 1 => {
+                self.sticky = true
+            }
             Effect::Cursor(slot, open) => {
                 let status = answer.status().unwrap_or(0);
                 if *open && succeeded && status & 0x0040 != 0 {

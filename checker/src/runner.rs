@@ -140,12 +140,12 @@ struct Client {
 }
 
 impl Client {
-    fn new(kind: ClientKind) -> Client {
+    fn new(kind: ClientKind, server: Server) -> Client {
         Client {
             wire: None,
             kind,
             stmt_ids: Vec::new(),
-            holds: Holds::default(),
+            holds: Holds::new(server == Server::MySql && !kind.deprecate_eof),
         }
     }
 
@@ -509,7 +509,10 @@ impl Checker {
         rng: &mut Rng,
     ) -> Result<(Vec<Scheduled>, Vec<Answer>, Vec<bool>)> {
         self.reset_data().await?;
-        let mut clients: Vec<Client> = scripts.iter().map(|s| Client::new(s.kind)).collect();
+        let mut clients: Vec<Client> = scripts
+            .iter()
+            .map(|s| Client::new(s.kind, self.shape.server))
+            .collect();
         let mut next = vec![0usize; scripts.len()];
         let mut order = Vec::new();
         let mut answers = Vec::new();
@@ -540,7 +543,11 @@ impl Checker {
         schedule: &Schedule,
     ) -> Result<Option<(Vec<Answer>, Vec<bool>)>> {
         self.reset_data().await?;
-        let mut clients: Vec<Client> = schedule.kinds.iter().map(|k| Client::new(*k)).collect();
+        let mut clients: Vec<Client> = schedule
+            .kinds
+            .iter()
+            .map(|k| Client::new(*k, self.shape.server))
+            .collect();
         let mut answers = Vec::new();
         let mut holds = Vec::new();
         let mut valid = true;
@@ -566,7 +573,11 @@ impl Checker {
 
     async fn run_sluice(&self, schedule: &Schedule, expected: &[bool]) -> Result<SluiceRun> {
         self.begin_sluice_run(true).await?;
-        let mut clients: Vec<Client> = schedule.kinds.iter().map(|k| Client::new(*k)).collect();
+        let mut clients: Vec<Client> = schedule
+            .kinds
+            .iter()
+            .map(|k| Client::new(*k, self.shape.server))
+            .collect();
         let mut answers = Vec::new();
         let mut hold_failure = None;
         for (i, s) in schedule.steps.iter().enumerate() {
@@ -664,7 +675,7 @@ impl Checker {
         if let Some(a) = self.fresh.lock().await.get(&key) {
             return Ok(a.clone());
         }
-        let mut client = Client::new(kind);
+        let mut client = Client::new(kind, self.shape.server);
         let setup = match start {
             Start::Login => vec![Cmd::Connect(None)],
             Start::LoginWithSchema => vec![Cmd::Connect(Some(self.schema.clone()))],
@@ -747,7 +758,10 @@ impl Checker {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.begin_sluice_run(runs.is_multiple_of(16)).await?;
         let kinds: Vec<ClientKind> = scripts.iter().map(|s| s.kind).collect();
-        let mut clients: Vec<Client> = kinds.iter().map(|k| Client::new(*k)).collect();
+        let mut clients: Vec<Client> = kinds
+            .iter()
+            .map(|k| Client::new(*k, self.shape.server))
+            .collect();
         let mut next = vec![0usize; scripts.len()];
         let mut order = Vec::new();
         let mut rng = Rng::new(seed ^ 0x150_1A7E);

@@ -349,12 +349,14 @@ impl ClientError {
         )
     }
 
-    /// COM_STMT_FETCH for a statement without an open cursor.
-    pub fn no_open_cursor(id: u32) -> Self {
+    /// COM_STMT_FETCH for a statement without an open cursor, in the words of MySQL (with a
+    /// full stop) or MariaDB.
+    pub fn no_open_cursor(id: u32, mysql: bool) -> Self {
+        let stop = if mysql { "." } else { "" };
         Self::new(
             ER_STMT_HAS_NO_OPEN_CURSOR,
             b"HY000",
-            format!("The statement ({id}) has no open cursor"),
+            format!("The statement ({id}) has no open cursor{stop}"),
         )
     }
 

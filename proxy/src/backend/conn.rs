@@ -180,6 +180,7 @@ impl Connector {
                 let mut conn = BackendConn::login(stream, id, key, secret, schema, self).await?;
                 conn.statements = StatementCache::new(self.statement_cache());
                 conn.prepare_session().await?;
+                conn.record_baseline();
                 Ok(conn)
             })
             .await;
@@ -498,9 +499,16 @@ impl BackendConn {
         )
         .await?;
         self.read_all_tracked_vars().await?;
+        Ok(())
+    }
+
+    /// Records the state right after login: what every session that never changed a variable
+    /// expects. Not after a reset: MySQL's reset and change of user set the character set
+    /// variables to the server's defaults rather than the login's collation, and the next
+    /// session must get them replayed back.
+    fn record_baseline(&mut self) {
         self.baseline = self.vars.clone();
         self.baseline_autocommit = self.autocommit;
-        Ok(())
     }
 
     /// Reads every tracked variable the server has (a variable it lacks stays `None`).
@@ -815,7 +823,8 @@ impl BackendConn {
     }
 
     /// Clears all session state (COM_RESET_CONNECTION, which also rolls back) and sets up
-    /// tracking again.
+    /// tracking again. `vars` are then what the server made of them, which may differ from
+    /// the login's `baseline` (MySQL's character set variables).
     pub async fn reset(&mut self) -> Result<(), BackendError> {
         self.statements.clear();
         self.simple_command(&[command::COM_RESET_CONNECTION], "COM_RESET_CONNECTION")

@@ -15,10 +15,12 @@ impl ClientSession {
             COM_PING if self.backend.is_none() => {
                 // As the server's OK would: ROW_COUNT() is 0 after it.
                 self.state.answered_locally(0);
-                self.answer_locally(None).await
+                let warnings = self.session_warnings_on_ok().unwrap_or(0);
+                self.answer_locally_with(None, warnings).await
             }
             COM_PING => {
                 // Its OK sets ROW_COUNT() to 0 on the connection, as any OK does.
+                self.ok_warnings = self.session_warnings_on_ok();
                 let (flow, summary) = self.relay_command(Some(Expect::Single), SYNC_ALL).await;
                 if let Some(s) = summary {
                     self.after_command(&s).await;
@@ -32,6 +34,7 @@ impl ClientSession {
                     schema: false,
                     ..SYNC_ALL
                 };
+                self.ok_warnings = self.session_warnings_on_ok();
                 let (flow, summary) = self.relay_command(Some(Expect::Single), sync).await;
                 if let Some(s) = summary {
                     if s.error.is_none() {

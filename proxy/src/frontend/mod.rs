@@ -182,6 +182,9 @@ struct ClientSession {
     /// Likewise for `FOUND_ROWS()` (after `SQL_CALC_FOUND_ROWS` or `SELECT ... INTO`).
     found_rows_known: bool,
     /// Whether the last statement cleared the diagnostics area is the server's to say.
+    /// The warning count the next relayed OK packet carries instead of the connection's
+    /// (see [`ClientSession::session_warnings_on_ok`]).
+    ok_warnings: Option<u16>,
     diagnostics_check: bool,
     /// Prepared statements, with Sluice's ids.
     stmts: SessionStatements,

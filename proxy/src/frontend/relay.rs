@@ -91,7 +91,8 @@ impl ClientSession {
         };
         let deprecate_eof = backend.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         let untrack = !self.caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
-        let mut tracker = ResponseTracker::new(expect, deprecate_eof, true, untrack);
+        let mut tracker = ResponseTracker::new(expect, deprecate_eof, true, untrack)
+            .with_ok_warnings(self.ok_warnings.take());
         let mut summary = Summary::default();
         let result = relay_response(
             &mut backend.stream,

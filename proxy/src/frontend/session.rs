@@ -51,6 +51,7 @@ impl ClientSession {
             insert_id_known: true,
             found_rows_known: true,
             diagnostics_check: false,
+            ok_warnings: None,
             stmts: SessionStatements::default(),
             tls: gauge.tls(),
             gauge,
@@ -263,14 +264,33 @@ impl ClientSession {
 
     /// Answers the current command with OK, after reading it (unless `read` says it was).
     pub(in crate::frontend) async fn answer_locally(&mut self, seq: Option<u8>) -> Flow {
+        self.answer_locally_with(seq, 0).await
+    }
+
+    /// [`ClientSession::answer_locally`] with an OK packet that says `warnings`.
+    pub(in crate::frontend) async fn answer_locally_with(
+        &mut self,
+        seq: Option<u8>,
+        warnings: u16,
+    ) -> Flow {
         if seq.is_none() && self.skip_command().await == Flow::Close {
             return Flow::Close;
         }
-        let ok = packets::ok(0, 0, self.local_status(), 0);
+        let ok = packets::ok(0, 0, self.local_status(), warnings);
         match self.client.write_packet(seq.unwrap_or(1), &ok).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
+    }
+
+    /// MySQL's OK to COM_PING and COM_INIT_DB counts the conditions of the diagnostics area,
+    /// which those commands keep: the session's count where its area is not on the connection
+    /// that answers. `None` where the connection's own count is right (MariaDB counts the
+    /// command's own conditions).
+    pub(in crate::frontend) fn session_warnings_on_ok(&self) -> Option<u16> {
+        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        let da = &self.state.diagnostics;
+        (mysql && !da.on_backend).then(|| u16::try_from(da.warning_count).unwrap_or(u16::MAX))
     }
 
     /// Ends the session: a connection the session left state on, or a transaction open, is

@@ -80,6 +80,16 @@ impl<'a> Ok<'a> {
         }
     }
 
+    /// `payload` (this OK packet's) with another warning count, all else kept.
+    pub fn with_warnings(&self, payload: &[u8], warnings: u16) -> Vec<u8> {
+        let mut out = payload.to_vec();
+        let at = 1 + lenenc_len(self.affected_rows) + lenenc_len(self.last_insert_id) + 2;
+        if let Some(field) = out.get_mut(at..at + 2) {
+            field.copy_from_slice(&warnings.to_le_bytes());
+        }
+        out
+    }
+
     /// True when [`Ok::encode_untracked`] would produce other bytes than the original.
     pub fn needs_untracking(&self, payload_len: usize) -> bool {
         let info = match self.info.len() {

@@ -140,6 +140,8 @@ pub struct ResponseTracker {
     result_ok: Option<(u64, u64)>,
     /// The current result's EOF said the state changed without saying how.
     result_untold: bool,
+    /// The warning count the client's OK packet carries instead of the connection's.
+    ok_warnings: Option<u16>,
 }
 
 impl ResponseTracker {
@@ -161,7 +163,15 @@ impl ResponseTracker {
             changes_start: 0,
             result_ok: None,
             result_untold: false,
+            ok_warnings: None,
         }
+    }
+
+    /// OK packets say `warnings` instead of the connection's count: MySQL's COM_PING and
+    /// COM_INIT_DB report the session's diagnostics area, which another connection may hold.
+    pub fn with_ok_warnings(mut self, warnings: Option<u16>) -> Self {
+        self.ok_warnings = warnings;
+        self
     }
 
     /// True once the last packet of the response was seen.
@@ -461,10 +471,13 @@ impl ResponseTracker {
                     StateChange::Other => None,
                 }));
         }
+        let warnings = self.ok_warnings.unwrap_or(okp.warnings);
         if self.untrack && okp.needs_untracking(payload.len()) {
             let mut out = Vec::with_capacity(payload.len());
-            okp.encode_untracked(&mut out);
+            ok::Ok { warnings, ..okp }.encode_untracked(&mut out);
             verdict.replace = Some(out);
+        } else if warnings != okp.warnings {
+            verdict.replace = Some(okp.with_warnings(payload, warnings));
         }
         Ok(okp.status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS))
     }

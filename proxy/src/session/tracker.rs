@@ -88,6 +88,10 @@ pub struct Context {
     /// MySQL clears the diagnostics area at every statement that is not itself a diagnostics
     /// statement; MariaDB only at statements that open tables or raise a condition.
     pub clears_diagnostics_always: bool,
+    /// The result sets end with classic EOF packets from a server that never raises the
+    /// state-changed flag in them (MySQL; MariaDB does): stored code that returned rows may
+    /// have changed the session unseen.
+    pub eof_hides_changes: bool,
 }
 
 /// The session's `completion_type`, as the server reports it.
@@ -148,11 +152,11 @@ pub fn reduce_query(class: &Classification, summary: &Summary, ctx: Context) -> 
                     out.effects.push(e.clone());
                 }
             }
-            note_statement(st, &mut out);
+            note_statement(st, ctx, &mut out);
         }
         for r in results {
             apply_reports(r, summary, &mut out);
-            if state_changed(r) {
+            if state_changed(r, summary) || hidden_change(r, ctx) {
                 out.unknown_state_change = true;
             }
             if r.warnings > 0 || r.error.is_some() {
@@ -202,11 +206,13 @@ pub fn reduce_command(st: Option<&Statement>, summary: &Summary, ctx: Context) -
                         out.effects.push(e.clone());
                     }
                 }
-                note_statement(st, &mut out);
+                note_statement(st, ctx, &mut out);
             }
             for r in &summary.results {
                 apply_reports(r, summary, &mut out);
-                if state_changed(r) && st.is_some_and(|s| s.stored_code) {
+                if (state_changed(r, summary) || hidden_change(r, ctx))
+                    && st.is_some_and(|s| s.stored_code)
+                {
                     out.unknown_state_change = true;
                 }
                 if r.warnings > 0 || r.error.is_some() {
@@ -233,7 +239,14 @@ pub fn reduce_command(st: Option<&Statement>, summary: &Summary, ctx: Context) -
 
 /// What one statement's text says, whatever its result: stored code and variable forms that
 /// session tracking does not report.
-fn note_statement(st: &Statement, out: &mut Reduction) {
+fn note_statement(st: &Statement, ctx: Context, out: &mut Reduction) {
+    if ctx.clears_diagnostics_always && st.sysvars.iter().any(|v| v.name == "character_set_results")
+    {
+        // MySQL: result columns now carry the default collation of the new character set,
+        // which no variable shows and a replay cannot restore (it writes SET NAMES ...
+        // COLLATE): the next session must not inherit it.
+        out.taint.insert(ResetReason::StateUnknown);
+    }
     if st.stored_code {
         out.taint.insert(ResetReason::StoredCode);
         out.readback_vars = true;
@@ -274,7 +287,7 @@ fn reduce_statement(
             }
         }
         if ran {
-            note_statement(st, out);
+            note_statement(st, ctx, out);
         }
         if let (Some(c), true) = (st.completion, succeeded) {
             out.transaction_ended = true;
@@ -310,7 +323,7 @@ fn reduce_statement(
     } else {
         apply_reports(r, summary, out);
     }
-    if state_changed(r) {
+    if state_changed(r, summary) {
         let explained = st.is_some_and(|s| s.explains_state_change() && !s.stored_code)
             || (!r.untold && reports_something(r, summary));
         if !explained {
@@ -319,7 +332,10 @@ fn reduce_statement(
     }
     // The diagnostics area: a condition replaces it; a diagnostics statement leaves it; other
     // statements clear it (on MariaDB only those that open tables).
-    if r.warnings > 0 || r.error.is_some() {
+    if st.is_none() && r.error.is_none() {
+        // A command that is no statement (COM_INIT_DB, COM_PING) keeps the diagnostics area
+        // on both servers; MySQL's OK counts the conditions the area still holds.
+    } else if r.warnings > 0 || r.error.is_some() {
         out.diagnostics = Some((r.warnings, r.error.is_some()));
         out.diagnostics_unknown = false;
     } else if st.is_some_and(|s| s.reads_diagnostics) {
@@ -336,20 +352,44 @@ fn reduce_statement(
     // Commands that are no statement (COM_INIT_DB, COM_PING) leave MariaDB's area as it was.
 }
 
-/// The server said the session state changed.
-fn state_changed(r: &ResultSummary) -> bool {
-    r.untold
-        || r.status
-            .is_some_and(|s| s.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED))
+/// The server said the session state changed in a way its reports do not spell out: the
+/// flag came with the state-change tracker's entry, with nothing readable, or on a classic
+/// EOF. MySQL raises the flag for every statement only to report `statement_id`; a flag that
+/// comes with variable and schema reports alone says no more than those reports (the
+/// state-change tracker adds its entry whenever anything untracked changes).
+fn state_changed(r: &ResultSummary, summary: &Summary) -> bool {
+    if r.untold {
+        return true;
+    }
+    if !r
+        .status
+        .is_some_and(|s| s.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED))
+    {
+        return false;
+    }
+    let changes = summary.changes.get(r.changes.clone()).unwrap_or_default();
+    changes.is_empty()
+        || changes
+            .iter()
+            .any(|c| matches!(c, TrackedChange::StateChanged))
 }
 
-/// The result carries a variable or schema change (which is what a bare "state changed"
-/// accompanies when nothing else changed).
+/// A result set that ran stored code may have changed the session where the server cannot
+/// say so (see [`Context::eof_hides_changes`]).
+fn hidden_change(r: &ResultSummary, ctx: Context) -> bool {
+    ctx.eof_hides_changes && r.rows.is_some()
+}
+
+/// The result carries a variable or schema change that is session state (which is what a
+/// bare "state changed" accompanies when nothing else changed); MySQL's `statement_id` is not.
 fn reports_something(r: &ResultSummary, summary: &Summary) -> bool {
-    summary
-        .changes
-        .get(r.changes.clone())
-        .is_some_and(|c| c.iter().any(|c| !matches!(c, TrackedChange::StateChanged)))
+    summary.changes.get(r.changes.clone()).is_some_and(|c| {
+        c.iter().any(|c| match c {
+            TrackedChange::StateChanged => false,
+            TrackedChange::Schema(_) => true,
+            TrackedChange::SystemVariable { name, .. } => !super::vars::is_ignored(name),
+        })
+    })
 }
 
 /// Applies the variable and schema changes the server reported in `r`.
@@ -433,6 +473,7 @@ mod tests {
     const MARIA: Context = Context {
         completion_type: CompletionType::NoChain,
         clears_diagnostics_always: false,
+        eof_hides_changes: false,
     };
 
     fn ct(completion_type: CompletionType) -> Context {
@@ -504,6 +545,60 @@ mod tests {
         let r = reduce_query(&c, &s, MARIA);
         assert!(!r.unknown_state_change);
         assert_eq!(r.vars, vec![("time_zone".into(), "+01:00".into())]);
+    }
+
+    #[test]
+    fn mysqls_statement_id_report_is_no_change_and_explains_none() {
+        let statement_id = || TrackedChange::SystemVariable {
+            name: "statement_id".into(),
+            value: "9".into(),
+        };
+        // MySQL raises the flag for every statement to report statement_id.
+        for sql in ["SELECT 1", "CALL p_select()"] {
+            let s = summary(vec![ok(CHANGED, 0..1)], vec![statement_id()]);
+            let r = reduce_query(&class(sql), &s, MARIA);
+            assert!(!r.unknown_state_change, "{sql}");
+            assert!(r.vars.is_empty() && r.reported_unreplayable.is_empty());
+        }
+        // With the state-change tracker's entry beside it, something untracked changed (a
+        // stored function set a user variable): statement_id does not explain that.
+        let s = summary(
+            vec![ok(CHANGED, 0..2)],
+            vec![statement_id(), TrackedChange::StateChanged],
+        );
+        assert!(reduce_query(&class("SELECT f()"), &s, MARIA).unknown_state_change);
+        // A flag with nothing readable beside it is a change nobody can name.
+        let s = summary(vec![ok(CHANGED, 0..0)], vec![]);
+        assert!(reduce_query(&class("SELECT 1"), &s, MARIA).unknown_state_change);
+        // MySQL's classic EOF never carries the flag: rows from stored code hold the session.
+        let rows = || ResultSummary {
+            rows: Some(1),
+            status: Some(StatusFlags::from_bits_truncate(PLAIN)),
+            ..Default::default()
+        };
+        let classic_mysql = Context {
+            eof_hides_changes: true,
+            ..MARIA
+        };
+        let s = summary(vec![rows()], vec![]);
+        assert!(reduce_query(&class("SELECT f_setvar()"), &s, classic_mysql).unknown_state_change);
+        assert!(!reduce_query(&class("SELECT f_setvar()"), &s, MARIA).unknown_state_change);
+        assert!(!reduce_query(&class("SELECT 1"), &s, classic_mysql).unknown_state_change);
+        // MySQL: a character_set_results of its own gives result columns a collation no
+        // variable shows; the connection is reset before anyone else has it.
+        let mysql = Context {
+            clears_diagnostics_always: true,
+            ..MARIA
+        };
+        let s = summary(vec![ok(PLAIN, 0..0)], vec![]);
+        let set = class("SET @@session.character_set_results = 'utf8mb4'");
+        assert!(
+            reduce_query(&set, &s, mysql)
+                .taint
+                .iter()
+                .any(|t| t == ResetReason::StateUnknown)
+        );
+        assert!(reduce_query(&set, &s, MARIA).taint.is_empty());
     }
 
     #[test]

@@ -125,7 +125,11 @@ impl VarValues {
         if let Some(on) = autocommit {
             parts.push(format!("autocommit={}", u8::from(on)));
         }
+        let names = self.names_clause(current);
         for (i, var) in TRACKED_VARS.iter().enumerate() {
+            if names.is_some() && i < CHARSET_VARS {
+                continue;
+            }
             let Some(Some(want)) = self.0.get(i) else {
                 continue;
             };
@@ -139,10 +143,42 @@ impl VarValues {
             };
             parts.push(format!("{}={value}", var.name));
         }
-        if parts.is_empty() {
-            None
-        } else {
-            Some(format!("SET SESSION {}", parts.join(", ")))
+        match names {
+            Some(names) => Some(
+                std::iter::once(format!("SET {names}"))
+                    .chain(parts.iter().map(|p| format!("@@SESSION.{p}")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            None if parts.is_empty() => None,
+            None => Some(format!("SET SESSION {}", parts.join(", "))),
+        }
+    }
+
+    /// `NAMES ... COLLATE ...` when the character set variables differ from `current` and
+    /// the client, results and connection character sets are one. The server describes result
+    /// columns with the collation of `character_set_results`, which the variable's text does
+    /// not name: a login (and `SET NAMES x COLLATE y`) sets it to the collation, while
+    /// `SET character_set_results = x` sets x's default collation (MySQL: `utf8mb4_0900_ai_ci`
+    /// where the login asked for `utf8mb4_general_ci`).
+    fn names_clause(&self, current: &VarValues) -> Option<String> {
+        let value = |i: usize| self.0.get(i).and_then(|v| v.as_deref());
+        let differs = (0..CHARSET_VARS).any(|i| current.0.get(i) != self.0.get(i));
+        match (value(0), value(1), value(2), value(3)) {
+            (Some(client), Some(results), Some(connection), Some(collation))
+                if differs
+                    && !client.is_empty()
+                    && client == results
+                    && client == connection
+                    && !collation.is_empty() =>
+            {
+                Some(format!(
+                    "NAMES {} COLLATE {}",
+                    quote(client),
+                    quote(collation)
+                ))
+            }
+            _ => None,
         }
     }
 }
@@ -202,6 +238,23 @@ mod tests {
              sql_mode='ANSI_QUOTES', wait_timeout=100"
         );
         assert_eq!(base.replay_statement(&base, None), None);
+        // One character set for client, results and connection: SET NAMES, so that result
+        // columns carry the collation as after a login.
+        let mut names = base.clone();
+        for (name, value) in [
+            ("character_set_client", "utf8mb4"),
+            ("character_set_results", "utf8mb4"),
+            ("character_set_connection", "utf8mb4"),
+            ("collation_connection", "utf8mb4_general_ci"),
+            ("wait_timeout", "100"),
+        ] {
+            names.0[i(name)] = Some(value.into());
+        }
+        assert_eq!(
+            names.replay_statement(&base, Some(true)).unwrap(),
+            "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci', @@SESSION.autocommit=1, \
+             @@SESSION.wait_timeout=100"
+        );
         assert_eq!(
             base.replay_statement(&base, Some(false)).unwrap(),
             "SET SESSION autocommit=0"

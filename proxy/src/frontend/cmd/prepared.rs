@@ -480,7 +480,10 @@ impl ClientSession {
                 return Flow::Close;
             }
             return self
-                .reply_server_error(&ClientError::no_open_cursor(id))
+                .reply_server_error(&ClientError::no_open_cursor(
+                    id,
+                    matches!(self.shared.dialect, crate::sql::Dialect::MySql(_)),
+                ))
                 .await;
         };
         if let Some(flow) = self.forward_with_id(hold.server_id).await {
@@ -608,8 +611,15 @@ impl ClientSession {
         if self.skip_command().await == Flow::Close {
             return Flow::Close;
         }
-        // The server names the function that refused, not the command.
+        // The server names the function that refused, not the command; MySQL 8 and later
+        // check every statement command in one place.
+        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
         let function = match cmd {
+            COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA
+                if mysql =>
+            {
+                "mysql_stmt_precheck"
+            }
             COM_STMT_EXECUTE => "mysqld_stmt_execute",
             COM_STMT_FETCH => "mysqld_stmt_fetch",
             COM_STMT_RESET => "mysqld_stmt_reset",

@@ -46,9 +46,15 @@ impl ClientSession {
 
     /// What the tracking reducer needs to know of the session.
     pub(in crate::frontend) fn reduce_context(&self) -> Context {
+        let mysql = matches!(self.shared.dialect, Dialect::MySql(_));
+        let classic_eof = self.backend.as_ref().is_some_and(|b| {
+            !b.caps
+                .contains(crate::protocol::CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        });
         Context {
             completion_type: self.completion_type(),
-            clears_diagnostics_always: matches!(self.shared.dialect, Dialect::MySql(_)),
+            clears_diagnostics_always: mysql,
+            eof_hides_changes: mysql && classic_eof,
         }
     }
 

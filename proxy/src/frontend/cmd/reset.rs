@@ -1,6 +1,6 @@
 //! COM_RESET_CONNECTION.
 
-use crate::frontend::{ClientSession, Flow};
+use crate::frontend::{ClientSession, Flow, SYNC_ALL};
 use crate::session::SessionState;
 
 impl ClientSession {
@@ -9,11 +9,25 @@ impl ClientSession {
         if self.skip_command().await == Flow::Close {
             return Flow::Close;
         }
-        if let Some(b) = self.backend.as_mut()
-            && let Err(e) = b.reset().await
+        // MySQL's reset sets the character set variables to the server's defaults rather than
+        // the login's collation, and only a real reset says what they become; MariaDB's keeps
+        // the login's, which every pooled connection of this session's key starts from.
+        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        if mysql
+            && self.backend.is_none()
+            && let Err(err) = self.acquire(SYNC_ALL).await
         {
-            tracing::warn!(client = %self.handle.id, error = %e, "backend reset failed");
-            b.broken = true;
+            return self.reply_error(&err).await;
+        }
+        let mut vars = None;
+        if let Some(b) = self.backend.as_mut() {
+            match b.reset().await {
+                Ok(()) => vars = (b.vars != b.baseline).then(|| b.vars.clone()),
+                Err(e) => {
+                    tracing::warn!(client = %self.handle.id, error = %e, "backend reset failed");
+                    b.broken = true;
+                }
+            }
         }
         self.unpin_all();
         self.stmts.clear();
@@ -22,6 +36,7 @@ impl ClientSession {
             schema: self.state.schema.take(),
             multi_statements: self.state.multi_statements,
             found_rows: self.state.found_rows,
+            vars,
             ..SessionState::default()
         };
         self.insert_id_known = true;

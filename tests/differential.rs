@@ -256,7 +256,7 @@ async fn mariadb_direct_and_through_sluice_give_the_same_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "MySQL 9 schedules still diverge (collation of result columns, needless holds after CALL and DEALLOCATE PREPARE, SHOW ERRORS after a reset): issue 18; run with --ignored"]
+#[ignore = "MySQL 9 schedules 1-16 pass; seed 17 (an EXECUTE after a cursor's COM_STMT_RESET) times out on the direct connection and later seeds are not yet examined: issue 18; run with --ignored"]
 async fn mysql9_direct_and_through_sluice_give_the_same_answers() {
     let b = bound(
         "SLUICE_CHECKER_MYSQL9_SCHEDULES",
@@ -281,7 +281,7 @@ async fn mariadb_sessions_never_inherit_state_through_sluice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run clean on MySQL 9 (its differential run still diverges): issue 12; run with --ignored"]
+#[ignore = "1,626 MySQL 9 sessions run clean, then Sluice answered one with its own 9503 (not yet examined): issue 12; run with --ignored"]
 async fn mysql9_sessions_never_inherit_state_through_sluice() {
     let b = bound(
         "SLUICE_ISOLATION_MYSQL9_SESSIONS",

@@ -149,6 +149,30 @@ impl Client {
         }
     }
 
+    /// Whether `step` may end the session on the server's side: a transaction end with
+    /// RELEASE, explicit or by `completion_type = 2`. Asked before the step's effects apply.
+    fn may_release(&self, step: &Step) -> bool {
+        step.effects.iter().any(|e| match e {
+            Effect::EndTransaction { release } => *release || self.holds.completion_type == 2,
+            _ => false,
+        })
+    }
+
+    /// After a step that ended the session on the server's side, waits for the peer to close
+    /// the connection, so that the run settles (and the server releases the session's locks)
+    /// before the next step: otherwise the next client may see them still held, or not, by
+    /// timing alone.
+    async fn settle_release(&mut self, released: bool, answer: &Answer) {
+        if !released || answer.error().is_some() {
+            return;
+        }
+        if let Some(w) = self.wire.as_mut()
+            && w.await_close().await
+        {
+            self.wire = None;
+        }
+    }
+
     /// The id of the client's connection, while it has one.
     fn connection_id(&self) -> Option<u32> {
         self.wire.as_ref().map(|w| w.connection_id)
@@ -521,7 +545,9 @@ impl Checker {
             let step = scripts[c].steps[next[c]].clone();
             next[c] += 1;
             let before = clients[c].connection_id();
+            let released = clients[c].may_release(&step);
             let answer = clients[c].run(&self.direct, &step.cmd).await;
+            clients[c].settle_release(released, &answer).await;
             self.settle_direct(before, &clients[c]).await?;
             clients[c].holds.apply(&step.effects, &answer);
             holds.push(clients[c].holds.holds());
@@ -557,7 +583,9 @@ impl Checker {
                 break;
             }
             let before = clients[s.client].connection_id();
+            let released = clients[s.client].may_release(&s.step);
             let answer = clients[s.client].run(&self.direct, &s.step.cmd).await;
+            clients[s.client].settle_release(released, &answer).await;
             self.settle_direct(before, &clients[s.client]).await?;
             clients[s.client].holds.apply(&s.step.effects, &answer);
             holds.push(clients[s.client].holds.holds());
@@ -582,9 +610,11 @@ impl Checker {
         let mut hold_failure = None;
         for (i, s) in schedule.steps.iter().enumerate() {
             let before = clients[s.client].connection_id();
+            let released = clients[s.client].may_release(&s.step);
             let answer = clients[s.client]
                 .run(&self.sluice.target, &s.step.cmd)
                 .await;
+            clients[s.client].settle_release(released, &answer).await;
             self.settle_sluice(before, &clients[s.client]).await?;
             let hung = answer == Answer::Timeout;
             answers.push(answer);
@@ -775,15 +805,9 @@ impl Checker {
             // A session the server ended (`COMMIT RELEASE`) answers nothing until it logs in
             // again: its steps until then are not checked.
             let ended = (before.is_none() || released[c]) && !matches!(step.cmd, Cmd::Connect(_));
-            // Whether the step may end the session: a transaction end with RELEASE, explicit
-            // or by `completion_type = 2`.
-            let may_close = step.effects.iter().any(|e| match e {
-                Effect::EndTransaction { release } => {
-                    *release || clients[c].holds.completion_type == 2
-                }
-                _ => false,
-            });
+            let may_close = clients[c].may_release(&step);
             let answer = clients[c].run(&self.sluice.target, &step.cmd).await;
+            clients[c].settle_release(may_close, &answer).await;
             self.settle_sluice(before, &clients[c]).await?;
             if matches!(step.cmd, Cmd::Connect(_)) {
                 released[c] = false;

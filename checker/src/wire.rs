@@ -483,6 +483,19 @@ impl Wire {
         }
     }
 
+    /// Waits (up to [`COMMAND_LIMIT`]) for the peer to close the connection, as the server
+    /// does after `COMMIT RELEASE`; true once it did.
+    pub async fn await_close(&mut self) -> bool {
+        let wait = async {
+            while !self.closed {
+                if !matches!(self.fill().await, Ok(true)) {
+                    self.closed = true;
+                }
+            }
+        };
+        tokio::time::timeout(COMMAND_LIMIT, wait).await.is_ok()
+    }
+
     /// Closes the connection politely.
     pub async fn quit(mut self) {
         let _ = self.write_packet(0, &[0x01]).await;

@@ -497,22 +497,14 @@ impl Checker {
     ) -> Result<Option<Divergence>> {
         let through = self.run_sluice(&schedule, &holds).await?;
         for (i, (d, t)) in direct.iter().zip(&through.answers).enumerate() {
-            if let Some(what) = differs(d, t) {
-                return Ok(Some(Divergence {
-                    seed: schedule.seed,
-                    at: i,
-                    what,
-                    direct: d.clone(),
-                    through_sluice: t.clone(),
-                    schedule,
-                }));
-            }
-            if through
-                .hold_failure
-                .as_ref()
-                .is_some_and(|(at, _)| *at == i)
-            {
-                let (_, what) = through.hold_failure.clone().unwrap_or_default();
+            let hold_failure = || {
+                through
+                    .hold_failure
+                    .as_ref()
+                    .filter(|(at, _)| *at == i)
+                    .map(|(_, what)| what.clone())
+            };
+            if let Some(what) = differs(d, t).or_else(hold_failure) {
                 return Ok(Some(Divergence {
                     seed: schedule.seed,
                     at: i,

@@ -288,7 +288,7 @@ impl ClientSession {
     /// that answers. `None` where the connection's own count is right (MariaDB counts the
     /// command's own conditions).
     pub(in crate::frontend) fn session_warnings_on_ok(&self) -> Option<u16> {
-        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        let mysql = self.shared.dialect.is_mysql();
         let da = &self.state.diagnostics;
         (mysql && !da.on_backend).then(|| u16::try_from(da.warning_count).unwrap_or(u16::MAX))
     }

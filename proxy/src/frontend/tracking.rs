@@ -98,7 +98,7 @@ impl ClientSession {
         if r.unknown_state_change {
             self.state.pins.add(PinReason::UnknownStateChange, None);
         }
-        let clears_always = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        let clears_always = self.shared.dialect.is_mysql();
         match r.diagnostics {
             Some((warnings, error)) if warnings > 0 || error => {
                 self.state.diagnostics.statement_ran(warnings, error);

@@ -92,6 +92,9 @@ pub struct Context {
     /// state-changed flag in them (MySQL; MariaDB does): stored code that returned rows may
     /// have changed the session unseen.
     pub eof_hides_changes: bool,
+    /// `SET character_set_results = x` gives result columns x's default collation, which no
+    /// variable shows and a replay cannot restore (MySQL).
+    pub results_collation_unseen: bool,
 }
 
 /// The session's `completion_type`, as the server reports it.
@@ -240,7 +243,7 @@ pub fn reduce_command(st: Option<&Statement>, summary: &Summary, ctx: Context) -
 /// What one statement's text says, whatever its result: stored code and variable forms that
 /// session tracking does not report.
 fn note_statement(st: &Statement, ctx: Context, out: &mut Reduction) {
-    if ctx.clears_diagnostics_always && st.sysvars.iter().any(|v| v.name == "character_set_results")
+    if ctx.results_collation_unseen && st.sysvars.iter().any(|v| v.name == "character_set_results")
     {
         // MySQL: result columns now carry the default collation of the new character set,
         // which no variable shows and a replay cannot restore (it writes SET NAMES ...
@@ -474,6 +477,7 @@ mod tests {
         completion_type: CompletionType::NoChain,
         clears_diagnostics_always: false,
         eof_hides_changes: false,
+        results_collation_unseen: false,
     };
 
     fn ct(completion_type: CompletionType) -> Context {
@@ -588,6 +592,7 @@ mod tests {
         // variable shows; the connection is reset before anyone else has it.
         let mysql = Context {
             clears_diagnostics_always: true,
+            results_collation_unseen: true,
             ..MARIA
         };
         let s = summary(vec![ok(PLAIN, 0..0)], vec![]);
@@ -690,6 +695,7 @@ mod tests {
         );
         let mysql = Context {
             clears_diagnostics_always: true,
+            results_collation_unseen: true,
             ..MARIA
         };
         assert_eq!(

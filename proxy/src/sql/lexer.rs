@@ -58,6 +58,11 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// True for MySQL, whose protocol and session behaviour differ from MariaDB's in places.
+    pub fn is_mysql(self) -> bool {
+        matches!(self, Dialect::MySql(_))
+    }
+
     /// Parses a server version string ("10.11.6-MariaDB-0+deb12u1", "9.7.0").
     pub fn from_server_version(version: &str) -> Dialect {
         // MariaDB's handshake says "5.5.5-10.11.6-MariaDB" for old replication clients.

@@ -284,7 +284,7 @@ impl ClientSession {
             self.stmts.next_id = self.stmts.next_id.wrapping_add(1).max(1);
         }
         let id = self.stmts.next_id;
-        if meta.params > 0 && matches!(self.shared.dialect, sql::Dialect::MySql(_)) {
+        if meta.params > 0 && self.shared.dialect.is_mysql() {
             // Its executions' types stay with the server statement: this client statement
             // gets one of its own (the cached one, if no execution has typed it yet).
             let owned = StatementKey {
@@ -482,7 +482,7 @@ impl ClientSession {
             return self
                 .reply_server_error(&ClientError::no_open_cursor(
                     id,
-                    matches!(self.shared.dialect, crate::sql::Dialect::MySql(_)),
+                    self.shared.dialect.is_mysql(),
                 ))
                 .await;
         };
@@ -613,7 +613,7 @@ impl ClientSession {
         }
         // The server names the function that refused, not the command; MySQL 8 and later
         // check every statement command in one place.
-        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        let mysql = self.shared.dialect.is_mysql();
         let function = match cmd {
             COM_STMT_EXECUTE | COM_STMT_FETCH | COM_STMT_RESET | COM_STMT_SEND_LONG_DATA
                 if mysql =>

@@ -11,7 +11,7 @@ use crate::protocol::HEADER_LEN;
 use crate::protocol::command::*;
 use crate::protocol::response::{Expect, INSPECT_WHOLE};
 use crate::session::tracker::{Context, reduce_query};
-use crate::sql::{self, Charset, Classification, CounterCall, Diagnostics, Dialect, Kill, LexMode};
+use crate::sql::{self, Charset, Classification, CounterCall, Diagnostics, Kill, LexMode};
 
 /// Statements up to this size are read whole before they are relayed, so Sluice reads all of
 /// their text; longer ones stream through and count as read in part.
@@ -46,7 +46,7 @@ impl ClientSession {
 
     /// What the tracking reducer needs to know of the session.
     pub(in crate::frontend) fn reduce_context(&self) -> Context {
-        let mysql = matches!(self.shared.dialect, Dialect::MySql(_));
+        let mysql = self.shared.dialect.is_mysql();
         let classic_eof = self.backend.as_ref().is_some_and(|b| {
             !b.caps
                 .contains(crate::protocol::CapabilityFlags::CLIENT_DEPRECATE_EOF)
@@ -55,6 +55,7 @@ impl ClientSession {
             completion_type: self.completion_type(),
             clears_diagnostics_always: mysql,
             eof_hides_changes: mysql && classic_eof,
+            results_collation_unseen: mysql,
         }
     }
 

@@ -12,7 +12,7 @@ impl ClientSession {
         // MySQL's reset sets the character set variables to the server's defaults rather than
         // the login's collation, and only a real reset says what they become; MariaDB's keeps
         // the login's, which every pooled connection of this session's key starts from.
-        let mysql = matches!(self.shared.dialect, crate::sql::Dialect::MySql(_));
+        let mysql = self.shared.dialect.is_mysql();
         if mysql
             && self.backend.is_none()
             && let Err(err) = self.acquire(SYNC_ALL).await

@@ -465,3 +465,75 @@ async fn client_ids_never_collide_with_thread_ids() {
     drop(b);
     p.stop().await;
 }
+
+/// What the server keeps across a client's COM_RESET_CONNECTION (`FOUND_ROWS()`, whatever
+/// set it: `SQL_CALC_FOUND_ROWS`, `SELECT ... INTO`), and a condition Sluice answered itself
+/// (an unknown statement id) that stored code then clears, read as a direct session reads them
+/// (differential seeds 2191, 2404, 2954).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_stored_code_leave_counters_and_conditions_as_the_server_does() {
+    let db = MariaDb::shared();
+    let s = schema(db, "iso_reset_counters");
+    db.sql(&format!(
+        "CREATE TABLE `{s}`.t (id INT PRIMARY KEY); INSERT INTO `{s}`.t VALUES (1), (2), (3)"
+    ))
+    .unwrap();
+    let p = proxy(db, 1).await;
+    for before in [
+        "SELECT SQL_CALC_FOUND_ROWS id FROM t LIMIT 1",
+        "SELECT 1 INTO @v",
+        "SELECT id FROM t LIMIT 2 INTO OUTFILE '/dev/null'",
+    ] {
+        let mut answers = Vec::new();
+        for through in [false, true] {
+            let mut c = if through {
+                session(&p, &s).await
+            } else {
+                direct(db, &s).await
+            };
+            // OUTFILE needs the FILE privilege, which app lacks: an error either way.
+            let _ = c.query_drop(before).await;
+            c.reset().await.unwrap();
+            let counters: (i64, i64) = one(&mut c, "SELECT ROW_COUNT(), FOUND_ROWS()").await;
+            answers.push(counters);
+        }
+        assert_eq!(
+            answers[1], answers[0],
+            "{before}; reset: through Sluice, direct"
+        );
+    }
+
+    let caps =
+        common::raw::default_caps() | sluice::protocol::CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+    let mut answers = Vec::new();
+    for addr in [db.addr(), p.addr] {
+        let pw = if addr == p.addr {
+            p.app_password.clone()
+        } else {
+            db.app_password().to_string()
+        };
+        let mut c = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
+        // COM_STMT_FETCH of a statement id nobody prepared.
+        let fetch = c.command(&[0x1c, 0xf0, 0xff, 0xff, 0xff, 1, 0, 0, 0]).await;
+        assert_eq!(fetch.err_code(), Some(1243));
+        c.write(
+            0,
+            b"\x03PREPARE pb FROM 'CREATE TEMPORARY TABLE tmp_x (a INT)'; EXECUTE pb; \
+              DEALLOCATE PREPARE pb",
+        )
+        .await;
+        for _ in 0..3 {
+            let r = c.read_result().await;
+            assert!(r[0].is_ok(), "{r:?}");
+        }
+        let rows = c.query("SHOW WARNINGS").await;
+        // Column count, three definitions, EOF, rows, EOF.
+        answers.push(rows.len() - 6);
+    }
+    assert_eq!(
+        answers[1], answers[0],
+        "conditions after stored code: through Sluice, direct"
+    );
+    assert_eq!(answers[0], 0);
+    p.stop().await;
+}

@@ -93,6 +93,21 @@ impl ClientSession {
         Ok(())
     }
 
+    /// Puts the session's one captured condition back on the borrowed connection, after a
+    /// statement of Sluice's own took it off: unlike [`Self::clear_foreign_diagnostics`], never
+    /// runs a statement that could change `FOUND_ROWS()`.
+    pub(in crate::frontend) async fn reraise_captured_condition(
+        &mut self,
+    ) -> Result<(), crate::backend::BackendError> {
+        if self.state.diagnostics.on_backend {
+            return Ok(());
+        }
+        match self.single_captured_condition() {
+            Some(err) => Box::pin(self.signal_local_error(&err)).await,
+            None => Ok(()),
+        }
+    }
+
     /// The session's one captured condition, when it has exactly one that `SIGNAL` can raise
     /// again as it was (an error or a warning; the SQLSTATE, which `SHOW WARNINGS` does not
     /// show, becomes HY000 or 01000).

@@ -405,17 +405,8 @@ impl ClientSession {
             }
             return self.reply_error(&err).await;
         }
-        let reads_insert_id =
-            !def.class.certain || def.class.any(|s| s.reads_insert_id || s.stored_code);
-        if (def
-            .class
-            .any(|s| s.found_rows == crate::sql::FoundRows::Unknown)
-            || !def.class.certain)
-            && let Err(e) = self.restore_found_rows().await
-        {
-            return self.failed_before_relay(e.into()).await;
-        }
-        if reads_insert_id && let Err(e) = self.replay_last_insert_id().await {
+        let reads_diagnostics = def.class.any(|s| s.reads_diagnostics);
+        if let Err(e) = self.prepare_connection(&def.class, reads_diagnostics).await {
             return self.failed_before_relay(e.into()).await;
         }
         let (server_id, server_types) = match self.ready_statement(exec.id, &def).await {

@@ -205,7 +205,7 @@ impl ClientSession {
     /// Gives the borrowed connection what the query's statements read of the session and the
     /// connection does not have: `LAST_INSERT_ID()`, and an empty diagnostics area in place of
     /// another session's.
-    async fn prepare_connection(
+    pub(in crate::frontend) async fn prepare_connection(
         &mut self,
         class: &Classification,
         possibly_diagnostic: bool,
@@ -214,11 +214,21 @@ impl ClientSession {
         if reads_insert_id {
             self.replay_last_insert_id().await?;
         }
-        if possibly_diagnostic || !class.certain {
+        // Stored code may or may not clear the diagnostics area (on MariaDB only a statement
+        // that opens a table does): the session's own conditions go on the connection first,
+        // so that what the server's area holds afterwards is the session's either way.
+        let diagnostics = possibly_diagnostic || !class.certain || class.any(|s| s.stored_code);
+        if diagnostics {
             self.clear_foreign_diagnostics().await?;
         }
+        // After the diagnostics: clearing the area changes FOUND_ROWS(). Restoring it takes
+        // the session's condition off the connection (it is captured first), so a single one
+        // goes back again (SIGNAL keeps FOUND_ROWS()).
         if class.any(|s| s.found_rows == sql::FoundRows::Unknown) || !class.certain {
             self.restore_found_rows().await?;
+            if diagnostics {
+                self.reraise_captured_condition().await?;
+            }
         }
         Ok(())
     }

@@ -19,6 +19,11 @@ impl ClientSession {
         {
             return self.reply_error(&err).await;
         }
+        // The server keeps FOUND_ROWS() across a reset: a value only the connection knows
+        // (after SQL_CALC_FOUND_ROWS, SELECT ... INTO, stored code) is read first.
+        if !self.found_rows_known {
+            self.before_own_statement().await;
+        }
         let mut vars = None;
         if let Some(b) = self.backend.as_mut() {
             match b.reset().await {

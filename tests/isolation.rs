@@ -537,3 +537,58 @@ async fn resets_and_stored_code_leave_counters_and_conditions_as_the_server_does
     assert_eq!(answers[0], 0);
     p.stop().await;
 }
+
+/// Answers Sluice gives without the server still show what the server would: a cached prepare
+/// response carries the transaction a chained ROLLBACK opened, and a condition Sluice answered
+/// itself gives way to the warnings of the session's next statement (differential seeds
+/// 2459, 3400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_answers_carry_the_sessions_current_state() {
+    let db = MariaDb::shared();
+    let s = schema(db, "iso_local_answers");
+    db.sql(&format!("CREATE TABLE `{s}`.t (id INT PRIMARY KEY, v INT)"))
+        .unwrap();
+    let p = proxy(db, 1).await;
+    let mut answers = Vec::new();
+    for through in [false, true] {
+        let (addr, pw) = if through {
+            (p.addr, p.app_password.clone())
+        } else {
+            (db.addr(), db.app_password().to_string())
+        };
+        let mut c =
+            common::raw::Raw::login(addr, "app", &pw, Some(&s), common::raw::default_caps()).await;
+        assert_eq!(
+            c.command(&[0x1c, 0xf0, 0xff, 0xff, 0xff, 1, 0, 0, 0])
+                .await
+                .err_code(),
+            Some(1243)
+        );
+        let warned = c.query("SELECT CAST('x' AS SIGNED), 1/0").await;
+        assert!(warned.len() > 1, "{warned:?}");
+        let counts = c
+            .query("SELECT @@error_count, @@session.warning_count")
+            .await;
+        let mut seen = vec![counts[counts.len() - 2].payload.clone()];
+        assert!(c.query("SET completion_type = 'CHAIN'").await[0].is_ok());
+        let mut prepare = vec![0x16];
+        prepare.extend_from_slice(b"SELECT id, v FROM t WHERE id > ? ORDER BY id");
+        for step in ["prepare", "ROLLBACK", "prepare"] {
+            if step == "prepare" {
+                c.write(0, &prepare).await;
+                // OK, one parameter and EOF, two columns and EOF.
+                for _ in 0..6 {
+                    let packet = c.read().await.expect("prepare response");
+                    if packet.is_eof() {
+                        seen.push(packet.payload);
+                    }
+                }
+            } else {
+                assert!(c.query(step).await[0].is_ok());
+            }
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[1], answers[0], "through Sluice, direct");
+    p.stop().await;
+}

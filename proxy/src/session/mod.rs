@@ -61,6 +61,7 @@ impl DiagnosticsArea {
         self.warning_count = u64::from(warnings) + u64::from(error);
         self.error_count = u64::from(error);
         self.captured = None;
+        self.local_error = None;
     }
 
     /// Sluice answered the statement itself with `err`, as the server would have.

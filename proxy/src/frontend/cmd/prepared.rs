@@ -192,6 +192,31 @@ struct Execute {
     bound_flag_at: Option<usize>,
 }
 
+/// Sets the transaction bits of every classic EOF packet's status flags in `framed` (packets
+/// with their frame headers) to those of `status`.
+fn set_transaction_status(framed: &mut [u8], status: StatusFlags) {
+    let bits = StatusFlags::SERVER_STATUS_AUTOCOMMIT
+        | StatusFlags::SERVER_STATUS_IN_TRANS
+        | StatusFlags::SERVER_STATUS_IN_TRANS_READONLY;
+    let mut at = 0;
+    while let Some(header) = framed
+        .get(at..at + HEADER_LEN)
+        .and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+    {
+        let len = crate::protocol::frame_len(header);
+        let body = at + HEADER_LEN;
+        if len == 5
+            && framed.get(body) == Some(&0xFE)
+            && let Some(flags) = framed.get_mut(body + 3..body + 5)
+        {
+            let old = StatusFlags::from_bits_retain(u16::from_le_bytes([flags[0], flags[1]]));
+            let new = (old - bits) | (status & bits);
+            flags.copy_from_slice(&new.bits().to_le_bytes());
+        }
+        at = body + len;
+    }
+}
+
 fn read_id(payload: &[u8]) -> Option<u32> {
     let b = payload.get(1..5)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -326,6 +351,10 @@ impl ClientSession {
         let mut response = meta.response.clone();
         if let Some(at) = response.get_mut(RESPONSE_ID_AT..RESPONSE_ID_AT + 4) {
             at.copy_from_slice(&id.to_le_bytes());
+        }
+        // A cached response's EOF packets show the transaction state of when it was cached.
+        if let Some(b) = self.backend.as_ref() {
+            set_transaction_status(&mut response, b.status);
         }
         match self.client.write_all(&response).await {
             Ok(()) => Flow::Continue,
@@ -862,5 +891,30 @@ impl ClientSession {
             }
             NotReady::Backend(e) => self.backend_failed(e).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eof_packets_take_the_transaction_state_and_keep_the_rest() {
+        // OK (12 bytes), one definition (3 bytes), EOF with autocommit and no-backslash-escapes.
+        let mut framed = Vec::new();
+        framed.extend_from_slice(&[12, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        framed.extend_from_slice(&[3, 0, 0, 2, 3, b'd', b'e']);
+        framed.extend_from_slice(&[5, 0, 0, 3, 0xFE, 0, 0, 0x02, 0x02]);
+        let before = framed.clone();
+        set_transaction_status(
+            &mut framed,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT | StatusFlags::SERVER_STATUS_IN_TRANS,
+        );
+        let eof = before.len() - 2;
+        assert_eq!(framed[..eof], before[..eof]);
+        assert_eq!(framed[eof..], [0x03, 0x02]);
+        // A truncated buffer is left alone past its last whole header.
+        let mut short = framed[..framed.len() - 3].to_vec();
+        set_transaction_status(&mut short, StatusFlags::empty());
     }
 }

@@ -592,3 +592,102 @@ async fn local_answers_carry_the_sessions_current_state() {
     assert_eq!(answers[1], answers[0], "through Sluice, direct");
     p.stop().await;
 }
+
+/// Values only the connection knows are read from it, and put back before a statement that
+/// may keep them: `LAST_INSERT_ID()` before a `LAST_INSERT_ID(expr)` that fails, `FOUND_ROWS()`
+/// after an execute that opened a cursor, and conditions too long for `SIGNAL` around stored
+/// code that does or does not replace them (differential seeds 5565, 4862, 5956).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_only_the_connection_knows_are_read_from_it() {
+    let db = MariaDb::shared();
+    let s = schema(db, "iso_connection_values");
+    db.sql(&format!(
+        "CREATE TABLE `{s}`.t (id INT AUTO_INCREMENT PRIMARY KEY, v INT); \
+         INSERT INTO `{s}`.t (v) VALUES (1), (2), (3)"
+    ))
+    .unwrap();
+    direct(db, &s)
+        .await
+        .query_drop("CREATE PROCEDURE p_noop() BEGIN DO 1; END")
+        .await
+        .unwrap();
+    let p = proxy(db, 1).await;
+    let caps =
+        common::raw::default_caps() | sluice::protocol::CapabilityFlags::CLIENT_MULTI_STATEMENTS;
+    let mut answers = Vec::new();
+    for through in [false, true] {
+        let (addr, pw) = if through {
+            (p.addr, p.app_password.clone())
+        } else {
+            (db.addr(), db.app_password().to_string())
+        };
+        let mut c = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
+        let mut other = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        let last_row = |r: Vec<common::raw::Packet>| r[r.len() - 2].payload.clone();
+
+        // LAST_INSERT_ID(expr) in a statement that fails leaves the session's value.
+        let inserted = c.query("INSERT INTO t (v) VALUES (9)").await;
+        let id = inserted[0].payload[2];
+        other.query("DO LAST_INSERT_ID(77)").await;
+        assert!(c.query("LOCK TABLES t READ").await[0].is_ok());
+        let refused = c
+            .query("UPDATE t SET v = LAST_INSERT_ID(v + 1) WHERE id = 1")
+            .await;
+        assert_eq!(refused[0].err_code(), Some(1099));
+        let ids = last_row(c.query("SELECT LAST_INSERT_ID()").await);
+        assert_eq!(
+            ids,
+            [1, b'0' + id],
+            "LAST_INSERT_ID() after the refused update"
+        );
+        assert!(c.query("UNLOCK TABLES").await[0].is_ok());
+
+        // FOUND_ROWS() after an execute that opened a cursor over two rows.
+        let mut prepare = vec![0x16];
+        prepare.extend_from_slice(b"SELECT id FROM t WHERE id > ? ORDER BY id LIMIT 2");
+        let ok = c.command(&prepare).await;
+        let stmt = ok.payload[1..5].to_vec();
+        for _ in 0..4 {
+            c.read().await.expect("prepare response");
+        }
+        let mut execute = vec![0x17];
+        execute.extend_from_slice(&stmt);
+        execute.extend_from_slice(&[1, 1, 0, 0, 0, 0, 1, 3, 0]);
+        execute.extend_from_slice(&1i32.to_le_bytes());
+        c.write(0, &execute).await;
+        // Column count, definition, EOF with the cursor flag.
+        for _ in 0..3 {
+            c.read().await.expect("execute response");
+        }
+        // Closing the statement ends the cursor's hold on the connection.
+        let mut close = vec![0x19];
+        close.extend_from_slice(&stmt);
+        c.write(0, &close).await;
+        other.query("SELECT 1 FROM t").await;
+        seen.push(last_row(c.query("SELECT FOUND_ROWS()").await));
+
+        // An error whose message SIGNAL cannot carry, then stored code that replaces the
+        // diagnostics area and stored code that leaves it.
+        let long = c.query("SELECT 'a\\', GET_LOCK('iso_x', 0) -- '").await;
+        assert_eq!(long[0].err_code(), Some(1064));
+        other.query("DO 1").await;
+        assert!(c.query("CALL p_noop()").await[0].is_ok());
+        seen.push(last_row(c.query("SHOW COUNT(*) ERRORS").await));
+        other.query("DO 1").await;
+        c.write(
+            0,
+            b"\x03PREPARE pb FROM 'CREATE TEMPORARY TABLE tmp_y (a INT)'; EXECUTE pb; \
+              DEALLOCATE PREPARE pb",
+        )
+        .await;
+        for _ in 0..3 {
+            assert!(c.read_result().await[0].is_ok());
+        }
+        seen.push(last_row(c.query("SHOW COUNT(*) ERRORS").await));
+        answers.push(seen);
+    }
+    assert_eq!(answers[1], answers[0], "through Sluice, direct");
+    assert_eq!(answers[0], [vec![1, b'2'], vec![1, b'1'], vec![1, b'0']]);
+    p.stop().await;
+}

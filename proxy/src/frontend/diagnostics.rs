@@ -19,6 +19,11 @@ use crate::sql::{Counter, Diagnostics, Dialect, ValueColumn};
 /// Most conditions kept per session (the server's own `max_error_count` default).
 const MAX_CAPTURED: usize = 64;
 
+/// The warning Sluice raises on a connection in place of session conditions it cannot raise
+/// again (ER_SIGNAL_WARN's code, a message no server writes).
+const MARKER_CODE: u16 = 1642;
+const MARKER_MESSAGE: &str = "Sluice: this session's conditions are kept by the proxy";
+
 impl ClientSession {
     /// Reads the conditions of the session's last statement off its connection, if they are
     /// there and there are any: before the connection goes back, and before Sluice runs a
@@ -93,19 +98,86 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Puts the session's one captured condition back on the borrowed connection, after a
-    /// statement of Sluice's own took it off: unlike [`Self::clear_foreign_diagnostics`], never
-    /// runs a statement that could change `FOUND_ROWS()`.
-    pub(in crate::frontend) async fn reraise_captured_condition(
+    /// Puts the session's conditions back on the borrowed connection, after a statement of
+    /// Sluice's own took them off: a single one as it was, more (or one too long for
+    /// `SIGNAL`) as Sluice's marker when `marker` allows. Unlike
+    /// [`Self::clear_foreign_diagnostics`], never runs a statement that changes
+    /// `FOUND_ROWS()`.
+    pub(in crate::frontend) async fn reraise_captured_conditions(
         &mut self,
+        marker: bool,
     ) -> Result<(), crate::backend::BackendError> {
-        if self.state.diagnostics.on_backend {
+        let d = &self.state.diagnostics;
+        if d.on_backend || self.backend.is_none() {
             return Ok(());
         }
-        match self.single_captured_condition() {
-            Some(err) => Box::pin(self.signal_local_error(&err)).await,
-            None => Ok(()),
+        if let Some(err) = d
+            .local_error
+            .clone()
+            .or_else(|| self.single_captured_condition())
+        {
+            return Box::pin(self.signal_local_error(&err)).await;
         }
+        if !marker || d.is_empty() {
+            return Ok(());
+        }
+        let marker = crate::errors::ClientError {
+            code: MARKER_CODE,
+            sql_state: *b"01000",
+            message: MARKER_MESSAGE.to_string(),
+        };
+        Box::pin(self.signal_local_error(&marker)).await?;
+        // The area holds the marker, not the session's conditions.
+        self.state.diagnostics.on_backend = false;
+        self.diagnostics_marker = true;
+        Ok(())
+    }
+
+    /// After stored code ran over Sluice's marker: if the marker is gone, the code replaced
+    /// the diagnostics area and the server's is the session's; else the session keeps the
+    /// conditions Sluice captured.
+    pub(in crate::frontend) async fn settle_marker(&mut self) {
+        let Some(b) = self.backend.as_mut().filter(|b| !b.broken) else {
+            return;
+        };
+        let rows = match b
+            .query_result_set(
+                "SHOW WARNINGS",
+                "reading the diagnostics area",
+                MAX_CAPTURED,
+            )
+            .await
+        {
+            Ok((_, rows)) => rows,
+            Err(e) => {
+                tracing::warn!(client = %self.handle.id, error = %e, "cannot read the diagnostics area");
+                b.broken = true;
+                return;
+            }
+        };
+        // SHOW WARNINGS sets ROW_COUNT() and leaves FOUND_ROWS().
+        self.state.counters_on_backend = false;
+        let is_marker = |row: &Vec<u8>| {
+            let mut r = Reader::new(row);
+            let _level = r.lenenc_bytes();
+            r.lenenc_bytes() == Some(MARKER_CODE.to_string().as_bytes())
+                && r.lenenc_bytes() == Some(MARKER_MESSAGE.as_bytes())
+        };
+        if let [only] = rows.as_slice()
+            && is_marker(only)
+        {
+            return;
+        }
+        let errors = rows
+            .iter()
+            .filter(|row| Reader::new(row).lenenc_bytes() == Some(&b"Error"[..]))
+            .count();
+        self.state.diagnostics = crate::session::DiagnosticsArea {
+            on_backend: true,
+            warning_count: rows.len() as u64,
+            error_count: errors as u64,
+            ..Default::default()
+        };
     }
 
     /// The session's one captured condition, when it has exactly one that `SIGNAL` can raise
@@ -170,7 +242,10 @@ impl ClientSession {
             Ok(_) => {}
         }
         b.conditions = true;
+        // SIGNAL leaves FOUND_ROWS() as it was.
+        let found_rows = self.state.found_rows_on_backend;
         self.state.own_statement_ran();
+        self.state.found_rows_on_backend = found_rows;
         self.state.diagnostics.on_backend = true;
         self.state.diagnostics.local_error = None;
         Ok(())

@@ -181,11 +181,15 @@ struct ClientSession {
     insert_id_known: bool,
     /// Likewise for `FOUND_ROWS()` (after `SQL_CALC_FOUND_ROWS` or `SELECT ... INTO`).
     found_rows_known: bool,
-    /// Whether the last statement cleared the diagnostics area is the server's to say.
     /// The warning count the next relayed OK packet carries instead of the connection's
     /// (see [`ClientSession::session_warnings_on_ok`]).
     ok_warnings: Option<u16>,
+    /// Whether the last statement cleared the diagnostics area is the server's to say.
     diagnostics_check: bool,
+    /// The borrowed connection's diagnostics area holds Sluice's marker in place of the
+    /// session's captured conditions, which `SIGNAL` cannot raise again: after stored code,
+    /// the marker still there means the code left the area alone.
+    diagnostics_marker: bool,
     /// Prepared statements, with Sluice's ids.
     stmts: SessionStatements,
     /// Counts the session in the authenticated-clients gauge; holds the user's metrics.

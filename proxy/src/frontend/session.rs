@@ -51,6 +51,7 @@ impl ClientSession {
             insert_id_known: true,
             found_rows_known: true,
             diagnostics_check: false,
+            diagnostics_marker: false,
             ok_warnings: None,
             stmts: SessionStatements::default(),
             tls: gauge.tls(),

@@ -99,6 +99,9 @@ impl ClientSession {
             self.state.pins.add(PinReason::UnknownStateChange, None);
         }
         let clears_always = self.shared.dialect.is_mysql();
+        let settle_marker = std::mem::take(&mut self.diagnostics_marker)
+            && r.diagnostics.is_none()
+            && r.diagnostics_unknown;
         match r.diagnostics {
             Some((warnings, error)) if warnings > 0 || error => {
                 self.state.diagnostics.statement_ran(warnings, error);
@@ -118,6 +121,7 @@ impl ClientSession {
             }
             // The server's own area says whether the session's conditions survived.
             None if r.diagnostics_unknown
+                && !settle_marker
                 && self.state.diagnostics.on_backend
                 && !self.state.diagnostics.is_empty() =>
             {
@@ -153,6 +157,9 @@ impl ClientSession {
         }
         if let Some(schema) = r.schema {
             self.set_schema(schema);
+        }
+        if settle_marker {
+            self.settle_marker().await;
         }
         if std::mem::take(&mut self.diagnostics_check) {
             self.capture_diagnostics().await;

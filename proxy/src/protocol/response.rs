@@ -72,6 +72,9 @@ pub struct ResultSummary {
     pub warnings: u16,
     /// Rows, when it was a result set.
     pub rows: Option<u64>,
+    /// The result set opened a cursor: its rows come later (COM_STMT_FETCH), and only the
+    /// server knows how many it found.
+    pub cursor: bool,
     /// Its session-state changes: a range of [`Summary::changes`].
     pub changes: std::ops::Range<usize>,
     /// An EOF packet said the session state changed but could not say how.
@@ -242,6 +245,9 @@ impl ResponseTracker {
                 // A cursor was opened: rows come later, through COM_STMT_FETCH.
                 if status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
                     self.end_result(summary, Some(0));
+                    if let Some(r) = summary.results.last_mut() {
+                        r.cursor = true;
+                    }
                     self.after_result(status)
                 } else {
                     State::Rows
@@ -354,6 +360,7 @@ impl ResponseTracker {
             insert_id: if rows.is_some() { 0 } else { insert_id },
             warnings: summary.warnings,
             rows,
+            cursor: false,
             changes: self.changes_start..summary.changes.len(),
             untold: self.result_untold,
         };

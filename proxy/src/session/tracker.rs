@@ -440,7 +440,8 @@ fn found_rows_after(st: Option<&Statement>, r: &ResultSummary, out: &mut Reducti
     let ran = !r.error.is_some_and(|e| DID_NOT_RUN.contains(&e));
     match st.map(|s| s.found_rows) {
         Some(FoundRows::Sets) if r.error.is_none() => {
-            out.found_rows = Some(r.rows.filter(|_| !st.is_some_and(|s| s.calc_found_rows)));
+            let counted = !r.cursor && !st.is_some_and(|s| s.calc_found_rows);
+            out.found_rows = Some(r.rows.filter(|_| counted));
         }
         Some(FoundRows::Unknown) if ran => out.found_rows = Some(None),
         _ => {}

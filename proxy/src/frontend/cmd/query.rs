@@ -210,25 +210,30 @@ impl ClientSession {
         class: &Classification,
         possibly_diagnostic: bool,
     ) -> Result<(), BackendError> {
-        let reads_insert_id = !class.certain || class.any(|s| s.reads_insert_id || s.stored_code);
+        let reads_insert_id =
+            !class.certain || class.any(|s| s.reads_insert_id || s.sets_insert_id || s.stored_code);
         if reads_insert_id {
             self.replay_last_insert_id().await?;
         }
         // Stored code may or may not clear the diagnostics area (on MariaDB only a statement
         // that opens a table does): the session's own conditions go on the connection first,
         // so that what the server's area holds afterwards is the session's either way.
-        let diagnostics = possibly_diagnostic || !class.certain || class.any(|s| s.stored_code);
+        let stored_code = class.any(|s| s.stored_code);
+        let diagnostics = possibly_diagnostic || !class.certain || stored_code;
         if diagnostics {
             self.clear_foreign_diagnostics().await?;
         }
         // After the diagnostics: clearing the area changes FOUND_ROWS(). Restoring it takes
-        // the session's condition off the connection (it is captured first), so a single one
-        // goes back again (SIGNAL keeps FOUND_ROWS()).
+        // the session's conditions off the connection (they are captured first), so they go
+        // back again (SIGNAL keeps FOUND_ROWS()).
         if class.any(|s| s.found_rows == sql::FoundRows::Unknown) || !class.certain {
             self.restore_found_rows().await?;
-            if diagnostics {
-                self.reraise_captured_condition().await?;
-            }
+        }
+        if diagnostics {
+            // A marker stands in for conditions SIGNAL cannot raise again, where no statement
+            // of the client's could show it.
+            self.reraise_captured_conditions(stored_code && !possibly_diagnostic)
+                .await?;
         }
         Ok(())
     }

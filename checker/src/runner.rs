@@ -98,6 +98,60 @@ impl Divergence {
     }
 }
 
+impl Divergence {
+    /// The difference no pooler can avoid that explains this divergence, if one does: a
+    /// multi-statement query reads the diagnostics area part-way (before any of its statements
+    /// replaced it), and the conditions the session's previous statement left there are ones
+    /// `SIGNAL` cannot raise again on another connection (a note, more than one condition, a
+    /// message over 128 characters). README, "What differs through Sluice".
+    pub fn inherent(&self) -> Option<&'static str> {
+        let step = self.schedule.steps.get(self.at)?;
+        let Cmd::Query(q) = &step.step.cmd else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(q).to_ascii_uppercase();
+        let (_, rest) = text.split_once(';')?;
+        if !rest.contains("SHOW WARNINGS") && !rest.contains("SHOW ERRORS") {
+            return None;
+        }
+        let conditions: Vec<(Vec<u8>, usize)> = self
+            .direct
+            .packets()
+            .iter()
+            .filter_map(|p| condition_row(p))
+            .collect();
+        let unraisable = conditions.len() > 1
+            || conditions
+                .iter()
+                .any(|(level, message_chars)| level == b"Note" || *message_chars > 128);
+        unraisable.then_some(
+            "a query that reads the diagnostics area part-way, after conditions SIGNAL cannot raise again",
+        )
+    }
+}
+
+/// A `SHOW WARNINGS` row (Level, Code, Message): its level and the message's length in
+/// characters.
+fn condition_row(p: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut at = 0;
+    let mut field = || -> Option<&[u8]> {
+        let n = usize::try_from(crate::wire::lenenc(p, &mut at)?).ok()?;
+        let f = p.get(at..at + n)?;
+        at += n;
+        Some(f)
+    };
+    let level = field()?;
+    let code = field()?;
+    let message = field()?;
+    let known = matches!(level, b"Note" | b"Warning" | b"Error");
+    (known && !code.is_empty() && code.iter().all(u8::is_ascii_digit) && at == p.len()).then(|| {
+        (
+            level.to_vec(),
+            String::from_utf8_lossy(message).chars().count(),
+        )
+    })
+}
+
 /// A step as SQL (or the command) for reports.
 pub fn render(cmd: &Cmd) -> String {
     match cmd {

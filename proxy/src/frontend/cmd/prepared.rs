@@ -481,7 +481,7 @@ impl ClientSession {
                 reduction.readback_vars = true;
             }
             if self.apply(&s, reduction).await {
-                return self.server_released();
+                return self.server_released().await;
             }
             self.release_if_free().await;
         }

@@ -3,6 +3,7 @@
 //! then apply what the response reported.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use crate::backend::BackendError;
 use crate::frontend::tracking::may_pin;
@@ -196,7 +197,7 @@ impl ClientSession {
         };
         let reduction = reduce_query(&class, &summary, self.reduce_context());
         if self.apply(&summary, reduction).await {
-            return self.server_released();
+            return self.server_released().await;
         }
         self.release_if_free().await;
         flow
@@ -257,10 +258,27 @@ impl ClientSession {
     }
 
     /// The server closes the connection after `COMMIT RELEASE` (or `completion_type =
-    /// RELEASE`): the client's session ends as it would directly.
-    pub(in crate::frontend) fn server_released(&mut self) -> Flow {
+    /// RELEASE`): the client's session ends as it would directly. The server ends the session
+    /// (its locks, its temporary tables) before it closes the connection, so the client's
+    /// connection closes only after the server's did: whatever the client does next, as on a
+    /// direct connection, finds the session gone.
+    pub(in crate::frontend) async fn server_released(&mut self) -> Flow {
+        /// How long the server may take to end the session.
+        const SESSION_END_WAIT: Duration = Duration::from_secs(5);
         if let Some(b) = self.backend.as_mut() {
             b.broken = true;
+            let closed = async {
+                while b.stream.read_more().await.is_ok() {
+                    let n = b.stream.buffered().len();
+                    b.stream.consume(n);
+                }
+            };
+            if tokio::time::timeout(SESSION_END_WAIT, closed)
+                .await
+                .is_err()
+            {
+                tracing::warn!(client = %self.handle.id, "the server did not close the released connection");
+            }
         }
         Flow::Close
     }

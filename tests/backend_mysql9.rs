@@ -698,3 +698,43 @@ async fn resets_leave_each_client_the_collation_the_server_would() {
     drop((b, c, direct));
     proxy.stop().await;
 }
+
+/// On MySQL, `SET character_set_results` switches result columns to that character set's
+/// default collation even when the value does not change. The session keeps that on every
+/// connection it borrows, and no other session inherits it (differential seed 38).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_results_character_set_follows_its_session() {
+    let db = Mysql9::shared();
+    let proxy = Running::pool_of_one(db).await;
+    let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
+    let mut direct = Conn::new(direct_opts).await.unwrap();
+    let at_login = column_collation(&mut direct).await;
+    direct
+        .query_drop("/*!40101 SET @@character_set_results = 'utf8mb4' */")
+        .await
+        .unwrap();
+    let after_set = column_collation(&mut direct).await;
+    assert_ne!(
+        at_login, after_set,
+        "MySQL no longer changes the collation on this SET; this test proves nothing"
+    );
+    let opts = || client_opts(proxy.addr, db.app_password());
+    let mut a = Conn::new(opts()).await.unwrap();
+    a.query_drop("/*!40101 SET @@character_set_results = 'utf8mb4' */")
+        .await
+        .unwrap();
+    let mut b = Conn::new(opts()).await.unwrap();
+    assert_eq!(column_collation(&mut b).await, at_login, "another session");
+    assert_eq!(
+        column_collation(&mut a).await,
+        after_set,
+        "the session, on the connection it borrows next"
+    );
+    assert_eq!(
+        column_collation(&mut b).await,
+        at_login,
+        "another session after"
+    );
+    drop((a, b, direct));
+    proxy.stop().await;
+}

@@ -321,6 +321,9 @@ pub struct BackendConn {
     /// The last statement that ran on it left conditions (warnings, an error) in its
     /// diagnostics area, which a diagnostics statement would show.
     pub conditions: bool,
+    /// MySQL: `character_set_results` was set on it (see
+    /// [`crate::session::SessionState::results_collation_set`]); cleared by a reset.
+    pub results_collation_set: bool,
     /// Unusable (I/O error, protocol confusion): close instead of reuse.
     pub broken: bool,
     /// Statements prepared on the server for the sessions that borrow this connection.
@@ -480,6 +483,7 @@ impl BackendConn {
             needs_reset: false,
             reset_reasons: ResetSet::default(),
             conditions: false,
+            results_collation_set: false,
             broken: false,
             statements: StatementCache::new(1),
             host: HostId(0),
@@ -833,6 +837,7 @@ impl BackendConn {
         self.needs_reset = false;
         self.reset_reasons = ResetSet::default();
         self.conditions = false;
+        self.results_collation_set = false;
         self.restored.clear();
         Ok(())
     }

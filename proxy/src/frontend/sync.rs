@@ -85,6 +85,23 @@ impl ClientSession {
             b.vars = want;
             b.autocommit = want_autocommit;
         }
+        if self.state.results_collation_set && !b.results_collation_set {
+            let value = crate::session::tracked_index("character_set_results")
+                .and_then(|i| self.state.vars.as_ref().unwrap_or(&b.baseline).0.get(i))
+                .cloned()
+                .flatten();
+            let sql = match value {
+                Some(cs) => format!(
+                    "SET @@SESSION.character_set_results = '{}'",
+                    cs.replace('\'', "''")
+                ),
+                None => "SET @@SESSION.character_set_results = NULL".to_string(),
+            };
+            self.state.own_statement_ran();
+            b.query_row(&sql, "replaying the results collation").await?;
+            b.results_collation_set = true;
+            b.taint(crate::session::ResetReason::StateUnknown);
+        }
         if sync.multi_statements && b.multi_statements != self.state.multi_statements {
             b.set_multi_statements(self.state.multi_statements).await?;
         }
@@ -101,6 +118,7 @@ impl ClientSession {
         (sync.schema && b.schema != self.state.schema)
             || b.autocommit != want_autocommit
             || want.replay_statement(&b.vars, None).is_some()
+            || (self.state.results_collation_set && !b.results_collation_set)
             || (sync.multi_statements && b.multi_statements != self.state.multi_statements)
     }
 }

@@ -155,6 +155,10 @@ impl ClientSession {
             }
             None => {}
         }
+        if r.results_collation_set {
+            self.state.results_collation_set = true;
+            b.results_collation_set = true;
+        }
         if let Some(schema) = r.schema {
             self.set_schema(schema);
         }

@@ -88,6 +88,10 @@ pub struct SessionState {
     pub schema: Option<String>,
     /// Tracked variables; `None` while they are what a new connection of this pool starts with.
     pub vars: Option<VarValues>,
+    /// MySQL: the session set `character_set_results` itself, after which result columns
+    /// carry that character set's default collation rather than the connection's; only a
+    /// `SET` of the variable (whatever its value) gives another connection the same.
+    pub results_collation_set: bool,
     /// Whether statements run with autocommit; `None` while it is what a new connection has.
     pub autocommit: Option<bool>,
     /// Whether multi-statement queries are allowed (CLIENT_MULTI_STATEMENTS / COM_SET_OPTION).

@@ -78,6 +78,9 @@ pub struct Reduction {
     /// MariaDB may or may not have cleared the diagnostics area (stored code that raised no
     /// condition clears it only if it opened a table): ask the server.
     pub diagnostics_unknown: bool,
+    /// MySQL: the query set `character_set_results`, so result columns now carry that
+    /// character set's default collation (see [`crate::session::SessionState::results_collation_set`]).
+    pub results_collation_set: bool,
 }
 
 /// What the reducer needs to know about the session beyond the response.
@@ -246,9 +249,12 @@ fn note_statement(st: &Statement, ctx: Context, out: &mut Reduction) {
     if ctx.results_collation_unseen && st.sysvars.iter().any(|v| v.name == "character_set_results")
     {
         // MySQL: result columns now carry the default collation of the new character set,
-        // which no variable shows and a replay cannot restore (it writes SET NAMES ...
-        // COLLATE): the next session must not inherit it.
+        // which no variable shows (even when the value did not change): the next session
+        // must not inherit it, and the session's other connections need the SET too.
         out.taint.insert(ResetReason::StateUnknown);
+        if !st.set_statement {
+            out.results_collation_set = true;
+        }
     }
     if st.stored_code {
         out.taint.insert(ResetReason::StoredCode);

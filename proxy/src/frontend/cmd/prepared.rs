@@ -726,7 +726,7 @@ impl ClientSession {
             .vars
             .as_ref()
             .or_else(|| self.backend.as_ref().map(|b| &b.baseline));
-        let settings: Vec<(usize, String)> = PARSE_VARS
+        let mut settings: Vec<(usize, String)> = PARSE_VARS
             .iter()
             .filter_map(|name| {
                 let i = tracked_index(name)?;
@@ -734,6 +734,10 @@ impl ClientSession {
                 Some((i, v))
             })
             .collect();
+        // Result columns' collation follows an explicit SET character_set_results on MySQL.
+        if self.state.results_collation_set {
+            settings.push((usize::MAX, String::new()));
+        }
         Arc::from(settings)
     }
 

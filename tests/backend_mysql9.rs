@@ -738,3 +738,42 @@ async fn an_explicit_results_character_set_follows_its_session() {
     drop((a, b, direct));
     proxy.stop().await;
 }
+
+/// MySQL's OK to COM_PING counts the conditions the last statement raised itself (none after a
+/// diagnostics statement), though the diagnostics area still holds them. Through Sluice, with
+/// another session on the connection in between, the count is the same (MySQL 9 seed 89).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_counts_what_the_last_statement_raised() {
+    let db = Mysql9::shared();
+    let proxy = Running::pool_of_one(db).await;
+    let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
+    let opts = || client_opts(proxy.addr, db.app_password());
+    let sequences: [&[&str]; 3] = [
+        &["SELECT 1/0"],
+        &["SELECT 1/0", "SHOW WARNINGS"],
+        &["SELECT 1/0", "SHOW COUNT(*) WARNINGS"],
+    ];
+    for sequence in sequences {
+        let mut counts = Vec::new();
+        for through in [false, true] {
+            let mut c = if through {
+                Conn::new(opts()).await.unwrap()
+            } else {
+                Conn::new(direct_opts.clone()).await.unwrap()
+            };
+            for sql in sequence {
+                c.query_drop(*sql).await.unwrap();
+            }
+            if through {
+                // Another session takes the connection in between.
+                let mut other = Conn::new(opts()).await.unwrap();
+                other.query_drop("DO 1").await.unwrap();
+                drop(other);
+            }
+            c.ping().await.unwrap();
+            counts.push(c.get_warnings());
+        }
+        assert_eq!(counts[1], counts[0], "{sequence:?}: through Sluice, direct");
+    }
+    proxy.stop().await;
+}

@@ -299,6 +299,8 @@ impl ClientSession {
         else {
             return Flow::Continue;
         };
+        // A diagnostics statement raises nothing of its own.
+        self.state.diagnostics.raised = 0;
         let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         let status = self.local_status();
         let mut out = Vec::new();

@@ -284,14 +284,14 @@ impl ClientSession {
         }
     }
 
-    /// MySQL's OK to COM_PING and COM_INIT_DB counts the conditions of the diagnostics area,
-    /// which those commands keep: the session's count where its area is not on the connection
-    /// that answers. `None` where the connection's own count is right (MariaDB counts the
-    /// command's own conditions).
+    /// MySQL's OK to COM_PING and COM_INIT_DB counts the conditions the last statement
+    /// raised (none after a diagnostics statement), which those commands keep: the session's
+    /// count where its area is not on the connection that answers. `None` where the
+    /// connection's own count is right (MariaDB counts the command's own conditions).
     pub(in crate::frontend) fn session_warnings_on_ok(&self) -> Option<u16> {
         let mysql = self.shared.dialect.is_mysql();
         let da = &self.state.diagnostics;
-        (mysql && !da.on_backend).then(|| u16::try_from(da.warning_count).unwrap_or(u16::MAX))
+        (mysql && !da.on_backend).then(|| u16::try_from(da.raised).unwrap_or(u16::MAX))
     }
 
     /// Ends the session: a connection the session left state on, or a transaction open, is

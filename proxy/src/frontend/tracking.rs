@@ -99,6 +99,9 @@ impl ClientSession {
             self.state.pins.add(PinReason::UnknownStateChange, None);
         }
         let clears_always = self.shared.dialect.is_mysql();
+        if r.diagnostics_read {
+            self.state.diagnostics.raised = 0;
+        }
         let settle_marker = std::mem::take(&mut self.diagnostics_marker)
             && r.diagnostics.is_none()
             && r.diagnostics_unknown;

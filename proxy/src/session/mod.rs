@@ -41,6 +41,10 @@ pub struct DiagnosticsArea {
     pub warning_count: u64,
     /// `@@error_count`.
     pub error_count: u64,
+    /// The conditions the session's last statement raised itself (a diagnostics statement
+    /// raises none, and leaves the area as it was): what MySQL's OK to COM_PING and
+    /// COM_INIT_DB counts.
+    pub raised: u64,
     /// The conditions, captured before the connection went back.
     pub captured: Option<Arc<CapturedWarnings>>,
     /// An error Sluice answered itself in the server's name (an unknown statement id): put on
@@ -60,6 +64,7 @@ impl DiagnosticsArea {
         self.on_backend = true;
         self.warning_count = u64::from(warnings) + u64::from(error);
         self.error_count = u64::from(error);
+        self.raised = self.warning_count;
         self.captured = None;
         self.local_error = None;
     }
@@ -70,6 +75,7 @@ impl DiagnosticsArea {
             on_backend: false,
             warning_count: 1,
             error_count: 1,
+            raised: 1,
             captured: None,
             local_error: Some(err.clone()),
         };

@@ -78,6 +78,8 @@ pub struct Reduction {
     /// MariaDB may or may not have cleared the diagnostics area (stored code that raised no
     /// condition clears it only if it opened a table): ask the server.
     pub diagnostics_unknown: bool,
+    /// A diagnostics statement ran: it raised no condition of its own.
+    pub diagnostics_read: bool,
     /// MySQL: the query set `character_set_results`, so result columns now carry that
     /// character set's default collation (see [`crate::session::SessionState::results_collation_set`]).
     pub results_collation_set: bool,
@@ -343,11 +345,12 @@ fn reduce_statement(
     // statements clear it (on MariaDB only those that open tables).
     if st.is_none() && r.error.is_none() {
         // A command that is no statement (COM_INIT_DB, COM_PING) keeps the diagnostics area
-        // on both servers; MySQL's OK counts the conditions the area still holds.
+        // on both servers; MySQL's OK counts the conditions the last statement raised.
     } else if r.warnings > 0 || r.error.is_some() {
         out.diagnostics = Some((r.warnings, r.error.is_some()));
         out.diagnostics_unknown = false;
     } else if st.is_some_and(|s| s.reads_diagnostics) {
+        out.diagnostics_read = true;
     } else if ctx.clears_diagnostics_always {
         out.diagnostics = Some((0, false));
         out.diagnostics_unknown = false;

@@ -90,7 +90,8 @@ impl ClientSession {
                 .and_then(|i| self.state.vars.as_ref().unwrap_or(&b.baseline).0.get(i))
                 .cloned()
                 .flatten();
-            let sql = match value {
+            // An empty value is how the server reports NULL.
+            let sql = match value.filter(|cs| !cs.is_empty()) {
                 Some(cs) => format!(
                     "SET @@SESSION.character_set_results = '{}'",
                     cs.replace('\'', "''")

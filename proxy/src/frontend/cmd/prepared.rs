@@ -296,11 +296,7 @@ impl ClientSession {
             Some(meta) => meta,
             None => match b.prepare(&key).await {
                 Ok(Ok((_, meta))) => meta,
-                Ok(Err(err_packet)) => {
-                    let flow = self.reply_raw_error(&err_packet).await;
-                    self.release_if_free().await;
-                    return flow;
-                }
+                Ok(Err(err_packet)) => return self.prepare_refused(&err_packet).await,
                 Err(e) => return self.backend_failed(e).await,
             },
         };
@@ -322,11 +318,7 @@ impl ClientSession {
             if !b.statements.take_over(&key, owned.clone()) {
                 match b.prepare(&owned).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(err_packet)) => {
-                        let flow = self.reply_raw_error(&err_packet).await;
-                        self.release_if_free().await;
-                        return flow;
-                    }
+                    Ok(Err(err_packet)) => return self.prepare_refused(&err_packet).await,
                     Err(e) => return self.backend_failed(e).await,
                 }
             }
@@ -342,7 +334,24 @@ impl ClientSession {
                 reservation: Arc::new(reservation),
             },
         );
+        if self.shared.dialect.is_mysql() {
+            // MySQL's prepare clears the diagnostics area (MariaDB's keeps it), whether or not
+            // this one reached the server.
+            self.state.diagnostics.clear();
+        }
         let flow = self.send_prepare_response(&meta, id).await;
+        self.release_if_free().await;
+        flow
+    }
+
+    /// The server refused to prepare: its error is the session's diagnostics area, on the
+    /// connection the session holds.
+    async fn prepare_refused(&mut self, err_packet: &[u8]) -> Flow {
+        self.state.diagnostics.statement_ran(0, true);
+        if let Some(b) = self.backend.as_mut() {
+            b.conditions = true;
+        }
+        let flow = self.reply_raw_error(err_packet).await;
         self.release_if_free().await;
         flow
     }

@@ -798,3 +798,61 @@ async fn a_ping_counts_what_the_last_statement_raised() {
     );
     proxy.stop().await;
 }
+
+/// On MySQL, UPDATE sets FOUND_ROWS() to the rows it matched and DO to one; through Sluice,
+/// with another session on the connection in between, the session reads the same (MySQL 9
+/// seeds 102, 305).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_rows_after_update_and_do_is_the_servers() {
+    let db = Mysql9::shared();
+    let proxy = Running::pool_of_one(db).await;
+    let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
+    let opts = || client_opts(proxy.addr, db.app_password());
+    let mut setup = Conn::new(direct_opts.clone()).await.unwrap();
+    setup
+        .query_drop(
+            "CREATE DATABASE IF NOT EXISTS found_rows_mysql; \
+             CREATE TABLE IF NOT EXISTS found_rows_mysql.t (id INT PRIMARY KEY, v INT); \
+             REPLACE INTO found_rows_mysql.t VALUES (1, 1), (2, 2), (3, 3), (4, 4)",
+        )
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE found_rows_mysql.t SET v = v + 1 WHERE id % 2 = 1",
+        "DO 1",
+    ] {
+        let mut seen = Vec::new();
+        for through in [false, true] {
+            let mut c = if through {
+                Conn::new(opts()).await.unwrap()
+            } else {
+                Conn::new(direct_opts.clone()).await.unwrap()
+            };
+            c.query_drop("SELECT SQL_CALC_FOUND_ROWS id FROM found_rows_mysql.t LIMIT 1")
+                .await
+                .unwrap();
+            c.query_drop(statement).await.unwrap();
+            if through {
+                let mut other = Conn::new(opts()).await.unwrap();
+                other
+                    .query_drop("SELECT 1, 2 UNION SELECT 3, 4")
+                    .await
+                    .unwrap();
+                drop(other);
+            }
+            let n: Option<i64> = c.query_first("SELECT FOUND_ROWS()").await.unwrap();
+            seen.push(n);
+        }
+        assert_eq!(seen[1], seen[0], "{statement}: through Sluice, direct");
+        assert_ne!(
+            seen[0],
+            Some(4),
+            "{statement}: MySQL kept FOUND_ROWS(); this proves nothing"
+        );
+    }
+    setup
+        .query_drop("DROP DATABASE found_rows_mysql")
+        .await
+        .unwrap();
+    proxy.stop().await;
+}

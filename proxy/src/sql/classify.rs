@@ -78,7 +78,8 @@ pub enum FoundRows {
     /// Leaves it (DML, `SET`, `SHOW WARNINGS`, ...).
     #[default]
     Keeps,
-    /// A `SELECT`: its rows (or, with `SQL_CALC_FOUND_ROWS` or `INTO`, what the server says).
+    /// A `SELECT`: its rows (or, with `SQL_CALC_FOUND_ROWS` or `INTO`, what the server says);
+    /// on MySQL also `UPDATE` and `DO` (what the server says).
     Sets,
     /// Other statements that answer with rows, and code Sluice cannot see into.
     Unknown,
@@ -612,7 +613,7 @@ fn classify_statement(toks: &[Token<'_>], mode: LexMode, st: &mut Statement) {
             || toks.iter().enumerate().any(|(i, t)| {
                 (t.is("FROM") && !toks.get(i + 1).is_some_and(|n| n.is("DUAL"))) || t.is("JOIN")
             }));
-    st.found_rows = found_rows_effect(toks, st);
+    st.found_rows = found_rows_effect(toks, st, mode);
     st.value_columns = match st.diagnostics {
         Some(Diagnostics::Count { errors_only }) => Some(vec![if errors_only {
             ValueColumn::ErrorCount
@@ -624,13 +625,19 @@ fn classify_statement(toks: &[Token<'_>], mode: LexMode, st: &mut Statement) {
 }
 
 /// What a statement does to `FOUND_ROWS()`.
-fn found_rows_effect(toks: &[Token<'_>], st: &Statement) -> FoundRows {
+fn found_rows_effect(toks: &[Token<'_>], st: &Statement, mode: LexMode) -> FoundRows {
     let first = &toks[0];
     let with_select = |from: usize| toks[from..].iter().any(|t| t.is("SELECT"));
     // SET STATEMENT ... FOR <statement>: whatever the wrapped statement does; the server says.
     if st.stored_code || st.set_statement {
         FoundRows::Unknown
-    } else if st.verb == "SELECT" || st.verb == "WITH" || first.kind == Kind::LParen {
+    } else if st.verb == "SELECT"
+        || st.verb == "WITH"
+        || first.kind == Kind::LParen
+        // MySQL's UPDATE sets it to the rows it matched, and its DO runs as a one-row SELECT:
+        // what the server knows, read from it.
+        || (mode.dialect.is_mysql() && (st.verb == "UPDATE" || st.verb == "DO"))
+    {
         FoundRows::Sets
     } else if matches!(st.diagnostics, Some(Diagnostics::Show { .. })) {
         FoundRows::Keeps
@@ -1157,6 +1164,23 @@ mod tests {
 
     fn c(sql: &str) -> Classification {
         classify(sql.as_bytes(), MODE, true)
+    }
+
+    #[test]
+    fn update_and_do_set_found_rows_on_mysql_only() {
+        let mysql = |sql: &str| classify(sql.as_bytes(), LexMode::mysql(90700), true);
+        for sql in ["UPDATE t SET v = 1", "DO 1"] {
+            assert_eq!(c(sql).statements[0].found_rows, FoundRows::Keeps, "{sql}");
+            assert_eq!(
+                mysql(sql).statements[0].found_rows,
+                FoundRows::Sets,
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            mysql("DELETE FROM t").statements[0].found_rows,
+            FoundRows::Keeps
+        );
     }
 
     fn adds(sql: &str) -> Vec<PinReason> {

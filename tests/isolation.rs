@@ -691,3 +691,45 @@ async fn values_only_the_connection_knows_are_read_from_it() {
     assert_eq!(answers[0], [vec![1, b'2'], vec![1, b'1'], vec![1, b'0']]);
     p.stop().await;
 }
+
+/// A `GET_LOCK` whose wait times out clears MariaDB's diagnostics area; one that gets the lock
+/// leaves it (differential seed 34604).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_that_times_out_clears_the_diagnostics_area() {
+    let db = MariaDb::shared();
+    let s = schema(db, "iso_lock_wait");
+    db.sql(&format!("CREATE TABLE `{s}`.t (id INT PRIMARY KEY)"))
+        .unwrap();
+    let p = proxy(db, 2).await;
+    let mut holder = direct(db, &s).await;
+    holder
+        .query_drop("SELECT GET_LOCK('iso_busy', 0)")
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for through in [false, true] {
+        let (addr, pw) = if through {
+            (p.addr, p.app_password.clone())
+        } else {
+            (db.addr(), db.app_password().to_string())
+        };
+        let mut c =
+            common::raw::Raw::login(addr, "app", &pw, Some(&s), common::raw::default_caps()).await;
+        let mut seen = Vec::new();
+        let last_row = |r: Vec<common::raw::Packet>| r[r.len() - 2].payload.clone();
+        for lock in ["iso_busy", "iso_free"] {
+            assert_eq!(
+                c.query("SELECT nosuch FROM t").await[0].err_code(),
+                Some(1054)
+            );
+            c.query(&format!("SELECT GET_LOCK('{lock}', 0)")).await;
+            seen.push(last_row(c.query("SHOW COUNT(*) WARNINGS").await));
+        }
+        c.query("SELECT RELEASE_LOCK('iso_free')").await;
+        answers.push(seen);
+    }
+    assert_eq!(answers[1], answers[0], "through Sluice, direct");
+    assert_eq!(answers[0], [vec![1, b'0'], vec![1, b'1']]);
+    drop(holder);
+    p.stop().await;
+}

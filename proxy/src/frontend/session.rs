@@ -249,8 +249,10 @@ impl ClientSession {
         if self.state.autocommit.unwrap_or(true) {
             s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         }
-        if self.backend.as_ref().is_some_and(|b| b.in_transaction()) {
-            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        if let Some(b) = self.backend.as_ref().filter(|b| b.in_transaction()) {
+            // A read-only transaction (one a cursor keeps open, too) says so.
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS
+                | (b.status & StatusFlags::SERVER_STATUS_IN_TRANS_READONLY);
         }
         // The servers also report the sql_mode flags that change how text is read.
         let mode = self.lex_mode();

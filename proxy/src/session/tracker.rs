@@ -170,7 +170,8 @@ pub fn reduce_query(class: &Classification, summary: &Summary, ctx: Context) -> 
             if r.warnings > 0 || r.error.is_some() {
                 out.diagnostics = Some((r.warnings, r.error.is_some()));
                 out.diagnostics_unknown = false;
-            } else if !ctx.clears_diagnostics_always && class.any(|s| s.stored_code) {
+            } else if !ctx.clears_diagnostics_always && class.any(|s| s.diagnostics_depend_on_run())
+            {
                 out.diagnostics_unknown = true;
             } else if ctx.clears_diagnostics_always || class.any(|s| s.uses_tables) {
                 out.diagnostics = Some((0, false));
@@ -354,8 +355,9 @@ fn reduce_statement(
     } else if ctx.clears_diagnostics_always {
         out.diagnostics = Some((0, false));
         out.diagnostics_unknown = false;
-    } else if st.is_some_and(|s| s.stored_code) {
-        // Whether code Sluice cannot see opened a table, only the server knows.
+    } else if st.is_some_and(|s| s.diagnostics_depend_on_run()) {
+        // Whether code Sluice cannot see opened a table, or a lock wait timed out, only the
+        // server knows.
         out.diagnostics_unknown = true;
     } else if st.is_some_and(|s| s.uses_tables) {
         out.diagnostics = Some((0, false));

@@ -180,6 +180,12 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// Whether the statement clears the diagnostics area is known only from how it ran:
+    /// stored code, and `GET_LOCK` (MariaDB clears the area when the wait times out).
+    pub fn diagnostics_depend_on_run(&self) -> bool {
+        self.stored_code || self.adds().any(|r| r == PinReason::NamedLock)
+    }
+
     /// The pin reasons this statement adds.
     pub fn adds(&self) -> impl Iterator<Item = PinReason> + '_ {
         self.effects.iter().filter_map(|e| match e {

@@ -219,8 +219,8 @@ impl ClientSession {
         // Stored code may or may not clear the diagnostics area (on MariaDB only a statement
         // that opens a table does): the session's own conditions go on the connection first,
         // so that what the server's area holds afterwards is the session's either way.
-        let stored_code = class.any(|s| s.stored_code);
-        let diagnostics = possibly_diagnostic || !class.certain || stored_code;
+        let depends = class.any(|s| s.diagnostics_depend_on_run());
+        let diagnostics = possibly_diagnostic || !class.certain || depends;
         if diagnostics {
             self.clear_foreign_diagnostics().await?;
         }
@@ -233,7 +233,7 @@ impl ClientSession {
         if diagnostics {
             // A marker stands in for conditions SIGNAL cannot raise again, where no statement
             // of the client's could show it.
-            self.reraise_captured_conditions(stored_code && !possibly_diagnostic)
+            self.reraise_captured_conditions(depends && !possibly_diagnostic)
                 .await?;
         }
         Ok(())

@@ -748,10 +748,12 @@ async fn a_ping_counts_what_the_last_statement_raised() {
     let proxy = Running::pool_of_one(db).await;
     let direct_opts = sluice_testkit::client_opts(db.addr(), "app", db.app_password(), None);
     let opts = || client_opts(proxy.addr, db.app_password());
-    let sequences: [&[&str]; 3] = [
+    let sequences: [&[&str]; 4] = [
         &["SELECT 1/0"],
         &["SELECT 1/0", "SHOW WARNINGS"],
         &["SELECT 1/0", "SHOW COUNT(*) WARNINGS"],
+        // MySQL 9 seed 307: the batch's last statement is the one that counts.
+        &["SELECT 1/0; SHOW WARNINGS"],
     ];
     for sequence in sequences {
         let mut counts = Vec::new();

@@ -225,6 +225,9 @@ impl ClientSession {
         let row = b
             .query_row("SELECT LAST_INSERT_ID(), FOUND_ROWS()", "reading counters")
             .await;
+        // MySQL warns that FOUND_ROWS() is deprecated: the area holds a condition that is not
+        // the session's.
+        b.conditions = true;
         let number = |v: Option<&Option<String>>| v.and_then(|v| v.as_deref()?.parse::<u64>().ok());
         match row {
             Ok(Some(row)) => {

@@ -99,9 +99,6 @@ impl ClientSession {
             self.state.pins.add(PinReason::UnknownStateChange, None);
         }
         let clears_always = self.shared.dialect.is_mysql();
-        if r.diagnostics_read {
-            self.state.diagnostics.raised = 0;
-        }
         let settle_marker = std::mem::take(&mut self.diagnostics_marker)
             && r.diagnostics.is_none()
             && r.diagnostics_unknown;
@@ -164,6 +161,10 @@ impl ClientSession {
         }
         if let Some(schema) = r.schema {
             self.set_schema(schema);
+        }
+        // The last statement read the diagnostics area: it raised nothing of its own.
+        if r.diagnostics_read {
+            self.state.diagnostics.raised = 0;
         }
         if settle_marker {
             self.settle_marker().await;

@@ -350,9 +350,11 @@ fn reduce_statement(
     } else if r.warnings > 0 || r.error.is_some() {
         out.diagnostics = Some((r.warnings, r.error.is_some()));
         out.diagnostics_unknown = false;
+        out.diagnostics_read = false;
     } else if st.is_some_and(|s| s.reads_diagnostics) {
         out.diagnostics_read = true;
     } else if ctx.clears_diagnostics_always {
+        out.diagnostics_read = false;
         out.diagnostics = Some((0, false));
         out.diagnostics_unknown = false;
     } else if st.is_some_and(|s| s.diagnostics_depend_on_run()) {

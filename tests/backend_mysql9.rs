@@ -758,11 +758,9 @@ async fn a_ping_counts_what_the_last_statement_raised() {
     for sequence in sequences {
         let mut counts = Vec::new();
         for through in [false, true] {
-            let mut c = if through {
-                Conn::new(opts()).await.unwrap()
-            } else {
-                Conn::new(direct_opts.clone()).await.unwrap()
-            };
+            let mut c = Conn::new(if through { opts() } else { direct_opts.clone() })
+                .await
+                .unwrap();
             for sql in sequence {
                 c.query_drop(*sql).await.unwrap();
             }
@@ -781,11 +779,9 @@ async fn a_ping_counts_what_the_last_statement_raised() {
     // (MySQL 9 seed 102).
     let mut counts = Vec::new();
     for through in [false, true] {
-        let mut c = if through {
-            Conn::new(opts()).await.unwrap()
-        } else {
-            Conn::new(direct_opts.clone()).await.unwrap()
-        };
+        let mut c = Conn::new(if through { opts() } else { direct_opts.clone() })
+            .await
+            .unwrap();
         c.query_drop("SELECT nosuch").await.unwrap_err();
         c.prep("SELECT @v_a, LAST_INSERT_ID()").await.unwrap();
         c.ping().await.unwrap();
@@ -825,11 +821,9 @@ async fn found_rows_after_update_and_do_is_the_servers() {
     ] {
         let mut seen = Vec::new();
         for through in [false, true] {
-            let mut c = if through {
-                Conn::new(opts()).await.unwrap()
-            } else {
-                Conn::new(direct_opts.clone()).await.unwrap()
-            };
+            let mut c = Conn::new(if through { opts() } else { direct_opts.clone() })
+                .await
+                .unwrap();
             c.query_drop("SELECT SQL_CALC_FOUND_ROWS id FROM found_rows_mysql.t LIMIT 1")
                 .await
                 .unwrap();

@@ -36,6 +36,21 @@ async fn one<T: FromRow + Send + 'static>(c: &mut Conn, sql: &str) -> T {
         .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
+/// A raw protocol session as `app` in schema `s`, through Sluice or directly.
+async fn raw_session(
+    db: &MariaDb,
+    p: &TestProxy,
+    through: bool,
+    s: &str,
+    caps: sluice::protocol::CapabilityFlags,
+) -> common::raw::Raw {
+    if through {
+        p.raw_app(Some(s), caps).await
+    } else {
+        common::raw::Raw::login(db.addr(), "app", db.app_password(), Some(s), caps).await
+    }
+}
+
 /// Sluice with a pool of `n` and a short borrow timeout, in front of the shared MariaDB.
 async fn proxy(db: &MariaDb, n: usize) -> TestProxy {
     let mut config = config_for(db, n);
@@ -506,13 +521,8 @@ async fn resets_and_stored_code_leave_counters_and_conditions_as_the_server_does
     let caps =
         common::raw::default_caps() | sluice::protocol::CapabilityFlags::CLIENT_MULTI_STATEMENTS;
     let mut answers = Vec::new();
-    for addr in [db.addr(), p.addr] {
-        let pw = if addr == p.addr {
-            p.app_password.clone()
-        } else {
-            db.app_password().to_string()
-        };
-        let mut c = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
+    for through in [false, true] {
+        let mut c = raw_session(db, &p, through, &s, caps).await;
         // COM_STMT_FETCH of a statement id nobody prepared.
         let fetch = c.command(&[0x1c, 0xf0, 0xff, 0xff, 0xff, 1, 0, 0, 0]).await;
         assert_eq!(fetch.err_code(), Some(1243));
@@ -551,13 +561,7 @@ async fn local_answers_carry_the_sessions_current_state() {
     let p = proxy(db, 1).await;
     let mut answers = Vec::new();
     for through in [false, true] {
-        let (addr, pw) = if through {
-            (p.addr, p.app_password.clone())
-        } else {
-            (db.addr(), db.app_password().to_string())
-        };
-        let mut c =
-            common::raw::Raw::login(addr, "app", &pw, Some(&s), common::raw::default_caps()).await;
+        let mut c = raw_session(db, &p, through, &s, common::raw::default_caps()).await;
         assert_eq!(
             c.command(&[0x1c, 0xf0, 0xff, 0xff, 0xff, 1, 0, 0, 0])
                 .await
@@ -616,13 +620,8 @@ async fn values_only_the_connection_knows_are_read_from_it() {
         common::raw::default_caps() | sluice::protocol::CapabilityFlags::CLIENT_MULTI_STATEMENTS;
     let mut answers = Vec::new();
     for through in [false, true] {
-        let (addr, pw) = if through {
-            (p.addr, p.app_password.clone())
-        } else {
-            (db.addr(), db.app_password().to_string())
-        };
-        let mut c = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
-        let mut other = common::raw::Raw::login(addr, "app", &pw, Some(&s), caps).await;
+        let mut c = raw_session(db, &p, through, &s, caps).await;
+        let mut other = raw_session(db, &p, through, &s, caps).await;
         let mut seen: Vec<Vec<u8>> = Vec::new();
         let last_row = |r: Vec<common::raw::Packet>| r[r.len() - 2].payload.clone();
 
@@ -708,13 +707,7 @@ async fn a_lock_wait_that_times_out_clears_the_diagnostics_area() {
         .unwrap();
     let mut answers = Vec::new();
     for through in [false, true] {
-        let (addr, pw) = if through {
-            (p.addr, p.app_password.clone())
-        } else {
-            (db.addr(), db.app_password().to_string())
-        };
-        let mut c =
-            common::raw::Raw::login(addr, "app", &pw, Some(&s), common::raw::default_caps()).await;
+        let mut c = raw_session(db, &p, through, &s, common::raw::default_caps()).await;
         let mut seen = Vec::new();
         let last_row = |r: Vec<common::raw::Packet>| r[r.len() - 2].payload.clone();
         for lock in ["iso_busy", "iso_free"] {

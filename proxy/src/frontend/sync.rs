@@ -86,20 +86,11 @@ impl ClientSession {
             b.autocommit = want_autocommit;
         }
         if self.state.results_collation_set && !b.results_collation_set {
-            let value = crate::session::tracked_index("character_set_results")
-                .and_then(|i| self.state.vars.as_ref().unwrap_or(&b.baseline).0.get(i))
-                .cloned()
-                .flatten();
-            // An empty value is how the server reports NULL.
-            let sql = match value.filter(|cs| !cs.is_empty()) {
-                Some(cs) => format!(
-                    "SET @@SESSION.character_set_results = '{}'",
-                    cs.replace('\'', "''")
-                ),
-                None => "SET @@SESSION.character_set_results = NULL".to_string(),
-            };
-            self.state.own_statement_ran();
-            b.query_row(&sql, "replaying the results collation").await?;
+            let want = self.state.vars.as_ref().unwrap_or(&b.baseline);
+            if let Some(sql) = want.set_statement("character_set_results") {
+                self.state.own_statement_ran();
+                b.query_row(&sql, "replaying the results collation").await?;
+            }
             b.results_collation_set = true;
             b.taint(crate::session::ResetReason::StateUnknown);
         }

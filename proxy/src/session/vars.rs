@@ -136,12 +136,7 @@ impl VarValues {
             if matches!(current.0.get(i), Some(Some(have)) if have == want) {
                 continue;
             }
-            let value = match var.kind {
-                VarKind::NullableText if want.is_empty() => "NULL".to_string(),
-                VarKind::Number if is_number(want) => want.clone(),
-                _ => quote(want),
-            };
-            parts.push(format!("{}={value}", var.name));
+            parts.push(assignment(var, want));
         }
         match names {
             Some(names) => Some(
@@ -153,6 +148,17 @@ impl VarValues {
             None if parts.is_empty() => None,
             None => Some(format!("SET SESSION {}", parts.join(", "))),
         }
+    }
+
+    /// `SET SESSION name=value` for the tracked variable `name`, with its value in `self`,
+    /// whether or not a connection has it already; `None` if the server has no such variable.
+    pub fn set_statement(&self, name: &str) -> Option<String> {
+        let i = tracked_index(name)?;
+        let want = self.0.get(i)?.as_ref()?;
+        Some(format!(
+            "SET SESSION {}",
+            assignment(TRACKED_VARS.get(i)?, want)
+        ))
     }
 
     /// `NAMES ... COLLATE ...` when the character set variables differ from `current` and
@@ -191,6 +197,17 @@ fn is_number(s: &str) -> bool {
         && digits.bytes().filter(|&b| b == b'.').count() <= 1
 }
 
+/// `name=value` for a tracked variable: NULL for an empty nullable text (how the server
+/// reports NULL), a number bare, anything else quoted.
+fn assignment(var: &TrackedVar, want: &str) -> String {
+    let value = match var.kind {
+        VarKind::NullableText if want.is_empty() => "NULL".to_string(),
+        VarKind::Number if is_number(want) => want.to_string(),
+        _ => quote(want),
+    };
+    format!("{}={value}", var.name)
+}
+
 /// Quotes a value reported by the server as an SQL string literal.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -215,6 +232,24 @@ pub fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_variable_is_set_whatever_a_connection_has() {
+        let mut v = VarValues(vec![None; TRACKED_VARS.len()]);
+        let i = tracked_index("character_set_results").unwrap();
+        assert_eq!(v.set_statement("character_set_results"), None);
+        v.0[i] = Some("utf8mb4".into());
+        assert_eq!(
+            v.set_statement("character_set_results").unwrap(),
+            "SET SESSION character_set_results='utf8mb4'"
+        );
+        v.0[i] = Some(String::new());
+        assert_eq!(
+            v.set_statement("character_set_results").unwrap(),
+            "SET SESSION character_set_results=NULL"
+        );
+        assert_eq!(v.set_statement("no_such_variable"), None);
+    }
 
     #[test]
     fn replay_sets_only_what_differs_in_table_order() {

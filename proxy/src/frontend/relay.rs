@@ -227,7 +227,7 @@ impl ClientSession {
             .await;
         // MySQL warns that FOUND_ROWS() is deprecated: the area holds a condition that is not
         // the session's.
-        b.conditions = true;
+        b.conditions |= self.shared.dialect.is_mysql();
         let number = |v: Option<&Option<String>>| v.and_then(|v| v.as_deref()?.parse::<u64>().ok());
         match row {
             Ok(Some(row)) => {

@@ -216,9 +216,10 @@ impl ClientSession {
         if reads_insert_id {
             self.replay_last_insert_id().await?;
         }
-        // Stored code may or may not clear the diagnostics area (on MariaDB only a statement
-        // that opens a table does): the session's own conditions go on the connection first,
-        // so that what the server's area holds afterwards is the session's either way.
+        // Stored code and GET_LOCK may or may not clear the diagnostics area (on MariaDB only
+        // a statement that opens a table does, or a lock wait that times out): the session's
+        // own conditions go on the connection first, so that what the server's area holds
+        // afterwards is the session's either way.
         let depends = class.any(|s| s.diagnostics_depend_on_run());
         let diagnostics = possibly_diagnostic || !class.certain || depends;
         if diagnostics {
